@@ -1,0 +1,19 @@
+"""unclip: unCLIP (Ramesh et al., 2022) in PyTorch.
+
+The public entry point is :class:`unclip.UnCLIPPipeline` (imported lazily so that ``import unclip``
+stays cheap for the CLI and for tools that only need the shapes world).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["UnCLIPPipeline", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "UnCLIPPipeline":
+        from unclip.pipeline import UnCLIPPipeline
+
+        return UnCLIPPipeline
+    raise AttributeError(f"module 'unclip' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Thin command-line front end (``unclip ...``). Sub-commands are imported lazily."""

@@ -1,0 +1,78 @@
+"""``unclip`` entry point: a click group whose sub-commands are imported only when used.
+
+Each sub-command lives in its own module under ``unclip.cli`` and is registered below as
+``name -> "module:attribute"``. Errors from bad user input surface as one clear line and exit code 2
+(usage) or 1 (runtime), never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Must happen before torch is imported anywhere (DESIGN.md §6): with OpenMP's default spin policy
+# small workloads on 2 cores run many times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import importlib  # noqa: E402
+import sys  # noqa: E402
+
+import click  # noqa: E402
+
+
+class LazyGroup(click.Group):
+    """A click group that imports each sub-command's module on first use."""
+
+    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy_commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy_commands:
+            module_name, attr = self.lazy_commands[name].split(":")
+            return getattr(importlib.import_module(module_name), attr)
+        return super().get_command(ctx, name)
+
+
+TRAIN_COMMANDS = {
+    "clip": "unclip.cli.train_cmds:train_clip",
+    "oracle": "unclip.cli.train_cmds:train_oracle",
+    "decoder": "unclip.cli.train_cmds:train_decoder",
+    "upsampler": "unclip.cli.train_cmds:train_upsampler",
+    "prior": "unclip.cli.train_cmds:train_prior",
+}
+
+
+@click.group(cls=LazyGroup, lazy_commands=TRAIN_COMMANDS)
+def train() -> None:
+    """Train one stage (clip, oracle, decoder, upsampler, prior) through the one trainer."""
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands={
+        "shapes": "unclip.cli.shapes_cmds:shapes",
+    },
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.version_option(package_name="unclip")
+def cli() -> None:
+    """unclip: unCLIP text-to-image (DALL-E 2) in PyTorch."""
+
+
+cli.add_command(train)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(args=argv, prog_name="unclip", standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The one narrow CLIP interface every stage uses (DESIGN.md §1, codebases.md §3 rule 7).
+
+Any CLIP (our small one, transformers' OpenAI ViT-L/14, ...) is wrapped as a :class:`ClipEncoder`.
+Images given to :meth:`ClipEncoder.embed_images` are float tensors in [-1, 1], shape [B, 3, H, W], of any
+size: the encoder resizes/normalises them itself (its ``preprocess``). PIL images go through
+:meth:`ClipEncoder.preprocess_pil` first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+
+@dataclass
+class TextEmbedding:
+    """CLIP text features for a batch of B captions.
+
+    Attributes:
+        pooled: [B, D] the projected pooled text embedding z_t (not L2-normalised).
+        tokens: [B, L, W] per-token final hidden states (after the final LayerNorm).
+        mask: [B, L] bool, True for real tokens (start/end tokens included), False for padding.
+    """
+
+    pooled: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextEmbedding:
+        return TextEmbedding(
+            self.pooled.to(device=device, dtype=dtype),
+            self.tokens.to(device=device, dtype=dtype),
+            self.mask.to(device=device),
+        )
+
+    def __getitem__(self, index) -> TextEmbedding:
+        return TextEmbedding(self.pooled[index], self.tokens[index], self.mask[index])
+
+    @staticmethod
+    def cat(items: list[TextEmbedding]) -> TextEmbedding:
+        return TextEmbedding(
+            torch.cat([i.pooled for i in items]),
+            torch.cat([i.tokens for i in items]),
+            torch.cat([i.mask for i in items]),
+        )
+
+
+@runtime_checkable
+class ClipEncoder(Protocol):
+    """A frozen CLIP: text -> (pooled, token states, mask); image -> embedding."""
+
+    @property
+    def dim(self) -> int:
+        """D, the width of the joint (pooled) embedding space."""
+
+    @property
+    def token_width(self) -> int:
+        """W, the width of the per-token states."""
+
+    @property
+    def max_text_length(self) -> int:
+        """L, the padded token length of :meth:`embed_text`'s outputs."""
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images the image tower sees after preprocessing."""
+
+    def embed_text(self, texts: list[str]) -> TextEmbedding:
+        """Encode B captions. Never fails on unseen words; over-long captions are truncated."""
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [-1, 1] (any H, W) -> [B, D] image embeddings z_i (not L2-normalised)."""
+
+    def preprocess_pil(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images of any size/mode -> [B, 3, S, S] in [-1, 1] for :meth:`embed_images`."""

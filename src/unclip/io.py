@@ -1,0 +1,96 @@
+"""Atomic file writes and safe weight loading (DESIGN.md §3, §7).
+
+Writes go to a temporary file in the same directory, are fsynced, then renamed over the target, so a
+crash never leaves a half-written file. Loading never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Call ``write(fileobj)`` on a temp file next to ``path``, fsync, then rename onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data), "wb")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text), "w")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` atomically. Keep ``obj`` to tensors and plain Python types so that it loads
+    with ``weights_only=True``."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def safe_torch_load(path: str | Path, map_location: Any = "cpu", trust_pickle: bool = False) -> Any:
+    """Load a torch file with ``weights_only=True``; full unpickling only when the caller opts in."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the reason
+        if trust_pickle:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        raise ValueError(
+            f"{path} cannot be loaded safely (weights_only=True failed: {str(err).splitlines()[0]}). "
+            "It needs full unpickling, which can run code from the file; pass --trust-pickle "
+            "(trust_pickle=True) only if you trust its source."
+        ) from None
+
+
+def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write a state dict as safetensors, atomically (tensors made contiguous, shared storage split)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+    atomic_write_bytes(path, save(tensors))
+
+
+def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{path} is not a readable safetensors file: {err}") from None

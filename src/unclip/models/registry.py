@@ -1,0 +1,67 @@
+"""``build_model(kind, preset)``: one place that knows every network and its named presets.
+
+Each model module defines a config dataclass, the ``nn.Module`` built from it, and a ``PRESETS``
+dict mapping a preset name to a zero-argument function returning a config. The registry imports a
+module only when its kind is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+# kind -> (module, model class name). The module must define PRESETS: dict[str, Callable[[], Config]].
+MODEL_KINDS: dict[str, tuple[str, str]] = {
+    "clip": ("unclip.models.clip", "SmallCLIP"),
+    "prior": ("unclip.models.prior", "DiffusionPrior"),
+    "ar_prior": ("unclip.models.ar_prior", "ARPrior"),
+    "decoder": ("unclip.models.decoder_unet", "DecoderUNet"),
+    "upsampler": ("unclip.models.upsampler_unet", "UpsamplerUNet"),
+    "oracle": ("unclip.eval.oracle_net", "ShapesOracle"),
+}
+
+
+def _lookup(kind: str) -> tuple[type[nn.Module], dict[str, Callable[[], Any]]]:
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {sorted(MODEL_KINDS)}")
+    module_name, class_name = MODEL_KINDS[kind]
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name), module.PRESETS
+
+
+def list_presets(kind: str) -> list[str]:
+    """Names of the presets defined for ``kind``."""
+    return sorted(_lookup(kind)[1])
+
+
+def model_config(kind: str, preset: str) -> Any:
+    """The config dataclass of preset ``preset`` of ``kind``."""
+    _, presets = _lookup(kind)
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r} for model kind {kind!r}; choose one of {sorted(presets)}")
+    return presets[preset]()
+
+
+def model_class(kind: str) -> type[nn.Module]:
+    return _lookup(kind)[0]
+
+
+def build_model(
+    kind: str,
+    preset: str | Any = "tiny",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Build network ``kind`` ("clip", "prior", "ar_prior", "decoder", "upsampler") from a preset name
+    or a config dataclass. ``device="meta"`` builds it without allocating memory (e.g. ``karlo``)."""
+    cls, _ = _lookup(kind)
+    config = model_config(kind, preset) if isinstance(preset, str) else preset
+    with torch.device(device if device is not None else "cpu"):
+        model = cls(config)
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    return model
