@@ -36,12 +36,13 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
 
+# One module per stage so that each stage's options live beside nothing else.
 TRAIN_COMMANDS = {
-    "clip": "unclip.cli.train_cmds:train_clip",
-    "oracle": "unclip.cli.train_cmds:train_oracle",
-    "decoder": "unclip.cli.train_cmds:train_decoder",
-    "upsampler": "unclip.cli.train_cmds:train_upsampler",
-    "prior": "unclip.cli.train_cmds:train_prior",
+    "clip": "unclip.cli.train_clip:command",
+    "oracle": "unclip.cli.train_oracle:command",
+    "decoder": "unclip.cli.train_decoder:command",
+    "upsampler": "unclip.cli.train_upsampler:command",
+    "prior": "unclip.cli.train_prior:command",
 }
 
 
