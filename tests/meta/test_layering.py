@@ -9,9 +9,33 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "unclip"
 
 # subpackage -> unclip subpackages it must never import
 FORBIDDEN = {
-    "nn": {"models", "encoders", "diffusion", "samplers", "pipeline", "data", "train", "interop", "eval", "cli", "web"},
+    "nn": {
+        "models",
+        "encoders",
+        "diffusion",
+        "samplers",
+        "pipeline",
+        "data",
+        "train",
+        "interop",
+        "eval",
+        "cli",
+        "web",
+    },
     "models": {"train", "pipeline", "cli", "web", "interop", "samplers", "diffusion"},
-    "diffusion": {"nn", "models", "encoders", "samplers", "pipeline", "data", "train", "interop", "eval", "cli", "web"},
+    "diffusion": {
+        "nn",
+        "models",
+        "encoders",
+        "samplers",
+        "pipeline",
+        "data",
+        "train",
+        "interop",
+        "eval",
+        "cli",
+        "web",
+    },
     "samplers": {"nn", "models", "encoders", "pipeline", "data", "train", "interop", "eval", "cli", "web"},
     "encoders": {"train", "pipeline", "cli", "web", "samplers", "diffusion"},
     "data": {"models", "train", "pipeline", "cli", "web", "samplers"},
@@ -20,8 +44,18 @@ FORBIDDEN = {
     "eval": {"cli", "web"},
 }
 
-ALLOWED_THIRD_PARTY_FOR_DIFFUSION = {"torch", "math", "dataclasses", "typing", "enum", "collections", "__future__",
-                                     "functools", "abc", "numbers"}
+ALLOWED_THIRD_PARTY_FOR_DIFFUSION = {
+    "torch",
+    "math",
+    "dataclasses",
+    "typing",
+    "enum",
+    "collections",
+    "__future__",
+    "functools",
+    "abc",
+    "numbers",
+}
 
 
 def _imports(path: Path) -> list[str]:
