@@ -1,1 +1,1 @@
-"""unclip.nn"""
+"""Building blocks shared by the networks: norms, attention, timestep embeddings, ResBlocks, transformer."""
