@@ -1,0 +1,176 @@
+"""``TrainConfig``: every knob of the one training loop, validated, saved as ``config.json``.
+
+The model, data and loss belong to the :class:`~unclip.train.task.TrainTask`; this dataclass holds only
+what the loop itself does (optimizer, schedule, EMA, precision, checkpoints, logging, devices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# Fields whose change alters the trained weights: resuming with a different value is refused.
+# (Logging/checkpoint/eval cadence, device, threads, the wall budget and DDP options only change how the
+# same computation is carried out.)
+RESULT_FIELDS = (
+    "steps",
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "min_lr_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "betas",
+    "adam_eps",
+    "grad_clip",
+    "ema_decay",
+    "ema_warmup",
+    "precision",
+    "seed",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`unclip.train.loop.run_training`.
+
+    Attributes:
+        steps: total optimizer steps of the run (the LR schedule spans exactly these).
+        batch_size: global batch per optimizer step, over all ranks and accumulation micro-steps; must
+            be divisible by ``world_size * grad_accum``.
+        grad_accum: micro-steps accumulated per optimizer step (per rank).
+        lr: peak learning rate (reached at the end of warm-up).
+        min_lr_ratio: the cosine decays to ``min_lr_ratio * lr`` at ``steps``; in [0, 1].
+        warmup_steps: linear warm-up length; step ``s < warmup_steps`` uses ``lr * (s + 1) / warmup_steps``.
+        weight_decay: AdamW decoupled weight decay, applied to parameters with ``ndim >= 2`` only
+            (not to biases, norms or scalar gains).
+        betas: AdamW ``(beta1, beta2)``.
+        adam_eps: AdamW epsilon.
+        grad_clip: clip the global gradient norm to this value; ``None`` disables clipping (the norm is
+            still logged).
+        ema_decay: EMA decay per optimizer step in [0, 1); 0 makes the EMA a copy of the model.
+        ema_warmup: use ``min(ema_decay, (1 + n) / (10 + n))`` after ``n`` updates so that the EMA of a
+            short run is not dominated by the initial weights.
+        precision: "auto" (bf16 autocast on CUDA when supported, else fp32), "fp32", "bf16" (autocast)
+            or "fp16" (autocast + dynamic loss scaling). Weights, EMA and optimizer state stay fp32.
+        seed: seeds model initialisation and every random draw of training.
+        log_every: write a metrics line (and a log line when no progress bar) every this many steps.
+        ckpt_every: write ``checkpoint.pt`` every this many steps (and always at the end); 0 = end only.
+        eval_every: call ``task.evaluate`` on the EMA model every this many steps (and at the end);
+            0 = never.
+        device: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", "mps", ... Under
+            torchrun on CUDA each rank uses ``cuda:LOCAL_RANK``.
+        num_threads: ``torch.set_num_threads`` for this process; ``None`` leaves torch's setting.
+        max_minutes: wall-clock budget; when spent the loop stops cleanly after the current step,
+            writes a checkpoint and exports. ``None`` = no budget.
+        ddp_find_unused_parameters: passed to DDP (needed when some parameters get no gradient in a step).
+    """
+
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    precision: str = "auto"
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 500
+    eval_every: int = 0
+    device: str = "auto"
+    num_threads: int | None = None
+    max_minutes: float | None = None
+    ddp_find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field and its value."""
+
+        def bad(name: str, rule: str) -> ValueError:
+            return ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {rule}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_real(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name, low in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("log_every", 1)):
+            if not is_int(getattr(self, name)) or getattr(self, name) < low:
+                raise bad(name, f"must be an integer >= {low}")
+        for name in ("warmup_steps", "ckpt_every", "eval_every", "seed"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise bad(name, "must be an integer >= 0")
+        if self.batch_size % self.grad_accum:
+            raise bad("batch_size", f"must be divisible by grad_accum={self.grad_accum}")
+        if not is_real(self.lr) or self.lr <= 0:
+            raise bad("lr", "must be a finite number > 0")
+        if not is_real(self.min_lr_ratio) or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise bad("min_lr_ratio", "must be in [0, 1]")
+        if not is_real(self.weight_decay) or self.weight_decay < 0:
+            raise bad("weight_decay", "must be a finite number >= 0")
+        if (
+            not isinstance(self.betas, (tuple, list))
+            or len(self.betas) != 2
+            or not all(is_real(b) and 0.0 <= b < 1.0 for b in self.betas)
+        ):
+            raise bad("betas", "must be two numbers in [0, 1)")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if not is_real(self.adam_eps) or self.adam_eps <= 0:
+            raise bad("adam_eps", "must be a finite number > 0")
+        if self.grad_clip is not None and (not is_real(self.grad_clip) or self.grad_clip <= 0):
+            raise bad("grad_clip", "must be a finite number > 0, or None to disable clipping")
+        if not is_real(self.ema_decay) or not 0.0 <= self.ema_decay < 1.0:
+            raise bad("ema_decay", "must be in [0, 1)")
+        if not isinstance(self.ema_warmup, bool):
+            raise bad("ema_warmup", "must be a bool")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"must be one of {PRECISIONS}")
+        if not isinstance(self.device, str) or not self.device:
+            raise bad("device", 'must be a device string such as "auto", "cpu", "cuda" or "cuda:1"')
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise bad("device", 'must be "auto" or a torch device string such as "cpu" or "cuda:0"') from None
+        if self.num_threads is not None and (not is_int(self.num_threads) or self.num_threads < 1):
+            raise bad("num_threads", "must be an integer >= 1, or None")
+        if self.max_minutes is not None and (not is_real(self.max_minutes) or self.max_minutes <= 0):
+            raise bad("max_minutes", "must be a finite number > 0, or None")
+        if not isinstance(self.ddp_find_unused_parameters, bool):
+            raise bad("ddp_find_unused_parameters", "must be a bool")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def result_field_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(field, saved value, current value)`` for every result-changing field that differs.
+
+    Both arguments are :func:`unclip.config.config_to_dict` dicts (tuples as lists).
+    """
+    out = []
+    for name in RESULT_FIELDS:
+        a, b = saved.get(name), current.get(name)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            same = float(a) == float(b)
+        else:
+            same = a == b
+        if not same:
+            out.append((name, a, b))
+    return out
