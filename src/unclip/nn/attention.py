@@ -9,6 +9,10 @@ width ``3*C`` with ``H`` heads of ``d = C/H`` channels are ordered ``[q_0, k_0, 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unclip.nn.norm import group_norm
 
 
 def unpack_heads(packed: torch.Tensor, heads: int, parts: int = 3) -> list[torch.Tensor]:
@@ -48,3 +52,71 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         raise TypeError(f"expected a bool mask, got dtype {mask.dtype}")
     out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
     return out.masked_fill(~mask, float("-inf"))
+
+
+class SpatialAttention(nn.Module):
+    """GLIDE/ADM attention over the pixels of a feature map, with optional context tokens as extra keys/values.
+
+    ``GroupNorm -> 1x1 qkv`` on the spatial tokens; if a context is given, ``encoder_kv`` (1x1) projects it
+    to keys/values that are placed *before* the spatial ones (keys = [context; pixels]); scaled dot-product
+    attention per head; ``proj_out`` (1x1, zero-initialised) and a residual. State-dict layout as in
+    GLIDE/Karlo: ``norm``, ``qkv`` Conv1d(C, 3C, 1) packed per head, ``encoder_kv`` Conv1d(E, 2C, 1) packed
+    per head ``[k_h, v_h]``, ``proj_out`` Conv1d(C, C, 1). The 1x1 convs are applied as matmuls on
+    token-major tensors, so channels_last inputs need no copies.
+
+    Args:
+        channels: C.
+        head_channels: channels per head (heads = C / head_channels).
+        context_channels: context token width E, or None for plain self-attention.
+        norm_groups: GroupNorm groups.
+    """
+
+    def __init__(
+        self, channels: int, head_channels: int, context_channels: int | None = None, norm_groups: int = 32
+    ) -> None:
+        super().__init__()
+        if channels % head_channels != 0:
+            raise ValueError(f"attention channels {channels} not divisible by head channels {head_channels}")
+        self.channels, self.heads = channels, channels // head_channels
+        self.norm = group_norm(channels, norm_groups)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.encoder_kv = nn.Conv1d(context_channels, 2 * channels, 1) if context_channels else None
+        self.proj_out = nn.Conv1d(channels, channels, 1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attend.
+
+        Args:
+            x: [B, C, H, W] feature map.
+            context: [B, S, E] context tokens, or None (then only the pixels are keys).
+            context_mask: [B, S] bool, True for tokens that may be attended to; None = all. At least the
+                pixels are always attended to, so an all-False mask is allowed.
+
+        Returns:
+            [B, C, H, W] = x + attention output.
+        """
+        b, c, hgt, wid = x.shape
+        n = hgt * wid
+        d = c // self.heads
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, N, C]
+        qkv = F.linear(tokens, self.qkv.weight[:, :, 0], self.qkv.bias).view(b, n, self.heads, 3, d)
+        q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # [B, heads, N, d]
+        mask = None
+        if context is not None:
+            if self.encoder_kv is None:
+                raise ValueError("this attention block was built without context_channels but got a context")
+            s = context.shape[1]
+            kv = F.linear(context, self.encoder_kv.weight[:, :, 0], self.encoder_kv.bias)
+            ek, ev = kv.view(b, s, self.heads, 2, d).permute(3, 0, 2, 1, 4).unbind(0)
+            k = torch.cat([ek, k], dim=2)
+            v = torch.cat([ev, v], dim=2)
+            if context_mask is not None:
+                keep = torch.cat([context_mask, context_mask.new_ones(b, n)], dim=1)
+                mask = keep[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, heads, N, d]
+        out = F.linear(out.transpose(1, 2).reshape(b, n, c), self.proj_out.weight[:, :, 0], self.proj_out.bias)
+        return x + out.transpose(1, 2).reshape(b, c, hgt, wid)
