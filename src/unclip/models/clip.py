@@ -1,0 +1,284 @@
+"""A small CLIP (Radford et al., 2021) for the shapes world: CNN image tower + transformer text tower.
+
+Image tower: a stem convolution and one stride-2 stage per entry of ``image_channels`` (conv, GroupNorm,
+SiLU, then a residual block), down to a small ``map_size × map_size`` feature map that is *flattened*
+(not globally pooled, so that where an object is survives), layer-normed and projected to ``embed_dim``.
+
+Text tower: as OpenAI CLIP's: token + learned positional embeddings, pre-LN transformer blocks (causal
+attention by default, GELU MLP), a final LayerNorm; the token states are that LayerNorm's output and the
+pooled embedding is the state at the ``<end>`` token (the last True of the mask) times a projection
+(no bias). The architecture matches transformers' ``CLIPTextModelWithProjection`` with
+``hidden_act="gelu"``, so weights can be mapped one-to-one (tests check it).
+
+A learned temperature ``logit_scale`` (log of the inverse temperature, initialised to log(1/0.07)) scales
+the cosine similarities in the contrastive loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ClipConfig:
+    """Shape of a :class:`SmallCLIP`.
+
+    Attributes:
+        embed_dim: D, the joint embedding width.
+        image_size: S, the side of the square input images.
+        image_channels: channels of each stride-2 stage; the map side is S / 2**len(image_channels).
+        image_stem_channels: channels of the full-resolution stem convolution.
+        image_map_channels: channels of the 1×1 conv applied to the final map before flattening.
+        groups: GroupNorm groups in the image tower.
+        vocab_size: text token ids are in [0, vocab_size).
+        context_length: L, the maximum number of text tokens (positional embeddings).
+        text_width: W, the text transformer width (= token-state width).
+        text_layers: number of transformer blocks.
+        text_heads: attention heads (text_width must be divisible by it).
+        mlp_ratio: MLP hidden width / text_width.
+        causal: causal self-attention (OpenAI CLIP) instead of full attention over real tokens.
+        logit_scale_init: initial log inverse temperature.
+        logit_scale_max: the inverse temperature is clamped to at most this value.
+    """
+
+    embed_dim: int = 128
+    image_size: int = 64
+    image_channels: tuple[int, ...] = (32, 64, 128, 128)
+    image_stem_channels: int = 32
+    image_map_channels: int = 128
+    groups: int = 8
+    vocab_size: int = 512
+    context_length: int = 32
+    text_width: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    mlp_ratio: float = 4.0
+    causal: bool = True
+    logit_scale_init: float = math.log(1 / 0.07)
+    logit_scale_max: float = 100.0
+
+    def __post_init__(self) -> None:
+        down = 2 ** len(self.image_channels)
+        if self.image_size % down != 0 or self.image_size < down:
+            raise ValueError(
+                f"image_size {self.image_size} must be a positive multiple of 2**len(image_channels) = {down}"
+            )
+        if self.text_width % self.text_heads != 0:
+            raise ValueError(f"text_width {self.text_width} is not divisible by text_heads {self.text_heads}")
+        for name in ("embed_dim", "vocab_size", "context_length", "text_width", "text_layers", "text_heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def map_size(self) -> int:
+        """Side of the image tower's final feature map."""
+        return self.image_size // 2 ** len(self.image_channels)
+
+
+PRESETS: dict[str, Callable[[], ClipConfig]] = {
+    # ~2.0 M parameters, D = 128: the shipped shapes-world CLIP.
+    "shapes": lambda: ClipConfig(),
+    # For tests: a few thousand parameters.
+    "tiny": lambda: ClipConfig(
+        embed_dim=16,
+        image_size=16,
+        image_channels=(8, 16),
+        image_stem_channels=8,
+        image_map_channels=8,
+        groups=4,
+        vocab_size=320,
+        context_length=16,
+        text_width=16,
+        text_layers=2,
+        text_heads=2,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------- image
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm1 = nn.GroupNorm(groups, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.norm1(self.conv1(x)))
+        return F.silu(x + self.norm2(self.conv2(h)))
+
+
+class ImageTower(nn.Module):
+    """[B, 3, S, S] in [-1, 1] -> [B, D]."""
+
+    def __init__(self, config: ClipConfig):
+        super().__init__()
+        c = config
+        self.image_size = c.image_size
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, c.image_stem_channels, 3, padding=1), nn.GroupNorm(c.groups, c.image_stem_channels)
+        )
+        stages = []
+        cin = c.image_stem_channels
+        for cout in c.image_channels:
+            stages.append(
+                nn.Sequential(
+                    nn.Conv2d(cin, cout, 3, stride=2, padding=1),
+                    nn.GroupNorm(c.groups, cout),
+                    nn.SiLU(),
+                    _ResBlock(cout, c.groups),
+                )
+            )
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.to_map = nn.Conv2d(cin, c.image_map_channels, 1)
+        flat = c.image_map_channels * c.map_size**2
+        self.norm = nn.LayerNorm(flat)
+        self.proj = nn.Linear(flat, c.embed_dim, bias=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, S, S], got shape {tuple(images.shape)}")
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            raise ValueError(f"images must be {self.image_size}×{self.image_size}, got {tuple(images.shape[-2:])}")
+        # channels_last runs the convolutions ~3x faster on CPU (cpu_notes.md) and is harmless elsewhere.
+        h = F.silu(self.stem(images.contiguous(memory_format=torch.channels_last)))
+        h = self.to_map(self.stages(h))
+        return self.proj(self.norm(h.flatten(1)))
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+
+class _Attention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        B, L, W = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.out(y.transpose(1, 2).reshape(B, L, W))
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = _Attention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class TextTower(nn.Module):
+    """(ids [B, L] int64, mask [B, L] bool) -> (pooled [B, D], tokens [B, L, W])."""
+
+    def __init__(self, config: ClipConfig):
+        super().__init__()
+        c = config
+        self.causal = c.causal
+        self.vocab_size = c.vocab_size
+        self.token_embedding = nn.Embedding(c.vocab_size, c.text_width)
+        self.positional_embedding = nn.Parameter(torch.empty(c.context_length, c.text_width))
+        self.blocks = nn.ModuleList(_Block(c.text_width, c.text_heads, c.mlp_ratio) for _ in range(c.text_layers))
+        self.ln_final = nn.LayerNorm(c.text_width)
+        self.projection = nn.Linear(c.text_width, c.embed_dim, bias=False)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        nn.init.normal_(self.projection.weight, std=c.text_width**-0.5)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if ids.ndim != 2 or mask.shape != ids.shape:
+            raise ValueError(f"ids and mask must both be [B, L]; got {tuple(ids.shape)} and {tuple(mask.shape)}")
+        B, L = ids.shape
+        if L > self.positional_embedding.shape[0]:
+            raise ValueError(f"text length {L} exceeds context_length {self.positional_embedding.shape[0]}")
+        mask = mask.bool()
+        if not bool(mask[:, 0].all()):
+            raise ValueError("every row of the mask must start with a real token (the start token)")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}); got [{int(ids.min())}, {int(ids.max())}]")
+        x = self.token_embedding(ids) + self.positional_embedding[:L]
+        # [B, 1, L, L] boolean "may attend": padding keys are hidden; row 0 (start token) is always visible.
+        allowed = mask[:, None, None, :].expand(B, 1, L, L)
+        if self.causal:
+            allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=ids.device).tril()
+        for block in self.blocks:
+            x = block(x, allowed)
+        tokens = self.ln_final(x)
+        end = mask.long().cumsum(1).argmax(1)  # index of the last real token (the end token)
+        pooled = self.projection(tokens[torch.arange(B, device=ids.device), end])
+        return pooled, tokens
+
+
+# ---------------------------------------------------------------------------------------------- CLIP
+
+
+class SmallCLIP(nn.Module):
+    """Image tower + text tower + learned temperature (see the module docstring)."""
+
+    def __init__(self, config: ClipConfig):
+        super().__init__()
+        self.config = config
+        self.visual = ImageTower(config)
+        self.text = TextTower(config)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] in [-1, 1] -> [B, D] image embeddings (not normalised)."""
+        return self.visual(images)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [B, L], mask [B, L] bool) -> (pooled [B, D] not normalised, tokens [B, L, W] after the final LN)."""
+        return self.text(ids, mask)
+
+    def inverse_temperature(self) -> torch.Tensor:
+        """exp(logit_scale) clamped to ``logit_scale_max`` (a scalar tensor)."""
+        return self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B_img, B_txt] = inverse temperature × cosine similarity of image and text embeddings."""
+        zi = F.normalize(self.encode_image(images), dim=-1)
+        zt = F.normalize(self.encode_text(ids, mask)[0], dim=-1)
+        return self.inverse_temperature() * zi @ zt.t()
+
+
+def contrastive_loss(logits: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE over a [B, B] logit matrix (rows images, columns texts).
+
+    Args:
+        logits: [B, B] scaled similarities.
+        targets: optional [B, B] non-negative matrix, row i > 0 where text j is a correct match for image i
+            (e.g. identical captions); defaults to the identity. Each direction uses its rows/columns
+            normalised to sum to 1 as soft targets.
+    Returns:
+        scalar: mean of the image->text and text->image cross-entropies.
+    """
+    if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
+        raise ValueError(f"logits must be square [B, B], got {tuple(logits.shape)}")
+    if targets is None:
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+    targets = targets.to(logits.dtype)
+    row = targets / targets.sum(1, keepdim=True)
+    col = targets.t() / targets.t().sum(1, keepdim=True)
+    loss_i = -(row * logits.log_softmax(1)).sum(1).mean()
+    loss_t = -(col * logits.t().log_softmax(1)).sum(1).mean()
+    return 0.5 * (loss_i + loss_t)
