@@ -14,7 +14,6 @@ from unclip.models.prior import (
     PriorConfig,
     prefix_attention_mask,
     text_dropout,
-    timestep_embedding,
 )
 from unclip.nn.attention import unpack_heads
 
@@ -192,14 +191,6 @@ def test_karlo_preset_has_diffusers_prior_parameters():
     n_ours = sum(p.numel() for p in ours.parameters()) + ours.clip_mean.numel() + ours.clip_std.numel()
     assert n_ours == sum(p.numel() for p in ref.parameters()) == 1_022_030_080
     assert {"clip_mean", "clip_std"} <= set(ours.state_dict())
-
-
-def test_timestep_embedding_matches_diffusers():
-    from diffusers.models.embeddings import get_timestep_embedding
-
-    t = torch.tensor([0, 1, 17, 500, 999])
-    ref = get_timestep_embedding(t, 64, flip_sin_to_cos=True, downscale_freq_shift=0)
-    torch.testing.assert_close(timestep_embedding(t, 64), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_clip_stats_normalise_round_trip_and_save():

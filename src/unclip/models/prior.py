@@ -27,7 +27,6 @@ time. :func:`text_dropout` does the substitution for both priors.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from unclip.encoders.base import TextEmbedding
+from unclip.nn.embeddings import timestep_embedding
 from unclip.nn.norm import LayerNorm32
 from unclip.nn.transformer import TransformerBlock
 
@@ -44,7 +44,6 @@ __all__ = [
     "PriorConfig",
     "prefix_attention_mask",
     "text_dropout",
-    "timestep_embedding",
 ]
 
 NUM_EXTRA_TOKENS = 4  # pooled text embedding, timestep, noised image embedding, query
@@ -83,8 +82,6 @@ class PriorConfig:
                 raise ValueError(f"PriorConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.width % self.heads != 0:
             raise ValueError(f"PriorConfig.width {self.width} is not divisible by heads {self.heads}")
-        if self.width % 2 != 0:
-            raise ValueError(f"PriorConfig.width must be even (sinusoidal timestep embedding), got {self.width}")
         if not 0.0 <= self.text_drop_prob < 1.0:
             raise ValueError(f"PriorConfig.text_drop_prob must be in [0, 1), got {self.text_drop_prob}")
         if not 0.0 <= self.dropout < 1.0:
@@ -99,24 +96,6 @@ PRESETS: dict[str, Callable[[], PriorConfig]] = {
     # unit tests; sized like the tiny CLIP (D = 16, token width 16, context 16)
     "tiny": lambda: PriorConfig(clip_dim=16, text_width=16, text_len=16, width=32, layers=2, heads=4),
 }
-
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding ``[cos(t·f_k), sin(t·f_k)]``, f_k = max_period^(−k/(dim/2)), k < dim/2.
-
-    Args:
-        t: [B] timesteps (int or float, in training-step units, e.g. 0..999).
-        dim: even embedding width.
-
-    Returns:
-        [B, dim] float32 (GLIDE/Karlo ``timestep_embedding``; diffusers ``Timesteps(flip_sin_to_cos=True)``).
-    """
-    if t.ndim != 1:
-        raise ValueError(f"timesteps must be 1-D [B], got shape {tuple(t.shape)}")
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.to(torch.float32)[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 def prefix_attention_mask(text_mask: Tensor, total_len: int) -> Tensor:
