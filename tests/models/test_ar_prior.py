@@ -202,3 +202,18 @@ def test_presets_and_bad_inputs():
         model(text.pooled, text.tokens[:, :-1], text.mask)
     with pytest.raises(RuntimeError, match="not fitted"):
         ARPrior(CFG).encode_targets(torch.randn(2, 12), torch.randn(2, 12))
+
+
+def test_save_model_load_model_keeps_the_float64_quantizer_state(tmp_path):
+    from unclip.models.serialization import load_model, save_model
+
+    model = build_model("ar_prior", "tiny")
+    c = model.config
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn(80, c.clip_dim, generator=g)
+    model.fit_quantizers(img, img + torch.randn(80, c.clip_dim, generator=g))
+    save_model(model, tmp_path / "ar")
+    loaded = load_model("ar_prior", tmp_path / "ar")
+    assert loaded.quantizer.components.dtype == torch.float64
+    assert torch.equal(loaded.quantizer.quantizer.edges, model.quantizer.quantizer.edges)
+    assert torch.equal(loaded.encode_targets(img, img)[1], model.encode_targets(img, img)[1])

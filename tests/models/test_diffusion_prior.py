@@ -252,3 +252,13 @@ def test_presets_build_and_bad_inputs_raise():
         PriorConfig(width=30, heads=4)
     with pytest.raises(ValueError, match="text_drop_prob"):
         PriorConfig(text_drop_prob=1.0)
+
+
+def test_save_model_load_model_keeps_the_clip_stats(tmp_path):
+    from unclip.models.serialization import load_model, save_model
+
+    model = build_model("prior", "tiny")
+    model.set_clip_stats(torch.arange(16.0), torch.full((16,), 3.0))
+    save_model(model, tmp_path / "prior")
+    loaded = load_model("prior", tmp_path / "prior")
+    assert torch.equal(loaded.clip_mean, torch.arange(16.0)) and torch.equal(loaded.clip_std, torch.full((16,), 3.0))
