@@ -1,0 +1,200 @@
+"""Contrastive training of our small CLIP on the shapes world, as a :class:`TrainTask`.
+
+Sample ``i`` is shapes-world scene ``i`` of ``ShapesWorld(data_seed, full_caption_prob=...)`` rendered at
+``image_size``; its caption is the world's partial caption (a random subset of attributes) or, with
+probability ``full_caption_prob`` (default 0.5), the full caption, so that image embeddings must carry
+every attribute while text embeddings learn to leave unnamed attributes open.
+
+Partial captions match many images ("a star" fits every one-star scene), so the loss is InfoNCE with
+*multi-positive* targets: text j counts as a match for image i whenever the attributes that caption j
+names all hold in scene i (:func:`caption_matches`). Under DDP the contrastive batch is each rank's
+micro-batch (no all-gather).
+
+:func:`evaluate_retrieval` measures image->text top-1 retrieval among N held-out pairs (a world seed
+never used for training) for any :class:`ClipEncoder`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unclip.data.shapes import ShapesWorld, full_caption, images_to_tensor
+from unclip.encoders.base import ClipEncoder
+from unclip.encoders.own_clip import OwnClipEncoder
+from unclip.encoders.tokenizer import WordByteTokenizer
+from unclip.io import atomic_write_text
+from unclip.models.clip import PRESETS, ClipConfig, SmallCLIP, contrastive_loss
+
+_INVERSE_RELATION = {
+    "to the left of": "to the right of",
+    "to the right of": "to the left of",
+    "above": "below",
+    "below": "above",
+}
+
+
+def caption_matches(spec: dict[str, Any], record: dict[str, Any]) -> bool:
+    """True when every attribute a caption names (``spec``, see ``shapes_captions``) holds in the scene
+    ``record``. Two-object captions may name the objects in either order (with the relation inverted)."""
+    objects = record["objects"]
+    named = spec["objects"]
+    if len(named) != len(objects):
+        return False
+    if spec.get("background") is not None and spec["background"] != record["background"]:
+        return False
+
+    def objects_fit(order: list[dict[str, Any]]) -> bool:
+        return all(all(obj.get(k) == v for k, v in want.items()) for want, obj in zip(named, order))
+
+    if len(objects) == 1:
+        return objects_fit(objects)
+    if objects_fit(objects) and spec.get("relation") == record["relation"]:
+        return True
+    return objects_fit(objects[::-1]) and spec.get("relation") == _INVERSE_RELATION.get(record["relation"])
+
+
+@dataclass
+class ClipBatch:
+    """images [B, 3, S, S] in [-1, 1]; ids/mask [B, L]; targets [B, B] float (1 where text j fits image i)."""
+
+    images: torch.Tensor
+    ids: torch.Tensor
+    mask: torch.Tensor
+    targets: torch.Tensor
+
+
+class ClipTask:
+    """:class:`TrainTask` for :class:`SmallCLIP` on the shapes world.
+
+    Args:
+        config: the network's config, or a preset name of ``unclip.models.clip.PRESETS``.
+        data_seed: world seed of the training data.
+        eval_seed: world seed of the held-out pairs used by :meth:`evaluate` (must differ from ``data_seed``).
+        full_caption_prob: probability that a training caption is the full caption.
+        eval_pairs: held-out pairs scored at each periodic evaluation.
+        export_dtype: dtype of the exported weights (fp16 halves the size; loading casts back to fp32).
+    """
+
+    name = "clip"
+
+    def __init__(
+        self,
+        config: ClipConfig | str = "shapes",
+        data_seed: int = 0,
+        eval_seed: int = 1_000_003,
+        full_caption_prob: float = 0.5,
+        eval_pairs: int = 500,
+        export_dtype: torch.dtype = torch.float16,
+    ):
+        if isinstance(config, str):
+            if config not in PRESETS:
+                raise ValueError(f"unknown CLIP preset {config!r}; choose one of {sorted(PRESETS)}")
+            config = PRESETS[config]()
+        if data_seed == eval_seed:
+            raise ValueError(f"eval_seed must differ from data_seed (both {data_seed}): held-out pairs must be unseen")
+        if eval_pairs < 2:
+            raise ValueError(f"eval_pairs must be >= 2, got {eval_pairs}")
+        self.config = config
+        self.tokenizer = WordByteTokenizer(max_length=config.context_length)
+        if self.tokenizer.vocab_size > config.vocab_size:
+            raise ValueError(f"vocab_size {config.vocab_size} < tokenizer vocabulary {self.tokenizer.vocab_size}")
+        self.world = ShapesWorld(seed=data_seed, full_caption_prob=full_caption_prob)
+        self.eval_seed = eval_seed
+        self.eval_pairs = eval_pairs
+        self.export_dtype = export_dtype
+
+    def build_model(self) -> nn.Module:
+        return SmallCLIP(self.config)
+
+    def get_batch(self, indices: list[int], device: torch.device) -> ClipBatch:
+        samples = [self.world.sample(i) for i in indices]
+        images = images_to_tensor([self.world.render(s.scene, self.config.image_size) for s in samples])
+        ids, mask = self.tokenizer([s.caption for s in samples])
+        targets = torch.tensor(
+            [[float(caption_matches(t.specified, s.record)) for t in samples] for s in samples], dtype=torch.float32
+        )
+        return ClipBatch(images.to(device), ids.to(device), mask.to(device), targets.to(device))
+
+    def loss(self, model: nn.Module, batch: ClipBatch, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        logits = model(batch.images, batch.ids, batch.mask)
+        loss = contrastive_loss(logits, batch.targets)
+        with torch.no_grad():
+            hit = float(batch.targets.gather(1, logits.argmax(1, keepdim=True)).mean())
+            core = model.module if hasattr(model, "module") else model
+            inv_temp = float(core.inverse_temperature())
+        return loss, {"i2t_top1_batch": hit, "inv_temperature": inv_temp}
+
+    def encoder(self, model: nn.Module) -> OwnClipEncoder:
+        """A :class:`ClipEncoder` over a copy of ``model`` (the original is left untouched)."""
+        return OwnClipEncoder(copy.deepcopy(model), self.tokenizer)
+
+    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        metrics = evaluate_retrieval(
+            self.encoder(model), seed=self.eval_seed, num_pairs=self.eval_pairs, size=self.config.image_size
+        )
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / f"retrieval_{step:07d}.json", json.dumps(metrics, indent=1) + "\n")
+        return metrics
+
+    def export(self, model: nn.Module, out_dir: Path) -> None:
+        self.encoder(model).save_pretrained(out_dir, dtype=self.export_dtype)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_retrieval(
+    encoder: ClipEncoder, seed: int = 1_000_003, num_pairs: int = 1000, size: int = 64, chunk: int = 250
+) -> dict[str, float]:
+    """Image->text (and text->image) top-1 retrieval among ``num_pairs`` held-out shapes-world pairs.
+
+    The pairs are samples ``0..num_pairs-1`` of ``ShapesWorld(seed)`` (default caption statistics) rendered
+    at ``size``. Each image is scored against all ``num_pairs`` captions by cosine similarity.
+
+    Returns:
+        ``i2t_top1_caption``: with the pairs' own (partial) captions, the retrieved caption is the image's
+        own caption (the same text counts: partial captions repeat); ``i2t_top1_caption_consistent``: the
+        retrieved caption's named attributes all hold in the image; ``i2t_top1_full``: with each pair's
+        full caption, the retrieved caption is the image's own; ``t2i_top1_full``: the same from text to
+        image; ``num_pairs``.
+    """
+    if num_pairs < 2:
+        raise ValueError(f"num_pairs must be >= 2, got {num_pairs}")
+    world = ShapesWorld(seed=seed)
+    samples = [world.sample(i) for i in range(num_pairs)]
+    image_emb = []
+    for s in range(0, num_pairs, chunk):
+        images = images_to_tensor([world.render(x.scene, size) for x in samples[s : s + chunk]])
+        image_emb.append(encoder.embed_images(images).float())
+    zi = F.normalize(torch.cat(image_emb), dim=-1)
+
+    def text_emb(texts: list[str]) -> torch.Tensor:
+        parts = [encoder.embed_text(texts[s : s + chunk]).pooled.float() for s in range(0, len(texts), chunk)]
+        return F.normalize(torch.cat(parts), dim=-1).to(zi.device)
+
+    captions = [x.caption for x in samples]
+    fulls = [full_caption(x.scene) for x in samples]
+    sim = zi @ text_emb(captions).t()
+    best = sim.argmax(1).tolist()
+    own = sum(captions[j] == captions[i] for i, j in enumerate(best)) / num_pairs
+    consistent = sum(caption_matches(samples[j].specified, samples[i].record) for i, j in enumerate(best)) / num_pairs
+    sim_full = zi @ text_emb(fulls).t()
+    i2t_full = sum(fulls[j] == fulls[i] for i, j in enumerate(sim_full.argmax(1).tolist())) / num_pairs
+    t2i_full = sum(fulls[j] == fulls[i] for i, j in enumerate(sim_full.argmax(0).tolist())) / num_pairs
+    return {
+        "i2t_top1_caption": own,
+        "i2t_top1_caption_consistent": consistent,
+        "i2t_top1_full": i2t_full,
+        "t2i_top1_full": t2i_full,
+        "num_pairs": float(num_pairs),
+    }
