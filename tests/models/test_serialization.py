@@ -43,3 +43,11 @@ def test_mismatch_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing model.safetensors"):
         (tmp_path / "model.safetensors").unlink()
         load_model("upsampler", tmp_path)
+
+
+def test_float64_buffers_keep_precision(tmp_path):
+    model = build_model("upsampler", "tiny")
+    model.register_buffer("stats", torch.tensor([1.0 + 1e-12], dtype=torch.float64))
+    save_model(model, tmp_path, dtype=torch.float16)
+    state = load_safetensors(tmp_path / "model.safetensors")
+    assert state["stats"].dtype == torch.float64 and state["stats"].item() == 1.0 + 1e-12

@@ -30,7 +30,8 @@ def config_class(kind: str) -> type:
 
 
 def save_model(model: nn.Module, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write ``model.config`` and the model's state dict (optionally cast to ``dtype``, e.g. fp16 to ship)."""
+    """Write ``model.config`` and the model's state dict, float32 tensors optionally cast to ``dtype`` (e.g.
+    fp16 to ship). float64 buffers (PCA and quantiser state) keep their precision."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = getattr(model, "config", None)
@@ -39,7 +40,7 @@ def save_model(model: nn.Module, directory: str | Path, dtype: torch.dtype | Non
     state = {}
     for key, value in model.state_dict().items():
         value = value.detach().cpu()
-        if dtype is not None and value.is_floating_point():
+        if dtype is not None and value.dtype == torch.float32:
             value = value.to(dtype)
         state[key] = value
     save_safetensors(state, directory / WEIGHTS_FILE)

@@ -1,0 +1,565 @@
+"""``UnCLIPPipeline``: text -> CLIP -> prior -> z_i -> decoder -> upsamplers, and the manipulations of
+the same latent space (variations, interpolations, text diffs). DESIGN.md §1, §3 and §8.
+
+A pipeline directory (ours) holds ``model_index.json`` and one sub-directory per part: ``clip/``,
+``prior/``, ``decoder/``, ``upsampler_1/``, ... Each diffusion part has ``config.json`` +
+``model.safetensors`` + ``diffusion.json`` (its :class:`DiffusionConfig`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from unclip.config import config_from_dict, config_to_dict, load_config, save_config
+from unclip.diffusion.stage_config import DiffusionConfig
+from unclip.encoders.base import ClipEncoder, TextEmbedding
+from unclip.io import atomic_write_text
+from unclip.models.serialization import load_model, save_model
+from unclip.pipeline.images import ImageInput, load_image, pil_to_tensor, slerp, tensor_to_output
+from unclip.pipeline.prior_sampling import sample_ar_prior, sample_prior
+from unclip.pipeline.stages import invert_decoder, sample_decoder, sample_upsampler
+from unclip.samplers import SAMPLER_NAMES, ProgressFn
+
+INDEX_FILE = "model_index.json"
+DIFFUSION_FILE = "diffusion.json"
+FORMAT = "unclip-pipeline"
+BUILTIN_MODELS = ("shapes",)
+STAGES = ("prior", "decoder", "upsampler")
+MAX_PROMPT_CHARS = 1000
+
+
+@dataclass
+class GenerationDefaults:
+    """Default sampling settings of a pipeline (stored in ``model_index.json``; tuned per built-in model)."""
+
+    sampler: str = "ddpm"
+    prior_steps: int = 25
+    decoder_steps: int = 25
+    upsampler_steps: int = 7
+    prior_guidance_scale: float = 4.0
+    decoder_guidance_scale: float = 8.0
+    best_of: int = 2
+    eta: float = 0.0
+    prior_clamp: float = 10.0
+    inversion_steps: int = 50
+
+
+@dataclass
+class UnCLIPOutput:
+    """What a call returns with ``return_embeddings=True``.
+
+    Attributes:
+        images: list of PIL images, np.ndarray [N, H, W, 3] or tensor [N, 3, H, W] in [0, 1].
+        image_embeddings: [N, D] the z_i that were decoded.
+        text_embeddings: [N, D] the prompts' z_t (repeated per image), or None.
+    """
+
+    images: Any
+    image_embeddings: Tensor
+    text_embeddings: Tensor | None = None
+
+
+@dataclass
+class Stage:
+    """A diffusion network with the process it was trained on."""
+
+    model: nn.Module
+    diffusion: DiffusionConfig
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_scale(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_prompts(prompt: str | Sequence[str]) -> list[str]:
+    """Validate prompts: a non-empty string or a non-empty list of them, each at most 1000 characters."""
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
+    out = []
+    for p in prompts:
+        if not isinstance(p, str):
+            raise TypeError(f"prompts must be strings, got {type(p).__name__}: {p!r}")
+        if not p.strip():
+            raise ValueError("prompt is empty")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt is too long: {len(p)} characters (at most {MAX_PROMPT_CHARS})")
+        out.append(p)
+    return out
+
+
+def builtin_model_dir(name: str) -> Path:
+    """Directory of a pipeline shipped in the package (``unclip/assets/<name>``)."""
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown built-in model {name!r}; choose one of {list(BUILTIN_MODELS)} or give a directory")
+    return Path(str(resources.files("unclip") / "assets" / name))
+
+
+class UnCLIPPipeline:
+    """The full unCLIP system. Build with :meth:`from_pretrained` or from parts.
+
+    Args:
+        clip: a frozen :class:`ClipEncoder`.
+        prior: the diffusion prior stage (a ``DiffusionPrior`` with its DiffusionConfig) or an ``ARPrior``.
+        decoder: the decoder stage.
+        upsamplers: upsampler stages, applied in order.
+        defaults: default sampling settings.
+    """
+
+    def __init__(
+        self,
+        clip: ClipEncoder,
+        prior: Stage | nn.Module,
+        decoder: Stage,
+        upsamplers: Sequence[Stage] = (),
+        defaults: GenerationDefaults | None = None,
+    ) -> None:
+        self.clip = clip
+        self.prior = prior
+        self.decoder = decoder
+        self.upsamplers = list(upsamplers)
+        self.defaults = defaults or GenerationDefaults()
+        self._null_text: TextEmbedding | None = None
+        for stage in [decoder, *self.upsamplers] + ([prior] if isinstance(prior, Stage) else []):
+            stage.model.eval()
+        if not isinstance(prior, Stage):
+            prior.eval()
+
+    # ------------------------------------------------------------------ devices and files
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.decoder.model.parameters()).dtype
+
+    @property
+    def image_size(self) -> int:
+        """Side of the final images."""
+        return self.upsamplers[-1].model.config.image_size if self.upsamplers else self.decoder.model.config.image_size
+
+    def _modules(self) -> list[nn.Module]:
+        prior = self.prior.model if isinstance(self.prior, Stage) else self.prior
+        return [prior, self.decoder.model, *[u.model for u in self.upsamplers]]
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> UnCLIPPipeline:
+        """Move every part (in place); returns ``self``."""
+        self.clip.to(device, dtype)
+        for module in self._modules():
+            module.to(device=device, dtype=dtype)
+        self._null_text = None
+        return self
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path = "shapes",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> UnCLIPPipeline:
+        """Load a pipeline: a built-in name (``"shapes"``) or a directory (ours, or diffusers' UnCLIP layout)."""
+        if isinstance(path, str) and path in BUILTIN_MODELS:
+            directory = builtin_model_dir(path)
+            if not (directory / INDEX_FILE).is_file():
+                raise FileNotFoundError(
+                    f"the built-in model {path!r} is not in this installation ({directory}); "
+                    "train it with `unclip train shapes`"
+                )
+        else:
+            directory = Path(path)
+            if not directory.is_dir():
+                raise FileNotFoundError(
+                    f"model not found: {str(path)!r} is neither a directory nor a built-in model {list(BUILTIN_MODELS)}"
+                )
+        index_path = directory / INDEX_FILE
+        if not index_path.is_file():
+            raise FileNotFoundError(f"{directory} has no {INDEX_FILE}; it is not a pipeline directory")
+        try:
+            index = json.loads(index_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{index_path} is not valid JSON: {err}") from None
+        if index.get("format") != FORMAT:
+            if index.get("_class_name") in ("UnCLIPPipeline", "UnCLIPImageVariationPipeline"):
+                from unclip.interop.diffusers_import import load_diffusers_pipeline  # issue: interop
+
+                return load_diffusers_pipeline(directory, device=device, dtype=dtype)
+            raise ValueError(f"{index_path} is not an unclip pipeline index (format {index.get('format')!r})")
+        return cls._load_ours(directory, index, device, dtype)
+
+    @classmethod
+    def _load_ours(cls, directory: Path, index: dict[str, Any], device, dtype) -> UnCLIPPipeline:
+        from unclip.encoders.loading import load_clip
+
+        def stage(kind: str, sub: str) -> Stage:
+            part = directory / sub
+            return Stage(load_model(kind, part, device, dtype), load_config(DiffusionConfig, part / DIFFUSION_FILE))
+
+        for key in ("clip", "prior", "decoder"):
+            if key not in index:
+                raise ValueError(f"{directory / INDEX_FILE} names no {key!r} part")
+        clip = load_clip(directory / index["clip"], device=device, dtype=dtype)
+        prior_kind = index.get("prior_kind", "prior")
+        if prior_kind == "ar_prior":
+            prior: Stage | nn.Module = load_model("ar_prior", directory / index["prior"], device, dtype)
+        else:
+            prior = stage("prior", index["prior"])
+        decoder = stage("decoder", index["decoder"])
+        upsamplers = [stage("upsampler", sub) for sub in index.get("upsamplers", [])]
+        defaults = config_from_dict(GenerationDefaults, index.get("defaults", {}))
+        return cls(clip, prior, decoder, upsamplers, defaults)
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write the pipeline in our layout (DESIGN.md §3); weights cast to ``dtype`` if given (e.g. fp16)."""
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_clip = getattr(self.clip, "save_pretrained", None)
+        if save_clip is None:
+            raise TypeError(f"{type(self.clip).__name__} cannot be saved in our layout")
+        save_clip(directory / "clip", dtype=dtype)
+
+        def write_stage(stage: Stage, sub: str) -> None:
+            save_model(stage.model, directory / sub, dtype=dtype)
+            save_config(stage.diffusion, directory / sub / DIFFUSION_FILE)
+
+        if isinstance(self.prior, Stage):
+            write_stage(self.prior, "prior")
+            prior_kind = "prior"
+        else:
+            save_model(self.prior, directory / "prior", dtype=dtype)
+            prior_kind = "ar_prior"
+        write_stage(self.decoder, "decoder")
+        subs = []
+        for i, stage in enumerate(self.upsamplers, start=1):
+            write_stage(stage, f"upsampler_{i}")
+            subs.append(f"upsampler_{i}")
+        index = {
+            "format": FORMAT,
+            "_class_name": "UnCLIPPipeline",
+            "clip": "clip",
+            "prior": "prior",
+            "prior_kind": prior_kind,
+            "decoder": "decoder",
+            "upsamplers": subs,
+            "defaults": config_to_dict(self.defaults),
+        }
+        atomic_write_text(directory / INDEX_FILE, json.dumps(index, indent=2) + "\n")
+        return directory
+
+    # ------------------------------------------------------------------ settings
+
+    def _settings(self, **overrides: Any) -> GenerationDefaults:
+        """Defaults with the non-None overrides applied, validated."""
+        s = replace(self.defaults, **{k: v for k, v in overrides.items() if v is not None})
+        if s.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"sampler must be one of {SAMPLER_NAMES}, got {s.sampler!r}")
+        for f in fields(s):
+            value = getattr(s, f.name)
+            if f.name.endswith("_steps") or f.name == "best_of":
+                _check_positive_int(f.name, value)
+            elif f.name != "sampler":
+                _check_scale(f.name, value)
+        if s.sampler == "unclip":
+            for name in ("prior_steps", "decoder_steps", "upsampler_steps"):
+                if getattr(s, name) < 2:
+                    raise ValueError(f"{name} must be >= 2 with sampler 'unclip', got {getattr(s, name)}")
+        return s
+
+    @staticmethod
+    def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
+        if generator is not None and seed is not None:
+            raise ValueError("give either generator or seed, not both")
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+            return torch.Generator().manual_seed(seed)
+        return generator
+
+    def null_text(self) -> TextEmbedding:
+        """CLIP's encoding of the empty caption (the prior's unconditional branch), cached."""
+        if self._null_text is None:
+            self._null_text = self.clip.embed_text([""])
+        return self._null_text
+
+    # ------------------------------------------------------------------ stages
+
+    def embed_prompts(self, prompts: list[str]) -> TextEmbedding:
+        return self.clip.embed_text(prompts)
+
+    def embed_images(self, images: Sequence[ImageInput]) -> Tensor:
+        """Images (PIL or paths, any size/mode) -> [B, D] CLIP image embeddings."""
+        pils = [load_image(image) for image in images]
+        return self.clip.embed_images(self.clip.preprocess_pil(pils))
+
+    def run_prior(
+        self, text: TextEmbedding, settings: GenerationDefaults, generator, progress: ProgressFn | None
+    ) -> Tensor:
+        """[B, D] image embeddings for B encoded captions."""
+        if isinstance(self.prior, Stage):
+            return sample_prior(
+                self.prior.model,
+                text,
+                self.null_text(),
+                steps=settings.prior_steps,
+                sampler=settings.sampler,
+                guidance_scale=settings.prior_guidance_scale,
+                best_of=settings.best_of,
+                clamp=settings.prior_clamp,
+                generator=generator,
+                eta=settings.eta,
+                diffusion=self.prior.diffusion,
+                progress=progress,
+            )
+        return sample_ar_prior(
+            self.prior,
+            text,
+            self.null_text(),
+            guidance_scale=settings.prior_guidance_scale,
+            best_of=settings.best_of,
+            generator=generator,
+        )
+
+    def decode(
+        self,
+        image_embedding: Tensor,
+        text: TextEmbedding | None,
+        settings: GenerationDefaults,
+        generator: torch.Generator | None,
+        x_T: Tensor | None = None,
+        eta: float | None = None,
+        sampler: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> Tensor:
+        """z_i [B, D] (+ captions) -> final images [B, 3, S, S] in [-1, 1] through the decoder and upsamplers."""
+        image = sample_decoder(
+            self.decoder.model,
+            self.decoder.diffusion,
+            image_embedding,
+            text,
+            steps=settings.decoder_steps,
+            sampler=sampler or settings.sampler,
+            guidance_scale=settings.decoder_guidance_scale,
+            eta=settings.eta if eta is None else eta,
+            generator=generator,
+            x_T=x_T,
+            progress=progress,
+        )
+        for i, stage in enumerate(self.upsamplers, start=1):
+            image = sample_upsampler(
+                stage.model,
+                stage.diffusion,
+                image,
+                steps=settings.upsampler_steps,
+                sampler=settings.sampler,
+                eta=settings.eta,
+                generator=generator,
+                progress=progress,
+                stage=f"upsampler_{i}",
+            )
+        return image
+
+    # ------------------------------------------------------------------ text to image
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        prior_steps: int | None = None,
+        decoder_steps: int | None = None,
+        upsampler_steps: int | None = None,
+        sampler: str | None = None,
+        prior_guidance_scale: float | None = None,
+        decoder_guidance_scale: float | None = None,
+        best_of: int | None = None,
+        eta: float | None = None,
+        output_type: str = "pil",
+        return_embeddings: bool = False,
+        image_embeddings: Tensor | None = None,
+        progress: ProgressFn | None = None,
+    ):
+        """Generate ``num_images_per_prompt`` images for each prompt.
+
+        Prompts are batched; guidance costs one batched forward per step. Randomness is drawn from
+        ``generator`` (or ``torch.Generator().manual_seed(seed)``) in stage order: prior (x_T, then step
+        noises), decoder, upsamplers. ``image_embeddings`` [N, D] skips the prior.
+
+        Returns:
+            the images as ``output_type`` ("pil" list, "np" [N, H, W, 3], "pt" [N, 3, H, W], in [0, 1]),
+            prompt-major (all images of prompt 0 first); with ``return_embeddings`` an :class:`UnCLIPOutput`.
+        """
+        prompts = check_prompts(prompt)
+        n = _check_positive_int("num_images_per_prompt", num_images_per_prompt)
+        settings = self._settings(
+            sampler=sampler,
+            prior_steps=prior_steps,
+            decoder_steps=decoder_steps,
+            upsampler_steps=upsampler_steps,
+            prior_guidance_scale=prior_guidance_scale,
+            decoder_guidance_scale=decoder_guidance_scale,
+            best_of=best_of,
+            eta=eta,
+        )
+        generator = self._generator(generator, seed)
+        text = self.embed_prompts([p for p in prompts for _ in range(n)])
+        if image_embeddings is None:
+            z_i = self.run_prior(text, settings, generator, progress)
+        else:
+            if image_embeddings.shape != (len(prompts) * n, self.clip.dim):
+                raise ValueError(
+                    f"image_embeddings must be [{len(prompts) * n}, {self.clip.dim}], "
+                    f"got {tuple(image_embeddings.shape)}"
+                )
+            z_i = image_embeddings
+        images = self.decode(z_i, text, settings, generator, progress=progress)
+        out = tensor_to_output(images, output_type)
+        if return_embeddings:
+            return UnCLIPOutput(out, z_i.float().cpu(), text.pooled.float().cpu())
+        return out
+
+    # ------------------------------------------------------------------ manipulations
+
+    def _base_images(self, images: Sequence[ImageInput]) -> Tensor:
+        size = self.decoder.model.config.image_size
+        return pil_to_tensor(list(images), size).to(self.device, self.dtype)
+
+    def invert(
+        self, image: ImageInput, steps: int | None = None, progress: ProgressFn | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """An image -> (z_i [1, D], x_T [1, 3, S, S]) by CLIP and DDIM inversion of the decoder."""
+        steps = _check_positive_int("inversion steps", steps or self.defaults.inversion_steps)
+        z_i = self.embed_images([image])
+        x_T = invert_decoder(
+            self.decoder.model, self.decoder.diffusion, self._base_images([image]), z_i, steps=steps, progress=progress
+        )
+        return z_i, x_T
+
+    def _ddim_settings(self, decoder_guidance_scale: float | None, steps: int | None) -> GenerationDefaults:
+        return self._settings(
+            decoder_guidance_scale=decoder_guidance_scale, decoder_steps=steps or self.defaults.inversion_steps
+        )
+
+    @torch.no_grad()
+    def vary(
+        self,
+        image: ImageInput,
+        num_images: int = 4,
+        eta: float = 1.0,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        decoder_guidance_scale: float | None = None,
+        decoder_steps: int | None = None,
+        output_type: str = "pil",
+        progress: ProgressFn | None = None,
+    ):
+        """Variations of ``image``: its z_i and DDIM-inverted x_T decoded with DDIM at ``eta`` > 0."""
+        n = _check_positive_int("num_images", num_images)
+        eta = _check_scale("eta", eta)
+        generator = self._generator(generator, seed)
+        settings = self._ddim_settings(decoder_guidance_scale, decoder_steps)
+        z_i, x_T = self.invert(image, settings.decoder_steps, progress)
+        images = self.decode(
+            z_i.repeat(n, 1), None, settings, generator, x_T=x_T.repeat(n, 1, 1, 1), eta=eta, sampler="ddim",
+            progress=progress,
+        )  # fmt: skip
+        return tensor_to_output(images, output_type)
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        image_a: ImageInput,
+        image_b: ImageInput,
+        num_frames: int = 8,
+        noise: str = "fixed",
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        decoder_guidance_scale: float | None = None,
+        decoder_steps: int | None = None,
+        output_type: str = "pil",
+        progress: ProgressFn | None = None,
+    ):
+        """Frames decoded from slerp(z_a, z_b, θ), θ = 0..1, with DDIM (eta 0).
+
+        ``noise="fixed"``: one random x_T shared by every frame; ``"slerp"``: x_T slerped between the two
+        images' DDIM inversions (frames 0 and 1 then reconstruct the inputs).
+        """
+        frames = _check_positive_int("num_frames", num_frames)
+        if frames < 2:
+            raise ValueError(f"num_frames must be >= 2, got {frames}")
+        if noise not in ("fixed", "slerp"):
+            raise ValueError(f"noise must be 'fixed' or 'slerp', got {noise!r}")
+        generator = self._generator(generator, seed)
+        settings = self._ddim_settings(decoder_guidance_scale, decoder_steps)
+        thetas = torch.linspace(0, 1, frames, dtype=torch.float64)
+        if noise == "slerp":
+            z_a, x_a = self.invert(image_a, settings.decoder_steps, progress)
+            z_b, x_b = self.invert(image_b, settings.decoder_steps, progress)
+            x_T = torch.cat([slerp(x_a.flatten(1), x_b.flatten(1), t).view_as(x_a) for t in thetas])
+        else:
+            z_a, z_b = self.embed_images([image_a]), self.embed_images([image_b])
+            size = self.decoder.model.config.image_size
+            device = generator.device if generator is not None else torch.device("cpu")
+            x_T = torch.randn((1, 3, size, size), generator=generator, device=device, dtype=self.dtype)
+            x_T = x_T.to(self.device).repeat(frames, 1, 1, 1)
+        z = torch.cat([slerp(z_a, z_b, t) for t in thetas])
+        images = self.decode(z, None, settings, generator, x_T=x_T, eta=0.0, sampler="ddim", progress=progress)
+        return tensor_to_output(images, output_type)
+
+    @torch.no_grad()
+    def edit(
+        self,
+        image: ImageInput,
+        to_text: str,
+        from_text: str | None = None,
+        thetas: Sequence[float] = (0.0, 0.25, 0.5),
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        decoder_guidance_scale: float | None = None,
+        decoder_steps: int | None = None,
+        output_type: str = "pil",
+        progress: ProgressFn | None = None,
+    ):
+        """Text diffs (paper §3.3): z_d = normalise(z_t - z_t0); decode slerp(z_i, z_d, θ) for each θ.
+
+        z_t0 encodes ``from_text`` (a caption of the image; "" when None). z_d is scaled to |z_i| so the
+        slerp turns the direction only. x_T comes from DDIM inversion, so θ = 0 reconstructs the image.
+        """
+        to_text = check_prompts(to_text)[0]
+        if from_text is not None and not isinstance(from_text, str):
+            raise TypeError(f"from_text must be a string, got {type(from_text).__name__}")
+        thetas = [float(t) for t in thetas]
+        if not thetas or any(not 0.0 <= t <= 1.0 for t in thetas):
+            raise ValueError(
+                f"thetas must be a non-empty list of numbers in [0, 1] (0 to 0.5 is typical), got {thetas}"
+            )
+        settings = self._ddim_settings(decoder_guidance_scale, decoder_steps)
+        z_i, x_T = self.invert(image, settings.decoder_steps, progress)
+        text = self.clip.embed_text([to_text, from_text or ""]).pooled.to(z_i)
+        diff = text[0:1] - text[1:2]
+        if float(diff.norm()) < 1e-6:
+            raise ValueError(f"to_text {to_text!r} and from_text {from_text!r} have the same CLIP embedding")
+        z_d = diff / diff.norm(dim=-1, keepdim=True) * z_i.norm(dim=-1, keepdim=True)
+        z = torch.cat([slerp(z_i, z_d, t) for t in thetas])
+        x = x_T.repeat(len(thetas), 1, 1, 1)
+        generator = self._generator(generator, seed)  # only upsamplers draw noise; the decoder is DDIM, eta 0
+        images = self.decode(z, None, settings, generator, x_T=x, eta=0.0, sampler="ddim", progress=progress)
+        return tensor_to_output(images, output_type)
