@@ -71,7 +71,8 @@ def dynamic_threshold(x0: Tensor, ratio: float = 0.995, max_value: float = 1.0) 
     if max_value < 1.0:
         raise ValueError(f"dynamic threshold max_value must be >= 1, got {max_value}")
     flat = x0.reshape(x0.shape[0], -1)
-    s = torch.quantile(flat.abs().float(), ratio, dim=1).clamp(min=1.0, max=max_value).to(x0.dtype)
+    flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()  # quantile needs fp32/64
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1.0, max=max_value).to(x0.dtype)
     s = s.reshape(-1, *([1] * (x0.ndim - 1)))
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
