@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,9 +24,12 @@ B_TRUE = torch.tensor([0.3, -0.7])
 class ToyTask:
     """A TrainTask: y = W* x + b* regression with an MLP."""
 
-    def __init__(self, hidden: int = 16, noise: float = 0.0, dropout: float = 0.0, linear: bool = False):
+    def __init__(
+        self, hidden: int = 16, noise: float = 0.0, dropout: float = 0.0, linear: bool = False, delay: float = 0.0
+    ):
         self.name = "toy"
         self.hidden, self.noise, self.dropout, self.linear = hidden, noise, dropout, linear
+        self.delay = delay  # seconds of sleep per batch, to make a run slow enough to kill mid-way
         self.evaluated: list[int] = []
 
     def build_model(self) -> nn.Module:
@@ -36,6 +40,8 @@ class ToyTask:
         )
 
     def get_batch(self, indices: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.delay:
+            time.sleep(self.delay)
         xs = []
         for i in indices:
             g = torch.Generator().manual_seed(int(i))
@@ -69,16 +75,28 @@ class ToyTask:
 
 
 def main() -> None:
-    """``python _toy_task.py OUT_DIR CONFIG_JSON [TASK_JSON]``: train (used via subprocess / torchrun)."""
+    """``python _toy_task.py JOBS_JSON``: run the jobs ``[{"out_dir", "config", "task"}, ...]`` in turn.
+
+    Used by the tests through a subprocess or ``torchrun``. With several jobs under torchrun the script
+    creates the process group itself, so ``run_training`` also runs inside a caller's group.
+    """
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch.distributed as dist
+
     from unclip.config import config_from_dict
     from unclip.train import TrainConfig, run_training
 
-    out_dir, cfg = Path(sys.argv[1]), json.loads(sys.argv[2])
-    task_kwargs = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-    run_training(ToyTask(**task_kwargs), config_from_dict(TrainConfig, cfg), out_dir, progress=False)
+    jobs = json.loads(sys.argv[1])
+    own_group = len(jobs) > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if own_group:
+        dist.init_process_group("gloo")
+    for job in jobs:
+        config = config_from_dict(TrainConfig, job["config"])
+        run_training(ToyTask(**job.get("task", {})), config, Path(job["out_dir"]), progress=False)
+    if own_group:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -215,6 +215,7 @@ def run_training(
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     config.validate()
     out_dir = Path(out_dir)
+    threads_before = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     info = init_distributed(config.device)
@@ -447,6 +448,7 @@ def run_training(
             model=model, ema_model=ema, step=step, metrics=last_metrics, stop_reason=stop_reason, out_dir=out_dir
         )
     finally:
+        torch.set_num_threads(threads_before)
         stop.uninstall()
         if reporter is not None:
             reporter.close()
