@@ -55,6 +55,10 @@ def train() -> None:
     cls=LazyGroup,
     lazy_commands={
         "shapes": "unclip.cli.shapes_cmds:shapes",
+        "generate": "unclip.cli.generate_cmds:generate",
+        "vary": "unclip.cli.generate_cmds:vary",
+        "interpolate": "unclip.cli.generate_cmds:interpolate",
+        "edit": "unclip.cli.generate_cmds:edit",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
 )
