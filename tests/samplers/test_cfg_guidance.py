@@ -1,0 +1,181 @@
+"""Classifier-free guidance wrapper and the Predictor's x0 processing."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pytest
+import torch
+
+from unclip.diffusion import Parameterization, make_schedule
+from unclip.samplers import (
+    Predictor,
+    classifier_free_guidance,
+    concat_conditioning,
+    ddpm_sample,
+    dynamic_threshold,
+    guided_denoiser,
+)
+
+BASE = make_schedule("cosine")
+
+
+class Recorder:
+    """A conditional pseudo-network that records its calls: out depends on x, t and the embedding."""
+
+    def __init__(self, learned_variance: bool) -> None:
+        self.learned_variance = learned_variance
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *, embed: torch.Tensor, flag: str = "x") -> torch.Tensor:
+        assert flag == "on"
+        self.calls.append((x.clone(), t.clone(), embed.clone()))
+        shift = embed.reshape(embed.shape[0], -1, *([1] * (x.ndim - 2)))[:, : x.shape[1]]
+        mean = torch.tanh(x) * (1 + t.reshape(-1, *([1] * (x.ndim - 1))) / 1000) + shift
+        if not self.learned_variance:
+            return mean
+        return torch.cat([mean, torch.sin(x + shift)], dim=1)
+
+
+@pytest.mark.parametrize(
+    "shape,param",
+    [
+        ((3, 2, 4, 4), Parameterization("eps", "learned_range")),
+        ((3, 2), Parameterization("x0", "fixed_small")),
+    ],
+)
+@pytest.mark.parametrize("scale", [0.0, 4.0, 8.0])
+def test_cfg_one_forward_formula_and_variance(shape, param, scale) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    t = torch.tensor([5, 500, 999])
+    cond, uncond = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
+    net = Recorder(param.learned_variance)
+    guided = classifier_free_guidance(
+        net, scale, cond={"embed": cond, "flag": "on"}, uncond={"embed": uncond, "flag": "on"}, param=param
+    )
+    out = guided(x, t)
+
+    # One forward on the doubled batch [uncond; cond].
+    assert len(net.calls) == 1
+    x2, t2, e2 = net.calls[0]
+    assert torch.equal(x2, torch.cat([x, x])) and torch.equal(t2, torch.cat([t, t]))
+    assert torch.equal(e2, torch.cat([uncond, cond]))
+
+    # Independent reference: two separate evaluations.
+    ref_net = Recorder(param.learned_variance)
+    u = ref_net(x, t, embed=uncond, flag="on")
+    c = ref_net(x, t, embed=cond, flag="on")
+    if param.learned_variance:
+        u_mean, _ = u.chunk(2, dim=1)
+        c_mean, c_var = c.chunk(2, dim=1)
+        expected = torch.cat([u_mean + scale * (c_mean - u_mean), c_var], dim=1)
+    else:
+        expected = u + scale * (c - u)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_cfg_scale_one_is_conditional_only() -> None:
+    x, t = torch.randn(2, 3), torch.tensor([1, 2])
+    net = Recorder(False)
+    out = classifier_free_guidance(
+        net,
+        1.0,
+        cond={"embed": torch.ones(2, 3), "flag": "on"},
+        uncond={"embed": torch.zeros(2, 3), "flag": "on"},
+        param=Parameterization(),
+    )(x, t)
+    assert len(net.calls) == 1 and net.calls[0][0].shape[0] == 2
+    torch.testing.assert_close(out, Recorder(False)(x, t, embed=torch.ones(2, 3), flag="on"))
+
+
+def test_cfg_in_a_sampler_calls_model_once_per_step() -> None:
+    net = Recorder(True)
+    param = Parameterization("eps", "learned_range")
+    embed = torch.randn(2, 3)
+    guided = classifier_free_guidance(
+        net, 3.0, cond={"embed": embed, "flag": "on"}, uncond={"embed": -embed, "flag": "on"}, param=param
+    )
+    out = ddpm_sample(
+        Predictor(guided, param, clip_x0=1.0),
+        BASE.respace("5"),
+        shape=(2, 3, 4, 4),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert out.shape == (2, 3, 4, 4) and torch.isfinite(out).all()
+    assert len(net.calls) == 5 and all(c[0].shape[0] == 4 for c in net.calls)
+    assert [int(c[1][0]) for c in net.calls] == BASE.respace("5").timesteps.flip(0).tolist()
+
+
+def test_guided_denoiser_custom_doubling_and_errors() -> None:
+    seen = {}
+
+    def doubled(x, t):
+        seen["batch"] = x.shape[0]
+        return torch.cat([torch.zeros_like(x[:2]), torch.ones_like(x[2:])])
+
+    out = guided_denoiser(doubled, 2.5, Parameterization())(torch.randn(2, 4), torch.tensor([3, 3]))
+    assert seen["batch"] == 4 and torch.allclose(out, torch.full((2, 4), 2.5))
+    with pytest.raises(ValueError, match="guidance_scale"):
+        guided_denoiser(doubled, -1.0, Parameterization())
+    with pytest.raises(ValueError, match="batch"):
+        guided_denoiser(lambda x, t: x[:1], 2.0, Parameterization())(torch.randn(2, 4), torch.tensor([3, 3]))
+
+
+class Emb(NamedTuple):
+    pooled: torch.Tensor
+    mask: torch.Tensor | None
+
+
+def test_concat_conditioning_structures() -> None:
+    u = {"text": Emb(torch.zeros(2, 3), torch.zeros(2, 5, dtype=torch.bool)), "k": None, "n": 7}
+    c = {"text": Emb(torch.ones(2, 3), torch.ones(2, 5, dtype=torch.bool)), "k": None, "n": 7}
+    both = concat_conditioning(u, c)
+    assert isinstance(both["text"], Emb) and both["k"] is None and both["n"] == 7
+    assert torch.equal(both["text"].pooled, torch.cat([torch.zeros(2, 3), torch.ones(2, 3)]))
+    assert both["text"].mask[:2].logical_not().all() and both["text"].mask[2:].all()
+    with pytest.raises(ValueError, match="keys"):
+        concat_conditioning({"a": torch.zeros(1)}, {"b": torch.zeros(1)})
+    with pytest.raises(ValueError, match="beyond the batch"):
+        concat_conditioning(torch.zeros(1, 2), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="must match"):
+        concat_conditioning({"n": 1}, {"n": 2})
+
+
+def test_predictor_clamp_keeps_eps_consistent_and_sees_original_timesteps() -> None:
+    sampling = BASE.respace("10")
+    seen = []
+
+    def model(x, t):
+        seen.append(t.clone())
+        return 3.0 * torch.ones_like(x)  # eps = 3 -> |x0| large at high noise
+
+    pred = Predictor(model, Parameterization("eps"), clip_x0=1.0)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    p = pred(x, sampling, 7)
+    assert seen[-1].tolist() == [int(sampling.timesteps[7])] * 4 and seen[-1].dtype == torch.long
+    assert p.x0.abs().max() <= 1.0 and (p.x0.abs() == 1.0).any()
+    a = sampling.alphas_cumprod[7].item()
+    torch.testing.assert_close(a**0.5 * p.x0 + (1 - a) ** 0.5 * p.eps, x)  # x_t = √ᾱ x0 + √(1-ᾱ) eps
+    assert p.var_values is None
+    with pytest.raises(ValueError, match="output shape"):
+        Predictor(lambda x, t: x[:, :2], Parameterization("eps"))(x, sampling, 3)
+    with pytest.raises(ValueError, match="learned-variance"):
+        Predictor(lambda x, t: x, Parameterization("eps", "learned_range"))(x, sampling, 3)
+    with pytest.raises(ValueError, match="either"):
+        Predictor(model, clip_x0=1.0, threshold=(0.9, 1.0))
+
+
+def test_dynamic_threshold_matches_reference() -> None:
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64) * torch.tensor([0.5, 2.0, 9.0]).reshape(3, 1, 1, 1)
+    out = dynamic_threshold(x0, ratio=0.9, max_value=4.0)
+    for b in range(3):
+        flat = x0[b].flatten().abs().sort().values
+        # numpy-style linear-interpolated quantile, written out
+        pos = 0.9 * (flat.numel() - 1)
+        lo = int(pos)
+        q = flat[lo] + (pos - lo) * (flat[lo + 1] - flat[lo])
+        s = min(max(q.item(), 1.0), 4.0)
+        torch.testing.assert_close(out[b], x0[b].clamp(-s, s) / s)
+    assert out[0].abs().max() <= 1.0  # s = 1 for the small sample: plain clamp
