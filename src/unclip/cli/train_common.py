@@ -1,0 +1,91 @@
+"""Options shared by the ``unclip train STAGE`` commands that run the one training loop.
+
+``train_options`` adds the :class:`~unclip.train.config.TrainConfig` options (and ``-o``, ``--resume``,
+``--progress``) to a click command; ``train_config(options)`` builds the validated config from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+
+def train_options(*, steps: int, batch_size: int, lr: float, warmup: int = 100, ema: float = 0.999,
+                  ckpt_every: int = 200, eval_every: int = 500):  # fmt: skip
+    """Decorator adding the training-loop options with stage-specific defaults."""
+    options = [
+        click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Run directory."),
+        click.option("--steps", type=click.IntRange(min=1), default=steps, show_default=True, help="Optimizer steps."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=batch_size, show_default=True),
+        click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=lr, show_default=True),
+        click.option("--warmup-steps", type=click.IntRange(min=0), default=warmup, show_default=True),
+        click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True),
+        click.option("--grad-clip", type=click.FloatRange(min=0), default=1.0, show_default=True),
+        click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True), default=ema, show_default=True),
+        click.option(
+            "--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True
+        ),  # fmt: skip
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--log-every", type=click.IntRange(min=1), default=20, show_default=True),
+        click.option("--ckpt-every", type=click.IntRange(min=0), default=ckpt_every, show_default=True),
+        click.option(
+            "--eval-every", type=click.IntRange(min=0), default=eval_every, show_default=True, help="0 = never."
+        ),  # fmt: skip
+        click.option("--device", default="auto", show_default=True, help='"auto", "cpu", "cuda", ...'),
+        click.option("--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads."),
+        click.option(
+            "--max-minutes",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="Wall budget; stops cleanly with a checkpoint.",
+        ),  # fmt: skip
+        click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt."),
+        click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."),
+    ]
+
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+TRAIN_KEYS = (
+    "steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "grad_clip", "ema_decay",
+    "precision", "seed", "log_every", "ckpt_every", "eval_every", "device", "threads", "max_minutes",
+)  # fmt: skip
+
+
+def train_config(options: dict[str, Any]):
+    """A validated TrainConfig from the options of :func:`train_options` (usage error naming a bad value)."""
+    from unclip.train.config import TrainConfig
+
+    values = {k: options[k] for k in TRAIN_KEYS}
+    values["num_threads"] = values.pop("threads")
+    values["warmup_steps"] = min(values["warmup_steps"], values["steps"])
+    if values["batch_size"] % values["grad_accum"]:
+        raise click.BadParameter(
+            f"{values['batch_size']} is not divisible by --grad-accum {values['grad_accum']}", param_hint="--batch-size"
+        )
+    try:
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as err:
+        raise click.UsageError(str(err)) from None
+
+
+def run_stage(task: Any, options: dict[str, Any]):
+    """Run the one training loop for ``task`` with the command's options; returns its TrainResult."""
+    from pathlib import Path
+
+    from unclip.train.loop import run_training
+
+    config = train_config(options)
+    try:
+        return run_training(
+            task, config, Path(options["out_dir"]), resume=options["resume"], progress=options["progress"]
+        )
+    except ValueError as err:  # e.g. a changed config on resume
+        raise click.ClickException(str(err)) from None

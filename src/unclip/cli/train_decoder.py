@@ -1,0 +1,38 @@
+"""``unclip train decoder``: the decoder on a shapes cache (z_i [+ text] -> base image), one trainer.
+
+Example (the built-in model's decoder, docs/models.md)::
+
+    unclip train decoder --cache runs/shapes_cache -o runs/decoder --steps 6000 --batch-size 32 --lr 1e-3
+
+Re-running the same command resumes from ``OUT/checkpoint.pt``; the EMA weights land in ``OUT/model``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from unclip.cli.train_common import run_stage, train_options
+
+
+@click.command("decoder")
+@click.option("--cache", type=click.Path(file_okay=False, exists=True), required=True, help="Shapes cache dir.")
+@click.option("--preset", default="shapes", show_default=True, help="Decoder preset.")
+@click.option("--holdout", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--text/--no-text", "use_text", default=True, show_default=True, help="Condition on the caption too.")
+@click.option("--image-drop", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+@click.option("--text-drop", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@train_options(steps=6000, batch_size=32, lr=1e-3, warmup=200, ema=0.999, eval_every=1000)
+def command(cache, preset, holdout, use_text, image_drop, text_drop, **options) -> None:
+    """Train the decoder U-Net (eps, learned variance, hybrid loss) on a shapes cache."""
+    from unclip.train.decoder_task import DecoderTask, DecoderTaskConfig
+
+    try:
+        task = DecoderTask(
+            DecoderTaskConfig(
+                cache=cache, preset=preset, holdout=holdout, use_text=use_text, image_drop=image_drop,
+                text_drop=text_drop,
+            )
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    run_stage(task, options)

@@ -1,0 +1,36 @@
+"""``unclip train upsampler``: a super-resolution stage on crops of shapes-cache images, one trainer.
+
+Example (the built-in model's 32 -> 64 upsampler)::
+
+    unclip train upsampler --cache runs/shapes_cache -o runs/upsampler --steps 3000 --batch-size 32
+"""
+
+from __future__ import annotations
+
+import click
+
+from unclip.cli.train_common import run_stage, train_options
+
+
+@click.command("upsampler")
+@click.option("--cache", type=click.Path(file_okay=False, exists=True), required=True, help="Shapes cache dir.")
+@click.option("--preset", default="shapes", show_default=True, help="Upsampler preset.")
+@click.option("--holdout", type=click.IntRange(min=0), default=1000, show_default=True)
+@click.option("--degradation", type=click.Choice(["blur", "bsr"]), default="blur", show_default=True,
+              help="Low-res corruption: blur (first stage) or BSR-style (second stage).")  # fmt: skip
+@click.option("--crop-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="Training crop side / target side (0.5 = a quarter of the area).")  # fmt: skip
+@train_options(steps=3000, batch_size=32, lr=5e-4, warmup=100, ema=0.999, eval_every=1000)
+def command(cache, preset, holdout, degradation, crop_fraction, **options) -> None:
+    """Train an upsampler U-Net (eps, fixed-small variance) on a shapes cache."""
+    from unclip.train.decoder_task import UpsamplerTask, UpsamplerTaskConfig
+
+    try:
+        task = UpsamplerTask(
+            UpsamplerTaskConfig(
+                cache=cache, preset=preset, holdout=holdout, degradation=degradation, crop_fraction=crop_fraction
+            )
+        )
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    run_stage(task, options)

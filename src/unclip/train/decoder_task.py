@@ -1,0 +1,289 @@
+"""Training tasks for the image stages: the decoder (z_i [+ text] -> base image) and the upsamplers.
+
+Both read a :class:`~unclip.train.shapes_cache.ShapesCache` (images with their CLIP embeddings), so CLIP
+never runs during training. Rows ``[0, len - holdout)`` are trained on; the last ``holdout`` rows are
+kept for evaluation. Global sample index ``i`` maps to training row ``i mod (len - holdout)``.
+
+Decoder (DESIGN.md §1): eps prediction with learned-range variance and the hybrid MSE + VLB loss on the
+1000-step cosine schedule; condition dropout for guidance (z_i -> learned null 10%, text dropped 50%).
+Upsampler: eps prediction, fixed-small variance, trained on random crops of 1/4 the target area with
+the low-resolution input corrupted (Gaussian blur, or BSR-style degradation for a second stage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unclip.config import save_config
+from unclip.data.degrade import bsr_degrade, gaussian_blur_degrade, paired_random_crop
+from unclip.diffusion import sample_timesteps, training_losses
+from unclip.diffusion.stage_config import DiffusionConfig
+from unclip.models import build_model, model_config
+from unclip.models.decoder_unet import condition_dropout
+from unclip.models.serialization import save_model
+from unclip.train.shapes_cache import ShapesCache
+
+DIFFUSION_FILE = "diffusion.json"
+
+
+@dataclass
+class DecoderTaskConfig:
+    """What the decoder trains on.
+
+    Attributes:
+        cache: directory of a shapes cache (``unclip.train.shapes_cache``).
+        preset: decoder preset; its CLIP widths are replaced by the cache's.
+        holdout: last rows of the cache never trained on (evaluation).
+        use_text: condition on the caption's token states and pooled embedding as well as z_i.
+        diffusion: schedule and parameterisation.
+        image_drop, text_drop: guidance dropout probabilities (override the preset's).
+        eval_samples: held-out images decoded at each evaluation.
+        eval_steps: sampler steps at evaluation.
+    """
+
+    cache: str = "runs/shapes_cache"
+    preset: str = "shapes"
+    holdout: int = 1000
+    use_text: bool = True
+    diffusion: DiffusionConfig = field(
+        default_factory=lambda: DiffusionConfig(prediction="eps", variance="learned_range")
+    )
+    image_drop: float = 0.1
+    text_drop: float = 0.5
+    eval_samples: int = 16
+    eval_steps: int = 25
+
+
+@dataclass
+class UpsamplerTaskConfig:
+    """What an upsampler trains on.
+
+    Attributes:
+        cache: shapes cache directory (its images are the high-resolution targets).
+        preset: upsampler preset (``image_size`` and ``low_res_size`` come from it).
+        holdout: last rows kept for evaluation.
+        degradation: "blur" (first stage: bicubic down + Gaussian blur) or "bsr" (second stage).
+        crop_fraction: side of the training crops as a fraction of the target side (0.5 = 1/4 the area).
+        diffusion: schedule and parameterisation.
+    """
+
+    cache: str = "runs/shapes_cache"
+    preset: str = "shapes"
+    holdout: int = 1000
+    degradation: str = "blur"
+    crop_fraction: float = 0.5
+    diffusion: DiffusionConfig = field(
+        default_factory=lambda: DiffusionConfig(prediction="eps", variance="fixed_small")
+    )
+    eval_samples: int = 8
+    eval_steps: int = 7
+
+
+class _CacheTask:
+    """Shared plumbing: the cache, the training rows, export with ``diffusion.json``."""
+
+    name = "stage"
+
+    def __init__(self, cache: ShapesCache | str | Path, holdout: int, diffusion: DiffusionConfig) -> None:
+        self.cache = cache if isinstance(cache, ShapesCache) else ShapesCache.load(cache)
+        if not 0 <= holdout < len(self.cache):
+            raise ValueError(f"holdout must be in [0, {len(self.cache)}) for this cache, got {holdout}")
+        self.num_train = len(self.cache) - holdout
+        self.holdout_rows = list(range(self.num_train, len(self.cache)))
+        self.diffusion = diffusion
+        self.schedule = diffusion.make_schedule()
+        self.param = diffusion.parameterization()
+
+    def rows(self, indices: list[int]) -> torch.Tensor:
+        return torch.tensor([i % self.num_train for i in indices], dtype=torch.long)
+
+    def export(self, model: nn.Module, out_dir: Path) -> None:
+        save_model(model, out_dir)
+        save_config(self.diffusion, Path(out_dir) / DIFFUSION_FILE)
+
+
+class DecoderTask(_CacheTask):
+    """Train :class:`~unclip.models.decoder_unet.DecoderUNet` on a shapes cache."""
+
+    name = "decoder"
+
+    def __init__(self, config: DecoderTaskConfig, cache: ShapesCache | None = None) -> None:
+        super().__init__(cache if cache is not None else config.cache, config.holdout, config.diffusion)
+        self.config = config
+        meta = self.cache.meta
+        base = model_config("decoder", config.preset)
+        self.model_config = replace(
+            base,
+            clip_dim=meta["clip_dim"],
+            text_width=meta["token_width"] if config.use_text else None,
+            use_pooled_text=config.use_text and base.use_pooled_text,
+            image_drop=config.image_drop,
+            text_drop=config.text_drop,
+            learn_sigma=self.param.learned_variance,
+        )
+
+    def build_model(self) -> nn.Module:
+        return build_model("decoder", self.model_config)
+
+    def get_batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+        rows = self.rows(indices)
+        batch = {
+            "x0": self.cache.pixels(rows, self.model_config.image_size),
+            "image_embedding": self.cache.image_embedding[rows],
+        }
+        if self.config.use_text:
+            batch["text_tokens"] = self.cache.text.tokens[rows].float()
+            batch["text_mask"] = self.cache.text.mask[rows]
+            batch["text_pooled"] = self.cache.text.pooled[rows]
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        kwargs = condition_dropout(
+            self.model_config,
+            batch["image_embedding"],
+            batch.get("text_tokens"),
+            batch.get("text_mask"),
+            batch.get("text_pooled") if self.model_config.use_pooled_text else None,
+            generator=generator,
+        )
+        x0 = batch["x0"]
+        t = sample_timesteps(x0.shape[0], len(self.schedule), generator, x0.device)
+        losses = training_losses(
+            model, x0, t, schedule=self.schedule, param=self.param, model_kwargs=kwargs, generator=generator
+        )
+        metrics = {"mse": float(losses["mse"].detach().mean())}
+        if "vlb" in losses:
+            metrics["vlb"] = float(losses["vlb"].detach().mean())
+        return losses["loss"].mean(), metrics
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        """Decode held-out z_i; write [sources | decodes] and report pixel MSE (and oracle agreement)."""
+        from unclip.pipeline.stages import sample_decoder  # evaluation only; training never samples
+
+        rows = torch.tensor(self.holdout_rows[: self.config.eval_samples], dtype=torch.long)
+        if len(rows) == 0:
+            return {}
+        device = next(model.parameters()).device
+        batch = self.get_batch(rows.tolist(), device)
+        text = None
+        if self.config.use_text:
+            from unclip.encoders.base import TextEmbedding
+
+            text = TextEmbedding(batch["text_pooled"], batch["text_tokens"], batch["text_mask"])
+        generator = torch.Generator(device="cpu").manual_seed(step)
+        images = sample_decoder(
+            model, self.diffusion, batch["image_embedding"], text, steps=self.config.eval_steps,
+            sampler="ddpm", guidance_scale=3.0, generator=generator,
+        )  # fmt: skip
+        metrics = {"eval_pixel_mse": float(((images - batch["x0"]) ** 2).mean())}
+        metrics.update(_oracle_agreement(images, [self.cache.records[r] for r in rows.tolist()]))
+        _write_pair_grid(batch["x0"], images, Path(out_dir) / f"decoder_step{step:07d}.png")
+        return metrics
+
+
+class UpsamplerTask(_CacheTask):
+    """Train :class:`~unclip.models.upsampler_unet.UpsamplerUNet` on crops of shapes-cache images."""
+
+    name = "upsampler"
+
+    def __init__(self, config: UpsamplerTaskConfig, cache: ShapesCache | None = None) -> None:
+        super().__init__(cache if cache is not None else config.cache, config.holdout, config.diffusion)
+        if config.degradation not in ("blur", "bsr"):
+            raise ValueError(f"degradation must be 'blur' or 'bsr', got {config.degradation!r}")
+        if not 0 < config.crop_fraction <= 1:
+            raise ValueError(f"crop_fraction must be in (0, 1], got {config.crop_fraction}")
+        self.config = config
+        self.model_config = replace(model_config("upsampler", config.preset), learn_sigma=self.param.learned_variance)
+        if self.model_config.image_size > self.cache.meta["size"]:
+            raise ValueError(
+                f"upsampler targets are {self.model_config.image_size} px but the cache holds "
+                f"{self.cache.meta['size']} px images"
+            )
+
+    def build_model(self) -> nn.Module:
+        return build_model("upsampler", self.model_config)
+
+    def get_batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+        return {"high": self.cache.pixels(self.rows(indices), self.model_config.image_size).to(device)}
+
+    def degrade(self, high: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """High-res [B, 3, S, S] -> corrupted low-res [B, 3, s, s]."""
+        low_size = self.model_config.low_res_size
+        if self.config.degradation == "blur":
+            return gaussian_blur_degrade(high, low_size)
+        return bsr_degrade(high, low_size, generator=generator)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        high = batch["high"]
+        cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        low = self.degrade(high, cpu_gen).to(high.device)
+        crop = max(8, int(round(self.model_config.image_size * self.config.crop_fraction)))
+        if crop < self.model_config.image_size:
+            high, low = paired_random_crop(high, low, crop, generator=cpu_gen)
+        t = sample_timesteps(high.shape[0], len(self.schedule), generator, high.device)
+        losses = training_losses(
+            model, high, t, schedule=self.schedule, param=self.param, model_kwargs={"low_res": low},
+            generator=generator,
+        )  # fmt: skip
+        return losses["loss"].mean(), {"mse": float(losses["mse"].detach().mean())}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
+        """Upsample held-out (degraded) images; write [targets | outputs], report pixel MSE vs bicubic's."""
+        from unclip.pipeline.images import upsample_bicubic
+        from unclip.pipeline.stages import sample_upsampler
+
+        rows = self.holdout_rows[: self.config.eval_samples]
+        if not rows:
+            return {}
+        device = next(model.parameters()).device
+        high = self.get_batch(rows, device)["high"]
+        low = self.degrade(high, torch.Generator().manual_seed(step))
+        generator = torch.Generator(device="cpu").manual_seed(step)
+        out = sample_upsampler(model, self.diffusion, low, steps=self.config.eval_steps, generator=generator)
+        bicubic = upsample_bicubic(low, self.model_config.image_size)
+        _write_pair_grid(high, out, Path(out_dir) / f"upsampler_step{step:07d}.png")
+        return {
+            "eval_pixel_mse": float(((out - high) ** 2).mean()),
+            "eval_bicubic_mse": float(((bicubic - high) ** 2).mean()),
+        }
+
+
+def _oracle_agreement(images: torch.Tensor, records: list[dict[str, Any]]) -> dict[str, float]:
+    """Oracle agreement of decoded images with their sources' records (when the shipped oracle exists)."""
+    try:
+        from unclip.eval.oracle import load_oracle, predict, record_agreement
+    except ImportError:
+        return {}
+    try:
+        oracle = load_oracle()
+    except (FileNotFoundError, ValueError):
+        return {}
+    preds = predict(oracle, images.float().cpu())
+    totals: dict[str, list[bool]] = {}
+    for pred, record in zip(preds, records):
+        for key, ok in record_agreement(pred, record).items():
+            totals.setdefault(key, []).append(bool(ok))
+    return {f"eval_agree_{k}": sum(v) / len(v) for k, v in totals.items() if v}
+
+
+def _write_pair_grid(targets: torch.Tensor, outputs: torch.Tensor, path: Path) -> None:
+    """Two rows: targets on top, outputs below (upsampled to the same size)."""
+    import torch.nn.functional as F
+
+    from unclip.io import atomic_write
+    from unclip.pipeline.images import make_grid, tensor_to_output
+
+    size = targets.shape[-1]
+    if outputs.shape[-1] != size:
+        outputs = F.interpolate(outputs.float(), size=(size, size), mode="nearest")
+    images = tensor_to_output(torch.cat([targets.float().cpu(), outputs.float().cpu()]), "pil")
+    grid = make_grid(images, columns=targets.shape[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: grid.save(f, format="PNG"))
