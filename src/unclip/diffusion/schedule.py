@@ -154,22 +154,40 @@ class NoiseSchedule:
     the original training step index that the network sees.
 
     Args:
-        betas: [N] values in (0, 1].
+        betas: [N] values in (0, 1]; or None when ``alphas_cumprod`` is given.
         timesteps: [N] strictly increasing original indices; default ``arange(N)``.
         num_train_timesteps: length of the original schedule; default N.
+        alphas_cumprod: [N] strictly decreasing ᾱ in (0, 1) instead of ``betas`` (kept exactly; the
+            per-step α = ᾱ_i/ᾱ_{i-1} are derived without cancellation).
     """
 
     def __init__(
         self,
-        betas: Tensor | Sequence[float],
+        betas: Tensor | Sequence[float] | None = None,
         timesteps: Tensor | Sequence[int] | None = None,
         num_train_timesteps: int | None = None,
+        *,
+        alphas_cumprod: Tensor | Sequence[float] | None = None,
     ) -> None:
-        betas = _cpu_float64(betas)
-        if betas.ndim != 1 or betas.numel() == 0:
-            raise ValueError(f"betas must be a non-empty 1-D sequence, got shape {tuple(betas.shape)}")
-        if not bool(((betas > 0) & (betas <= 1)).all()):
-            raise ValueError(f"betas must lie in (0, 1], got min {betas.min().item()} max {betas.max().item()}")
+        if (betas is None) == (alphas_cumprod is None):
+            raise ValueError("give exactly one of betas and alphas_cumprod")
+        if betas is not None:
+            betas = _cpu_float64(betas)
+            if betas.ndim != 1 or betas.numel() == 0:
+                raise ValueError(f"betas must be a non-empty 1-D sequence, got shape {tuple(betas.shape)}")
+            if not bool(((betas > 0) & (betas <= 1)).all()):
+                raise ValueError(f"betas must lie in (0, 1], got min {betas.min().item()} max {betas.max().item()}")
+            alphas = 1.0 - betas
+            acp = torch.cumprod(alphas, dim=0)
+        else:
+            acp = _cpu_float64(alphas_cumprod)
+            if acp.ndim != 1 or acp.numel() == 0:
+                raise ValueError(f"alphas_cumprod must be a non-empty 1-D sequence, got shape {tuple(acp.shape)}")
+            prev = torch.cat([torch.ones(1, dtype=torch.float64), acp[:-1]])
+            if not bool(((acp > 0) & (acp < prev)).all()):
+                raise ValueError("alphas_cumprod must be strictly decreasing values in (0, 1)")
+            alphas = acp / prev
+            betas = 1.0 - alphas
         n = betas.numel()
         if timesteps is None:
             timesteps = torch.arange(n, dtype=torch.long)
@@ -184,8 +202,8 @@ class NoiseSchedule:
         self.timesteps = timesteps
 
         self.betas = betas
-        self.alphas = 1.0 - betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.alphas = alphas
+        self.alphas_cumprod = acp
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
@@ -211,10 +229,8 @@ class NoiseSchedule:
         timesteps: Tensor | Sequence[int] | None = None,
         num_train_timesteps: int | None = None,
     ) -> NoiseSchedule:
-        """Build a schedule whose ᾱ are the given strictly decreasing values in (0, 1)."""
-        acp = _cpu_float64(alphas_cumprod)
-        prev = torch.cat([torch.ones(1, dtype=torch.float64), acp[:-1]])
-        return cls(1.0 - acp / prev, timesteps, num_train_timesteps)
+        """Build a schedule whose ᾱ are exactly the given strictly decreasing values in (0, 1)."""
+        return cls(None, timesteps, num_train_timesteps, alphas_cumprod=alphas_cumprod)
 
     def __len__(self) -> int:
         return self.betas.numel()
