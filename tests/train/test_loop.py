@@ -340,3 +340,27 @@ def test_loss_generator_is_fresh_per_step_and_micro_step(tmp_path):
     c = Recorder()
     run_training(c, cfg(steps=3, grad_accum=2, seed=1), tmp_path / "c", progress=False)
     assert not set(c.draws) & set(a.draws)
+
+
+def test_sigterm_stops_cleanly_with_checkpoint_then_resume_exact(tmp_path):
+    import os
+    import signal
+
+    task_kw = dict(noise=0.1, dropout=0.2)
+    c = cfg(steps=10, log_every=1)
+    full = run_training(ToyTask(**task_kw), c, tmp_path / "full", progress=False)
+
+    class TermAtStep5(ToyTask):
+        def get_batch(self, indices, device):
+            if indices[0] == 5 * 8:
+                os.kill(os.getpid(), signal.SIGTERM)  # as a cluster scheduler would
+            return super().get_batch(indices, device)
+
+    before = signal.getsignal(signal.SIGTERM)
+    stopped = run_training(TermAtStep5(**task_kw), c, tmp_path / "cut", progress=False)
+    assert signal.getsignal(signal.SIGTERM) is before  # handler restored
+    assert stopped.stop_reason == "signal" and stopped.step == 6  # the running step is finished
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 6
+    resumed = run_training(ToyTask(**task_kw), c, tmp_path / "cut", progress=False)
+    assert state_equal(resumed.model.state_dict(), full.model.state_dict())
+    assert state_equal(resumed.ema_model.state_dict(), full.ema_model.state_dict())
