@@ -247,7 +247,8 @@ def condition_dropout(
 
 
 def _karlo() -> DecoderConfig:
-    return DecoderConfig()
+    # Karlo's decoder_900M_vit_l.yaml: clip_emb_drop 0.1, text_drop 0.3 (the paper used 0.5).
+    return DecoderConfig(text_drop=0.3)
 
 
 def _tiny() -> DecoderConfig:
