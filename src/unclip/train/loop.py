@@ -242,7 +242,7 @@ def run_training(
         )
         scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
-        step, position, ema_updates, elapsed_before = 0, 0, 0, 0.0
+        step, position, ema_updates, elapsed_before, saved_world = 0, 0, 0, 0.0, info.world_size
         ckpt = _resume_state(task, config, out_dir, info) if resume else None
         if ckpt is not None:
             try:
@@ -258,7 +258,8 @@ def run_training(
             step, position = int(ckpt["step"]), int(ckpt["data_position"])
             ema_updates, elapsed_before = int(ckpt.get("ema_updates", step)), float(ckpt.get("elapsed_s", 0.0))
             rng = ckpt.get("rng") or []
-            if int(ckpt.get("world_size", 1)) == info.world_size and info.rank < len(rng):
+            saved_world = int(ckpt.get("world_size", 1))
+            if saved_world == info.world_size and info.rank < len(rng):
                 ckpt_lib.restore_rng(rng[info.rank], device)
             if info.is_main:
                 ckpt_lib.truncate_metrics(out_dir / "metrics.jsonl", step)
@@ -270,6 +271,11 @@ def run_training(
         reporter = _Reporter(task.name, config, out_dir, info, step, progress)
         if step > 0:
             reporter.say(f"resumed from step {step} (sample {position})")
+        if saved_world != info.world_size:
+            reporter.say(
+                f"the checkpoint was written by {saved_world} processes, now {info.world_size}: the run continues "
+                "with the same data and schedule, but not bit-identically (random streams are per rank)"
+            )
         if info.world_size > 1:
             reporter.say(f"data parallel over {info.world_size} processes ({device.type})")
 
@@ -324,8 +330,9 @@ def run_training(
             barrier(info)
 
         # Interval accumulators (device tensors, so a step never waits for the device).
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        gnorm_sum = torch.zeros((), device=device, dtype=torch.float64)
+        acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        loss_sum = torch.zeros((), device=device, dtype=acc_dtype)
+        gnorm_sum = torch.zeros((), device=device, dtype=acc_dtype)
         task_sums: dict[str, float] = {}
         interval_steps, interval_micro, interval_t0 = 0, 0, time.monotonic()
         autocast = (
@@ -405,7 +412,7 @@ def run_training(
                     with autocast:
                         loss, metrics = _loss_value(task, task.loss(train_model, batch, generator))
                     scaler.scale(loss.float() / config.grad_accum).backward()
-                loss_sum += loss.detach().to(torch.float64)
+                loss_sum += loss.detach().to(acc_dtype)
                 for k, v in metrics.items():
                     task_sums[k] = task_sums.get(k, 0.0) + float(v)
                 interval_micro += 1
@@ -416,7 +423,7 @@ def run_training(
             scaler.update()
             update_ema(ema, model, ema_decay_at(ema_updates, config.ema_decay, config.ema_warmup))
             ema_updates += 1
-            gnorm_sum += grad_norm.detach().to(torch.float64)
+            gnorm_sum += grad_norm.detach().to(acc_dtype)
             step += 1
             position += config.batch_size
             interval_steps += 1
