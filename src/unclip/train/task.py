@@ -38,6 +38,10 @@ class TrainTask(Protocol):
 
         ``generator`` is on the batch's device and seeded by the loop per (step, rank, micro-step): draw
         all training randomness (timesteps, noise, condition dropout) from it so resume is exact.
+
+        Under DDP ``model`` is the ``DistributedDataParallel`` wrapper: compute the loss through
+        ``model(...)`` (its forward), or gradients are not synchronised; reach other attributes through
+        ``model.module if hasattr(model, "module") else model``.
         """
 
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
