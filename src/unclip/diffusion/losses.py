@@ -51,7 +51,9 @@ def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Te
     """log-probability of data ``x`` ∈ [-1, 1] quantised to ``bins`` levels under N(means, e^{2 log_scales}).
 
     Each level owns the interval of width 2/(bins-1) around it; the two end levels own the tails
-    (-inf, -1 + 1/(bins-1)] and [1 - 1/(bins-1), inf). Uses exact normal CDFs (``log_ndtr`` in the tails).
+    (-inf, -1 + 1/(bins-1)] and [1 - 1/(bins-1), inf). Computed in log space with ``log_ndtr``: an interval
+    in the upper tail is reflected to the lower tail (Φ(b) - Φ(a) = Φ(-a) - Φ(-b)) so that no probability
+    is lost to cancellation (improved DDPM's version floors such bins at 1e-12 in float32).
 
     Returns:
         elementwise log-likelihoods in nats, shape of ``x``.
@@ -61,15 +63,16 @@ def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Te
     inv_std = torch.exp(-log_scales)
     plus_in = inv_std * (centered + half_bin)
     min_in = inv_std * (centered - half_bin)
-    log_cdf_plus = torch.special.log_ndtr(plus_in)
-    log_one_minus_cdf_min = torch.special.log_ndtr(-min_in)
-    cdf_delta = torch.special.ndtr(plus_in) - torch.special.ndtr(min_in)
+    log_cdf_plus = torch.special.log_ndtr(plus_in)  # lowest level: log Φ(plus)
+    log_one_minus_cdf_min = torch.special.log_ndtr(-min_in)  # highest level: log(1 - Φ(min))
+    # Middle levels: log(Φ(hi) - Φ(lo)), taken on the side of the distribution where Φ is small.
+    upper = (min_in + plus_in) > 0
+    hi = torch.where(upper, -min_in, plus_in)
+    lo = torch.where(upper, -plus_in, min_in)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    log_delta = log_hi + torch.log(-torch.expm1((log_lo - log_hi).clamp(max=-1e-30)))
     edge = 1.0 - half_bin  # midway between the end level and its neighbour
-    return torch.where(
-        x < -edge,
-        log_cdf_plus,
-        torch.where(x > edge, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))),
-    )
+    return torch.where(x < -edge, log_cdf_plus, torch.where(x > edge, log_one_minus_cdf_min, log_delta))
 
 
 def gaussian_log_likelihood(x: Tensor, means: Tensor, log_var: Tensor) -> Tensor:
