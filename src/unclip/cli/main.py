@@ -43,12 +43,13 @@ TRAIN_COMMANDS = {
     "decoder": "unclip.cli.train_decoder:command",
     "upsampler": "unclip.cli.train_upsampler:command",
     "prior": "unclip.cli.train_prior:command",
+    "shapes": "unclip.cli.train_shapes:command",
 }
 
 
 @click.group(cls=LazyGroup, lazy_commands=TRAIN_COMMANDS)
 def train() -> None:
-    """Train one stage (clip, oracle, decoder, upsampler, prior) through the one trainer."""
+    """Train one stage (clip, oracle, decoder, upsampler, prior) through the one trainer, or all (shapes)."""
 
 
 @click.group(

@@ -70,6 +70,7 @@ class UpsamplerTaskConfig:
         degradation: "blur" (first stage: bicubic down + Gaussian blur) or "bsr" (second stage).
         crop_fraction: side of the training crops as a fraction of the target side (0.5 = 1/4 the area).
         diffusion: schedule and parameterisation.
+        image_size, low_res_size: override the preset's sizes (e.g. to chain after a decoder).
     """
 
     cache: str = "runs/shapes_cache"
@@ -82,6 +83,8 @@ class UpsamplerTaskConfig:
     )
     eval_samples: int = 8
     eval_steps: int = 7
+    image_size: int | None = None
+    low_res_size: int | None = None
 
 
 class _CacheTask:
@@ -199,7 +202,13 @@ class UpsamplerTask(_CacheTask):
         if not 0 < config.crop_fraction <= 1:
             raise ValueError(f"crop_fraction must be in (0, 1], got {config.crop_fraction}")
         self.config = config
-        self.model_config = replace(model_config("upsampler", config.preset), learn_sigma=self.param.learned_variance)
+        base = model_config("upsampler", config.preset)
+        self.model_config = replace(
+            base,
+            learn_sigma=self.param.learned_variance,
+            image_size=config.image_size or base.image_size,
+            low_res_size=config.low_res_size or base.low_res_size,
+        )
         if self.model_config.image_size > self.cache.meta["size"]:
             raise ValueError(
                 f"upsampler targets are {self.model_config.image_size} px but the cache holds "
