@@ -1,0 +1,93 @@
+"""Oracle-measured quality of a pipeline on held-out shapes-world captions (issue 5's targets).
+
+    python benchmarks/pipeline_quality.py --model shapes --seed 999 --out docs/quality.json
+
+Use one seed for tuning defaults (e.g. 998) and another, never tuned on, for the numbers you report
+(999). Prints a markdown table and writes the JSON.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="shapes")
+    parser.add_argument("--seed", type=int, default=999, help="World seed of the held-out captions.")
+    parser.add_argument("--captions", type=int, default=50, help="One-object captions.")
+    parser.add_argument("--two-object-captions", type=int, default=20)
+    parser.add_argument("--images-per-caption", type=int, default=8)
+    parser.add_argument("--sources", type=int, default=30, help="Images for variations and text diffs.")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["t2i", "two", "vary", "diff"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from unclip import UnCLIPPipeline
+    from unclip.eval.oracle import load_oracle
+    from unclip.eval.quality import text_diff_quality, text_to_image_quality, variation_quality
+
+    pipe = UnCLIPPipeline.from_pretrained(args.model)
+    oracle = load_oracle()
+    log = lambda m: print(f"  {m}", flush=True)  # noqa: E731
+    results: dict = {"model": args.model, "seed": args.seed, "defaults": pipe.defaults.__dict__}
+    t0 = time.time()
+    if "t2i" not in args.skip:
+        results["one_object"] = text_to_image_quality(
+            pipe, oracle, args.seed, args.captions, args.images_per_caption, objects=1, log=log
+        )
+    if "two" not in args.skip:
+        results["two_object"] = text_to_image_quality(
+            pipe, oracle, args.seed, args.two_object_captions, args.images_per_caption, objects=2, log=log
+        )
+    if "vary" not in args.skip:
+        results["variations"] = variation_quality(pipe, oracle, args.seed, args.sources, 4, log=log)
+    if "diff" not in args.skip:
+        results["text_diff"] = text_diff_quality(pipe, oracle, args.seed, args.sources, log=log)
+    results["wall_s"] = time.time() - t0
+
+    print("\n| measurement | value | target |\n|---|---|---|")
+    if "one_object" in results:
+        r = results["one_object"]
+        print(
+            f"| one-object specified-attribute accuracy (mean over attributes) | {r['mean_accuracy']:.3f} | >= 0.90 |"
+        )
+        print(f"| one-object all specified attributes right | {r['accuracy']['all']:.3f} | |")
+        print(f"| one-object normalised entropy of free attributes (mean) | {r['mean_entropy']:.3f} | >= 0.7 |")
+        for k, v in sorted(r["accuracy"].items()):
+            print(f"| &nbsp; accuracy {k} | {v:.3f} | |")
+        for k, v in sorted(r["entropy"].items()):
+            print(f"| &nbsp; entropy {k} | {v:.3f} | |")
+    if "two_object" in results:
+        r = results["two_object"]
+        print(f"| two-object relation accuracy | {r['accuracy'].get('relation', float('nan')):.3f} | reported |")
+        print(f"| two-object specified-attribute accuracy (mean) | {r['mean_accuracy']:.3f} | |")
+    if "variations" in results:
+        r = results["variations"]
+        print(f"| variations keep colour, shape and background | {r['colour_shape_background']:.3f} | >= 0.85 |")
+        for k in ("colour", "shape", "background", "size", "fill", "position"):
+            print(f"| &nbsp; keeps {k} | {r.get(k, float('nan')):.3f} | |")
+    if "text_diff" in results:
+        for theta, r in results["text_diff"].items():
+            values = f"{r['target_colour']:.3f} / {r['kept_shape']:.3f} / {r['both']:.3f}"
+            target = "theta 0.5: blue >= 0.7, circle kept"
+            print(f"| red circle -> blue circle, theta {theta}: blue / circle / both | {values} | {target} |")
+    print(f"\nwall time {results['wall_s']:.0f} s")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The quality measurements against stand-in pipelines whose answers are known."""
+
+import numpy as np
+import torch
+
+from unclip.data.shapes import ShapesWorld, full_spec
+from unclip.eval import quality
+from unclip.eval.quality import held_out_captions, text_diff_quality, text_to_image_quality, variation_quality
+
+
+class PerfectOracle:
+    """Stands in for the oracle: images are tagged with the record they were rendered from."""
+
+    def __init__(self):
+        self.records = []
+
+
+def _patch_predict(monkeypatch, oracle):
+    def predict(o, images):  # images are in [-1, 1]: undo the pipe's tag value t -> 2t - 1
+        return [o.records[round((float(img[0, 0, 0]) + 1) / 2 * 1000)] for img in images]
+
+    monkeypatch.setattr(quality, "predict", predict)
+
+
+def _tag(oracle, record):
+    oracle.records.append(record)
+    return (len(oracle.records) - 1) / 1000
+
+
+class RenderingPipe:
+    """Returns images whose pixel (0,0) is a tag; the tag maps to a record of a scene fitting the caption."""
+
+    image_size = 16
+
+    def __init__(self, oracle, faithful=True):
+        self.oracle, self.faithful, self.world = oracle, faithful, ShapesWorld(seed=12345)
+
+    def _images(self, records):
+        out = torch.zeros(len(records), 3, 16, 16)
+        for i, record in enumerate(records):
+            out[i, 0, 0, 0] = _tag(self.oracle, record)
+        return out
+
+    def __call__(self, caption, num_images_per_prompt, seed, output_type, **kw):
+        match = next(s for s in held_out_captions(7, 50, 1) + held_out_captions(7, 20, 2) if s.caption == caption)
+        records = []
+        for i in range(num_images_per_prompt):
+            other = self.world.sample(seed + i)
+            records.append(match.record if self.faithful else other.record)
+        return self._images(records)
+
+
+def test_text_to_image_quality_reads_a_faithful_pipe_as_accurate(monkeypatch):
+    oracle = PerfectOracle()
+    _patch_predict(monkeypatch, oracle)
+    good = text_to_image_quality(RenderingPipe(oracle), oracle, seed=7, num_captions=5, images_per_caption=4)
+    assert good["mean_accuracy"] == 1.0 and good["accuracy"]["shape"] == 1.0
+    assert good["mean_entropy"] == 0.0  # the same scene every time: no diversity
+    bad = text_to_image_quality(RenderingPipe(oracle, faithful=False), oracle, seed=7, num_captions=5,
+                                images_per_caption=4)  # fmt: skip
+    assert bad["mean_accuracy"] < 0.8 and bad["mean_entropy"] > 0.2
+    two = text_to_image_quality(RenderingPipe(oracle), oracle, seed=7, num_captions=3, images_per_caption=2, objects=2)
+    assert two["accuracy"]["relation"] == 1.0
+
+
+def test_variation_and_text_diff_counts(monkeypatch):
+    oracle = PerfectOracle()
+    _patch_predict(monkeypatch, oracle)
+
+    class Pipe(RenderingPipe):
+        def vary(self, image, num_images, seed, output_type):
+            arr = np.asarray(image)
+            sample = next(s for s in held_out_captions(7, 50, 1)
+                          if np.array_equal(ShapesWorld(seed=7).render(s.scene, 16), arr))  # fmt: skip
+            return self._images([sample.record] * num_images)
+
+        def edit(self, image, to_text, from_text, thetas, seed, output_type):
+            recs = []
+            for t in thetas:
+                obj = {"shape": "circle", "colour": "blue" if t >= 0.5 else "red", "size": "small", "fill": "solid",
+                       "position": "center"}  # fmt: skip
+                recs.append({"background": "white", "num_objects": 1, "objects": [obj], "relation": None})
+            return self._images(recs)
+
+    pipe = Pipe(oracle)
+    var = variation_quality(pipe, oracle, seed=7, num_sources=3, variations=2)
+    assert var["colour_shape_background"] == 1.0 and var["all"] == 1.0
+    diff = text_diff_quality(pipe, oracle, seed=7, num_sources=4, thetas=(0.0, 0.5))
+    assert diff["0.0"]["target_colour"] == 0.0 and diff["0.5"]["both"] == 1.0 and diff["0.0"]["kept_shape"] == 1.0
+
+
+def test_held_out_captions_have_the_requested_object_count():
+    assert all(len(s.scene.objects) == 2 for s in held_out_captions(3, 5, 2))
+    assert full_spec(held_out_captions(3, 1, 1)[0].scene)["objects"]
