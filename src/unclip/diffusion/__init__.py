@@ -26,6 +26,7 @@ Public API::
     x0_from_eps / eps_from_x0 / x0_from_v / eps_from_v / v_from_x0_eps / prediction_to_x0_eps
     model_log_variance(schedule, t, variance, var_values, like)
     normal_kl, discretized_gaussian_log_likelihood, vlb_terms
+    DiffusionConfig(schedule, num_timesteps, prediction, variance)   # a stage's settings, saved as diffusion.json
 
 Step indices ``t`` are always indices into the schedule object passed alongside (an int, or a long
 tensor [B]); ``schedule.timesteps[t]`` is what the network receives. Full notes: ``docs/diffusion.md``.
@@ -63,8 +64,10 @@ from unclip.diffusion.schedule import (
     make_schedule,
     space_timesteps,
 )
+from unclip.diffusion.stage_config import DiffusionConfig
 
 __all__ = [
+    "DiffusionConfig",
     "NoiseSchedule",
     "cosine_betas",
     "linear_betas",
