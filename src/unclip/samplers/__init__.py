@@ -29,6 +29,7 @@ and works on any shape ([B, D] embeddings or [B, C, H, W] images), device and dt
 loops. Full notes: ``docs/diffusion.md``.
 """
 
+from unclip.diffusion import Parameterization
 from unclip.samplers.base import (
     Denoiser,
     Prediction,
@@ -48,6 +49,7 @@ from unclip.samplers.run import SAMPLER_NAMES, run_sampler
 from unclip.samplers.unclip import unclip_predictor, unclip_sample, unclip_timesteps
 
 __all__ = [
+    "Parameterization",
     "Denoiser",
     "Prediction",
     "Predictor",
