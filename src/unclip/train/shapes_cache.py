@@ -4,7 +4,8 @@ Training the prior and the decoder needs, for every sample, the image and CLIP's
 pooled text embedding z_t and token states. Re-running CLIP every step would waste most of the
 step; rendering is not free either. ``build_shapes_cache`` renders samples ``0..N-1`` of a
 :class:`~unclip.data.shapes.ShapesWorld`, embeds them, and writes them in chunks (each chunk written
-atomically, so an interrupted build resumes where it stopped). ``ShapesCache.load`` reads it back.
+atomically, so an interrupted build resumes where it stopped). ``ShapesCache.load`` (an alias of
+:class:`unclip.data.embed_cache.EmbeddingCache`) reads it back, as it reads caches of captioned photos.
 
 Layout of a cache directory::
 
@@ -17,17 +18,16 @@ Layout of a cache directory::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from unclip.data.embed_cache import EmbeddingCache
 from unclip.data.shapes import ShapesWorld
-from unclip.encoders.base import ClipEncoder, TextEmbedding
+from unclip.encoders.base import ClipEncoder
 from unclip.io import atomic_write_text, load_safetensors, save_safetensors
 
 CHUNK = 1024
@@ -126,66 +126,6 @@ def _show(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
 
-@dataclass
-class ShapesCache:
-    """A loaded cache (all in memory). Row ``i`` is world sample ``i``.
-
-    Attributes:
-        images: uint8 [N, S, S, 3].
-        image_embedding: float32 [N, D] CLIP image embeddings z_i.
-        text: TextEmbedding of the captions (pooled float32 [N, D], tokens float16 [N, L, W], mask bool [N, L]).
-        captions, records, specified: per-sample caption, full attribute record, caption's specified subset.
-        meta: the build settings.
-    """
-
-    images: torch.Tensor
-    image_embedding: torch.Tensor
-    text: TextEmbedding
-    captions: list[str]
-    records: list[dict[str, Any]]
-    specified: list[dict[str, Any]]
-    meta: dict[str, Any]
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @classmethod
-    def load(cls, directory: str | Path, limit: int | None = None) -> ShapesCache:
-        """Read a cache written by :func:`build_shapes_cache` (optionally only its first ``limit`` rows)."""
-        directory = Path(directory)
-        meta_path = directory / "meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"no shapes cache in {directory} (meta.json missing)")
-        meta = json.loads(meta_path.read_text())
-        num = meta["num"] if limit is None else min(limit, meta["num"])
-        parts: dict[str, list[torch.Tensor]] = {}
-        rows: list[dict[str, Any]] = []
-        for start in range(0, num, meta["chunk"]):
-            name = f"chunk_{start // meta['chunk']:05d}"
-            path = directory / f"{name}.safetensors"
-            if not path.is_file():
-                raise FileNotFoundError(f"shapes cache {directory} is incomplete: {path.name} missing; rebuild it")
-            for key, value in load_safetensors(path).items():
-                parts.setdefault(key, []).append(value)
-            rows += [json.loads(line) for line in (directory / f"{name}.jsonl").read_text().splitlines() if line]
-        data = {k: torch.cat(v)[:num] for k, v in parts.items()}
-        rows = rows[:num]
-        text = TextEmbedding(data["text_pooled"], data["text_tokens"], data["text_mask"].bool())
-        return cls(
-            images=data["images"],
-            image_embedding=data["image_embedding"],
-            text=text,
-            captions=[r["caption"] for r in rows],
-            records=[r["record"] for r in rows],
-            specified=[r["specified"] for r in rows],
-            meta=meta,
-        )
-
-    def pixels(self, indices: torch.Tensor | list[int], size: int | None = None) -> torch.Tensor:
-        """Images of rows ``indices`` as float32 [B, 3, size, size] in [-1, 1] (area-downsampled if smaller)."""
-        x = self.images[torch.as_tensor(indices, dtype=torch.long)].permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        if size is not None and size != x.shape[-1]:
-            if size > x.shape[-1]:
-                raise ValueError(f"cache images are {x.shape[-1]} px; cannot serve {size} px")
-            x = F.interpolate(x, size=(size, size), mode="area")
-        return x
+# The shapes cache is an embedding cache whose rows also carry the scene's record and the caption's
+# specified attributes; EmbeddingCache.load reads this module's layout as well as ``unclip embed``'s.
+ShapesCache = EmbeddingCache
