@@ -6,9 +6,17 @@ size, fill and 3x3 position of an object, plus the relation of A to B. Slot orde
 else the one above, so the relation is always "to the left of" or "above" and the relation head is a
 binary horizontal / vertical decision. One-object images fill slot A only.
 
+Architecture ("where, then what"): a small conv trunk (GroupNorm, SiLU) maps the image to a feature map
+[C, s, s] (s = image_size / 8). A *spatial* branch flattens a 1x1 reduction of the map into a
+position-aware vector; from it each slot gets an attention map over the s x s cells (supervised to
+point at its object's centre), and the attention-weighted sum of the feature map is the slot's
+position-invariant "what" vector. Slot heads (shared by both slots) read shape, colour, size, fill and
+position from [what, attended centre, spatial vector]; image heads (count, background, relation) and
+the Fréchet features read [spatial vector, global mean and max of the map].
+
 Any input size is accepted: images are resized (bilinear, antialiased) to ``config.image_size`` first.
-The penultimate layer (``features``, [B, feature_dim]) is the feature space of the domain Fréchet
-distance.
+The penultimate image-level layer (``features``, [B, feature_dim]) is the feature space of the domain
+Fréchet distance.
 """
 
 from __future__ import annotations
@@ -46,7 +54,9 @@ class OracleConfig:
         stem_stride: stride of the stem convolution (2 halves the cost of everything after it).
         convs_per_stage: 3x3 convolutions after each stride-2 convolution.
         head_channels: 1x1 reduction before the spatial feature map is flattened.
-        feature_dim: width of the penultimate layer (the Fréchet feature space).
+        spatial_dim: width of the spatial (flattened) branch.
+        slot_dim: hidden width of the per-slot heads.
+        feature_dim: width of the penultimate image-level layer (the Fréchet feature space).
         groups: GroupNorm groups (divides every width).
         coord_channels: append x, y coordinate channels to the input (helps positions).
     """
@@ -56,6 +66,8 @@ class OracleConfig:
     stem_stride: int = 2
     convs_per_stage: int = 1
     head_channels: int = 32
+    spatial_dim: int = 256
+    slot_dim: int = 128
     feature_dim: int = 256
     groups: int = 8
     coord_channels: bool = True
@@ -77,7 +89,9 @@ class OracleConfig:
 
 PRESETS: dict[str, Callable[[], OracleConfig]] = {
     "shapes": lambda: OracleConfig(),
-    "tiny": lambda: OracleConfig(widths=(8, 16, 16), head_channels=8, feature_dim=32, groups=4),
+    "tiny": lambda: OracleConfig(
+        widths=(8, 16, 16), head_channels=8, spatial_dim=32, slot_dim=32, feature_dim=32, groups=4
+    ),
 }
 
 
@@ -101,8 +115,9 @@ class ShapesOracle(nn.Module):
 
     Input: float images [B, 3, H, W] in [-1, 1], any H = W. Output of ``forward``: dict of logits
     ``count`` [B, 2], ``background`` [B, 8], ``relation`` [B, 2], per slot ``shape`` [B, 2, 6],
-    ``colour`` [B, 2, 8], ``size`` [B, 2, 2], ``fill`` [B, 2, 2], ``position`` [B, 2, 9], and the
-    regressed ``centre`` [B, 2, 2] (cx, cy as fractions of the side), plus ``features`` [B, F].
+    ``colour`` [B, 2, 8], ``size`` [B, 2, 2], ``fill`` [B, 2, 2], ``position`` [B, 2, 9]; the slots'
+    attention logits ``attention`` [B, 2, s*s] and attended centres ``centre`` [B, 2, 2] (cx, cy as
+    fractions of the side); and ``features`` [B, feature_dim].
     """
 
     def __init__(self, config: OracleConfig) -> None:
@@ -115,13 +130,26 @@ class ShapesOracle(nn.Module):
         for prev, width in zip(c.widths[:-1], c.widths[1:]):
             layers.append(_conv(prev, width, c.groups, stride=2))
             layers += [_conv(width, width, c.groups) for _ in range(c.convs_per_stage)]
-        layers.append(nn.Conv2d(c.widths[-1], c.head_channels, 1))
-        layers.append(nn.SiLU())
         self.trunk = nn.Sequential(*layers)
         side = c.image_size // c.downsampling
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c.head_channels * side * side, c.feature_dim), nn.SiLU())
+        self.map_side = side
+        width = c.widths[-1]
+        self.spatial = nn.Sequential(
+            nn.Conv2d(width, c.head_channels, 1),
+            nn.SiLU(),
+            nn.Flatten(),
+            nn.Linear(c.head_channels * side * side, c.spatial_dim),
+            nn.SiLU(),
+        )
+        self.attention = nn.Linear(c.spatial_dim, NUM_SLOTS * side * side)
+        self.image_features = nn.Sequential(nn.Linear(c.spatial_dim + 2 * width, c.feature_dim), nn.SiLU())
         self.image_heads = nn.Linear(c.feature_dim, sum(IMAGE_HEADS.values()))
-        self.slot_heads = nn.Linear(c.feature_dim, NUM_SLOTS * (sum(SLOT_HEADS.values()) + 2))
+        self.slot_mlp = nn.Sequential(nn.Linear(width + 2 + c.spatial_dim, c.slot_dim), nn.SiLU())
+        self.slot_heads = nn.Linear(c.slot_dim, sum(SLOT_HEADS.values()))
+        # centres of the s x s cells as fractions of the side: [s*s, 2] (x, y)
+        ramp = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+        grid = torch.stack(torch.meshgrid(ramp, ramp, indexing="ij")[::-1], dim=-1).reshape(-1, 2)
+        self.register_buffer("cell_centres", grid, persistent=False)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Validate and resize images [B, 3, H, W] in [-1, 1] to the network's input [B, 3|5, S, S]."""
@@ -139,22 +167,36 @@ class ShapesOracle(nn.Module):
             x = torch.cat([x, coords.expand(x.shape[0], -1, -1, -1)], dim=1)
         return x
 
+    def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fmap = self.trunk(self.prepare(images))  # [B, C, s, s]
+        spatial = self.spatial(fmap)  # [B, spatial_dim]
+        pooled = torch.cat([fmap.mean(dim=(2, 3)), fmap.amax(dim=(2, 3))], dim=1)
+        feats = self.image_features(torch.cat([spatial, pooled], dim=1))
+        return fmap, spatial, feats
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Penultimate features [B, feature_dim] of images [B, 3, H, W] in [-1, 1]."""
-        return self.fc(self.trunk(self.prepare(images)))
+        """Penultimate image-level features [B, feature_dim] of images [B, 3, H, W] in [-1, 1]."""
+        return self._encode(images)[2]
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.features(images)
+        fmap, spatial, feats = self._encode(images)
+        b = fmap.shape[0]
         out: dict[str, torch.Tensor] = {"features": feats}
         image_logits = self.image_heads(feats)
         start = 0
         for name, n in IMAGE_HEADS.items():
             out[name] = image_logits[:, start : start + n]
             start += n
-        slot_logits = self.slot_heads(feats).view(feats.shape[0], NUM_SLOTS, -1)
+        attn_logits = self.attention(spatial).view(b, NUM_SLOTS, -1)  # [B, 2, s*s]
+        attn = attn_logits.float().softmax(dim=-1).to(fmap.dtype)
+        what = torch.einsum("bkn,bcn->bkc", attn, fmap.flatten(2))  # [B, 2, C]
+        centre = attn @ self.cell_centres.to(attn.dtype)  # [B, 2, 2]
+        slot_in = torch.cat([what, centre, spatial[:, None, :].expand(-1, NUM_SLOTS, -1)], dim=-1)
+        slot_logits = self.slot_heads(self.slot_mlp(slot_in))  # [B, 2, sum classes]
         start = 0
         for name, n in SLOT_HEADS.items():
             out[name] = slot_logits[:, :, start : start + n]
             start += n
-        out["centre"] = torch.sigmoid(slot_logits[:, :, start : start + 2])
+        out["attention"] = attn_logits
+        out["centre"] = centre
         return out
