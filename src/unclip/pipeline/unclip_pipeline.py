@@ -25,7 +25,7 @@ from unclip.io import atomic_write_text
 from unclip.models.serialization import load_model, save_model
 from unclip.pipeline.images import ImageInput, load_image, pil_to_tensor, slerp, tensor_to_output
 from unclip.pipeline.prior_sampling import sample_ar_prior, sample_prior
-from unclip.pipeline.stages import invert_decoder, sample_decoder, sample_upsampler
+from unclip.pipeline.stages import invert_decoder, sample_decoder, sample_prior_unclip, sample_upsampler
 from unclip.samplers import SAMPLER_NAMES, ProgressFn
 
 INDEX_FILE = "model_index.json"
@@ -67,12 +67,22 @@ class UnCLIPOutput:
     text_embeddings: Tensor | None = None
 
 
+DECODER_UNCOND = ("masked", "empty_text")
+"""How the decoder's unconditional branch sees the caption: "masked" (ours: an all-False text mask and a zero
+pooled embedding) or "empty_text" (Karlo/diffusers: CLIP's encoding of "")."""
+
+
 @dataclass
 class Stage:
-    """A diffusion network with the process it was trained on."""
+    """A diffusion network with the process it was trained on.
+
+    ``last_step_model`` (upsamplers only): a second network of the same architecture that takes the final
+    step, as Karlo's ``model_last_step`` / diffusers' ``super_res_last``.
+    """
 
     model: nn.Module
     diffusion: DiffusionConfig
+    last_step_model: nn.Module | None = None
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -116,30 +126,35 @@ class UnCLIPPipeline:
 
     Args:
         clip: a frozen :class:`ClipEncoder`.
-        prior: the diffusion prior stage (a ``DiffusionPrior`` with its DiffusionConfig) or an ``ARPrior``.
+        prior: the diffusion prior stage (a ``DiffusionPrior`` with its DiffusionConfig), an ``ARPrior``, or
+            None (an image-variation pipeline: text-to-image then needs ``image_embeddings``).
         decoder: the decoder stage.
         upsamplers: upsampler stages, applied in order.
         defaults: default sampling settings.
+        decoder_uncond: the decoder's unconditional caption, one of :data:`DECODER_UNCOND` ("masked": ours;
+            "empty_text": Karlo's and diffusers', set by the importers in :mod:`unclip.interop`).
     """
 
     def __init__(
         self,
         clip: ClipEncoder,
-        prior: Stage | nn.Module,
+        prior: Stage | nn.Module | None,
         decoder: Stage,
         upsamplers: Sequence[Stage] = (),
         defaults: GenerationDefaults | None = None,
+        decoder_uncond: str = "masked",
     ) -> None:
+        if decoder_uncond not in DECODER_UNCOND:
+            raise ValueError(f"decoder_uncond must be one of {DECODER_UNCOND}, got {decoder_uncond!r}")
         self.clip = clip
         self.prior = prior
         self.decoder = decoder
         self.upsamplers = list(upsamplers)
         self.defaults = defaults or GenerationDefaults()
+        self.decoder_uncond = decoder_uncond
         self._null_text: TextEmbedding | None = None
-        for stage in [decoder, *self.upsamplers] + ([prior] if isinstance(prior, Stage) else []):
-            stage.model.eval()
-        if not isinstance(prior, Stage):
-            prior.eval()
+        for module in self._modules():
+            module.eval()
 
     # ------------------------------------------------------------------ devices and files
 
@@ -158,7 +173,8 @@ class UnCLIPPipeline:
 
     def _modules(self) -> list[nn.Module]:
         prior = self.prior.model if isinstance(self.prior, Stage) else self.prior
-        return [prior, self.decoder.model, *[u.model for u in self.upsamplers]]
+        ups = [m for u in self.upsamplers for m in (u.model, u.last_step_model) if m is not None]
+        return ([prior] if prior is not None else []) + [self.decoder.model, *ups]
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> UnCLIPPipeline:
         """Move every part (in place); returns ``self``."""
@@ -215,16 +231,23 @@ class UnCLIPPipeline:
         for key in ("clip", "prior", "decoder"):
             if key not in index:
                 raise ValueError(f"{directory / INDEX_FILE} names no {key!r} part")
-        clip = load_clip(directory / index["clip"], device=device, dtype=dtype)
+        clip_kwargs = {"center_crop": True} if index.get("clip_center_crop") else {}
+        clip = load_clip(directory / index["clip"], device=device, dtype=dtype, **clip_kwargs)
         prior_kind = index.get("prior_kind", "prior")
-        if prior_kind == "ar_prior":
-            prior: Stage | nn.Module = load_model("ar_prior", directory / index["prior"], device, dtype)
+        prior: Stage | nn.Module | None
+        if index["prior"] is None:
+            prior = None
+        elif prior_kind == "ar_prior":
+            prior = load_model("ar_prior", directory / index["prior"], device, dtype)
         else:
             prior = stage("prior", index["prior"])
         decoder = stage("decoder", index["decoder"])
         upsamplers = [stage("upsampler", sub) for sub in index.get("upsamplers", [])]
+        for up, sub in zip(upsamplers, index.get("upsampler_last_step", [None] * len(upsamplers))):
+            if sub is not None:
+                up.last_step_model = load_model("upsampler", directory / sub, device, dtype)
         defaults = config_from_dict(GenerationDefaults, index.get("defaults", {}))
-        return cls(clip, prior, decoder, upsamplers, defaults)
+        return cls(clip, prior, decoder, upsamplers, defaults, decoder_uncond=index.get("decoder_uncond", "masked"))
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write the pipeline in our layout (DESIGN.md §3); weights cast to ``dtype`` if given (e.g. fp16)."""
@@ -242,26 +265,43 @@ class UnCLIPPipeline:
         if isinstance(self.prior, Stage):
             write_stage(self.prior, "prior")
             prior_kind = "prior"
-        else:
+        elif self.prior is not None:
             save_model(self.prior, directory / "prior", dtype=dtype)
             prior_kind = "ar_prior"
+        else:
+            prior_kind = None
         write_stage(self.decoder, "decoder")
-        subs = []
+        subs, last_subs = [], []
         for i, stage in enumerate(self.upsamplers, start=1):
             write_stage(stage, f"upsampler_{i}")
             subs.append(f"upsampler_{i}")
+            last_subs.append(f"upsampler_{i}_last_step" if stage.last_step_model is not None else None)
+            if stage.last_step_model is not None:
+                save_model(stage.last_step_model, directory / last_subs[-1], dtype=dtype)
         index = {
             "format": FORMAT,
             "_class_name": "UnCLIPPipeline",
             "clip": "clip",
-            "prior": "prior",
+            "prior": "prior" if prior_kind else None,
             "prior_kind": prior_kind,
             "decoder": "decoder",
             "upsamplers": subs,
             "defaults": config_to_dict(self.defaults),
         }
+        if any(last_subs):
+            index["upsampler_last_step"] = last_subs
+        if self.decoder_uncond != "masked":
+            index["decoder_uncond"] = self.decoder_uncond
+        if getattr(self.clip, "center_crop", False):
+            index["clip_center_crop"] = True
         atomic_write_text(directory / INDEX_FILE, json.dumps(index, indent=2) + "\n")
         return directory
+
+    def export_diffusers(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write diffusers' ``UnCLIPPipeline`` layout (see :func:`unclip.interop.diffusers_export.export_diffusers`)."""
+        from unclip.interop.diffusers_export import export_diffusers
+
+        return export_diffusers(self, path, dtype=dtype)
 
     # ------------------------------------------------------------------ settings
 
@@ -300,6 +340,12 @@ class UnCLIPPipeline:
 
     # ------------------------------------------------------------------ stages
 
+    def _decoder_null_text(self) -> TextEmbedding | None:
+        """The decoder's unconditional caption: CLIP's "" for ``decoder_uncond="empty_text"``, else None."""
+        if self.decoder_uncond != "empty_text" or not self.decoder.model.config.text_width:
+            return None
+        return self.null_text()
+
     def embed_prompts(self, prompts: list[str]) -> TextEmbedding:
         return self.clip.embed_text(prompts)
 
@@ -312,6 +358,23 @@ class UnCLIPPipeline:
         self, text: TextEmbedding, settings: GenerationDefaults, generator, progress: ProgressFn | None
     ) -> Tensor:
         """[B, D] image embeddings for B encoded captions."""
+        if self.prior is None:
+            raise ValueError(
+                "this pipeline has no prior (an image-variation pipeline): pass image_embeddings, or use vary()"
+            )
+        if isinstance(self.prior, Stage) and settings.sampler == "unclip":
+            return sample_prior_unclip(
+                self.prior.model,
+                text,
+                self.null_text(),
+                steps=settings.prior_steps,
+                guidance_scale=settings.prior_guidance_scale,
+                best_of=settings.best_of,
+                clamp=settings.prior_clamp,
+                generator=generator,
+                diffusion=self.prior.diffusion,
+                progress=progress,
+            )
         if isinstance(self.prior, Stage):
             return sample_prior(
                 self.prior.model,
@@ -360,6 +423,7 @@ class UnCLIPPipeline:
             generator=generator,
             x_T=x_T,
             progress=progress,
+            null_text=self._decoder_null_text(),
         )
         for i, stage in enumerate(self.upsamplers, start=1):
             image = sample_upsampler(
@@ -372,6 +436,7 @@ class UnCLIPPipeline:
                 generator=generator,
                 progress=progress,
                 stage=f"upsampler_{i}",
+                last_step_model=stage.last_step_model,
             )
         return image
 
@@ -449,8 +514,9 @@ class UnCLIPPipeline:
         steps = _check_positive_int("inversion steps", steps or self.defaults.inversion_steps)
         z_i = self.embed_images([image])
         x_T = invert_decoder(
-            self.decoder.model, self.decoder.diffusion, self._base_images([image]), z_i, steps=steps, progress=progress
-        )
+            self.decoder.model, self.decoder.diffusion, self._base_images([image]), z_i, steps=steps, progress=progress,
+            null_text=self._decoder_null_text(),
+        )  # fmt: skip
         return z_i, x_T
 
     def _ddim_settings(self, decoder_guidance_scale: float | None, steps: int | None) -> GenerationDefaults:
