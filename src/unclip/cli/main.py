@@ -60,6 +60,7 @@ def train() -> None:
         "vary": "unclip.cli.generate_cmds:vary",
         "interpolate": "unclip.cli.generate_cmds:interpolate",
         "edit": "unclip.cli.generate_cmds:edit",
+        "convert": "unclip.cli.convert_cmds:convert",
         "embed": "unclip.cli.embed_cmds:embed",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
