@@ -16,8 +16,8 @@ import torch
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # Fields whose change alters the trained weights: resuming with a different value is refused.
-# (Logging/checkpoint/eval cadence, device, threads, the wall budget and DDP options only change how the
-# same computation is carried out.)
+# (Logging/checkpoint/eval cadence, device, threads, the wall budget, DDP/FSDP and gradient checkpointing
+# only change how the same computation is carried out.)
 RESULT_FIELDS = (
     "steps",
     "batch_size",
@@ -70,6 +70,11 @@ class TrainConfig:
         max_minutes: wall-clock budget; when spent the loop stops cleanly after the current step,
             writes a checkpoint and exports. ``None`` = no budget.
         ddp_find_unused_parameters: passed to DDP (needed when some parameters get no gradient in a step).
+        fsdp: with several processes, shard parameters, gradients and optimizer state with FSDP2
+            (``fully_shard`` per block, then the root) instead of replicating them with DDP: for networks
+            that do not fit one device. Checkpoints keep the single-device format.
+        grad_checkpointing: re-compute each block's activations in the backward pass instead of storing
+            them (less memory, ~1/3 more compute, the same gradients); see ``unclip.train.parallel``.
     """
 
     steps: int = 1000
@@ -93,6 +98,8 @@ class TrainConfig:
     num_threads: int | None = None
     max_minutes: float | None = None
     ddp_find_unused_parameters: bool = False
+    fsdp: bool = False
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -151,8 +158,9 @@ class TrainConfig:
             raise bad("num_threads", "must be an integer >= 1, or None")
         if self.max_minutes is not None and (not is_real(self.max_minutes) or self.max_minutes <= 0):
             raise bad("max_minutes", "must be a finite number > 0, or None")
-        if not isinstance(self.ddp_find_unused_parameters, bool):
-            raise bad("ddp_find_unused_parameters", "must be a bool")
+        for name in ("ddp_find_unused_parameters", "fsdp", "grad_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be a bool")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some fields changed."""

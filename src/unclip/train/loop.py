@@ -1,4 +1,4 @@
-"""The one training loop for every stage: plain PyTorch, DDP, EMA, exact resume.
+"""The one training loop for every stage: plain PyTorch, DDP or FSDP2, EMA, exact resume.
 
 ``run_training(task, TrainConfig(...), out_dir)`` trains ``task.build_model()`` with AdamW (linear
 warm-up, cosine decay), gradient accumulation and clipping, autocast, and an EMA of the weights. Every
@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from unclip.config import config_to_dict
 from unclip.train import checkpoint as ckpt_lib
+from unclip.train import parallel
 from unclip.train.config import TrainConfig, result_field_differences
 from unclip.train.dist import DistInfo, all_reduce_, barrier, cleanup, gather_objects, init_distributed, shard_indices
 from unclip.train.ema import ema_decay_at, make_ema, update_ema
@@ -41,8 +42,8 @@ _LOOP_KEYS = {"step", "loss", "lr", "samples_per_s", "grad_norm", "time_s"}
 class TrainResult:
     """What :func:`run_training` returns (on every rank)."""
 
-    model: nn.Module  # the trained network (not DDP-wrapped), on the training device, train mode
-    ema_model: nn.Module  # its EMA, same device, eval mode; this is what ``task.export`` wrote
+    model: nn.Module  # the trained network (not DDP-wrapped; FSDP-sharded with fsdp), training device, train mode
+    ema_model: nn.Module  # its EMA, eval mode; what ``task.export`` wrote (fsdp: an unsharded CPU copy on rank 0)
     step: int  # optimizer steps done in total
     metrics: dict[str, float] = field(default_factory=dict)  # last logged train and eval metrics
     stop_reason: str = "done"  # "done" | "max_minutes" | "signal"
@@ -233,9 +234,16 @@ def run_training(
         model = task.build_model()
         if not isinstance(model, nn.Module):
             raise TypeError(f"task {task.name!r}: build_model() must return an nn.Module, got {type(model).__name__}")
-        model.to(device)
+        sharded = config.fsdp and info.distributed
+        if not sharded:
+            model.to(device)
         model.train()
         ema = make_ema(model)
+        if config.grad_checkpointing:
+            parallel.apply_gradient_checkpointing(model)
+        if sharded:  # FSDP2 moves each rank's shards to the device
+            parallel.shard_model(model, device, info.world_size)
+            parallel.shard_model(ema, device, info.world_size)
         ckpt_lib.seed_everything(ckpt_lib.derive_seed(config.seed, info.rank, 1))
         optimizer = torch.optim.AdamW(
             param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.adam_eps
@@ -246,13 +254,20 @@ def run_training(
         ckpt = _resume_state(task, config, out_dir, info) if resume else None
         if ckpt is not None:
             try:
-                model.load_state_dict(ckpt["model"])
-                ema.load_state_dict(ckpt["ema"])
+                if sharded:
+                    parallel.load_full_model_state(model, ckpt["model"])
+                    parallel.load_full_model_state(ema, ckpt["ema"])
+                else:
+                    model.load_state_dict(ckpt["model"])
+                    ema.load_state_dict(ckpt["ema"])
             except RuntimeError as err:
                 raise ValueError(
                     f"{out_dir / ckpt_lib.CHECKPOINT_NAME} does not fit the task's model: {str(err).splitlines()[0]}"
                 ) from None
-            optimizer.load_state_dict(ckpt["optimizer"])
+            if sharded:
+                parallel.load_full_optimizer_state(model, optimizer, ckpt["optimizer"])
+            else:
+                optimizer.load_state_dict(ckpt["optimizer"])
             if use_scaler and ckpt.get("scaler") is not None:
                 scaler.load_state_dict(ckpt["scaler"])
             step, position = int(ckpt["step"]), int(ckpt["data_position"])
@@ -276,11 +291,13 @@ def run_training(
                 f"the checkpoint was written by {saved_world} processes, now {info.world_size}: the run continues "
                 "with the same data and schedule, but not bit-identically (random streams are per rank)"
             )
-        if info.world_size > 1:
+        if sharded:
+            reporter.say(f"fully sharded (FSDP2) over {info.world_size} processes ({device.type})")
+        elif info.world_size > 1:
             reporter.say(f"data parallel over {info.world_size} processes ({device.type})")
 
         train_model: nn.Module = model
-        if info.distributed:
+        if info.distributed and not sharded:
             train_model = DistributedDataParallel(
                 model,
                 device_ids=[device.index] if device.type == "cuda" else None,
@@ -292,17 +309,32 @@ def run_training(
         def elapsed() -> float:
             return elapsed_before + time.monotonic() - start_time
 
+        def full_copy(module: nn.Module, where: torch.device | str) -> nn.Module:
+            """An unsharded copy of a sharded network on rank 0 (a collective; other ranks get ``module``)."""
+            state = parallel.full_model_state(module)
+            if not info.is_main:
+                return module
+            with ckpt_lib.preserved_rng(device):
+                copy = task.build_model()
+            copy.load_state_dict(state)
+            return copy.to(where).eval()
+
         def write_checkpoint() -> None:
             rng_states = gather_objects(ckpt_lib.capture_rng(device), info)
+            if sharded:  # collectives: every rank takes part, rank 0 receives the full tensors
+                model_state, ema_state = parallel.full_model_state(model), parallel.full_model_state(ema)
+                optimizer_state = parallel.full_optimizer_state(model, optimizer)
+            else:
+                model_state = ema_state = optimizer_state = None
             if info.is_main:
                 state = {
                     "task": task.name,
                     "step": step,
                     "data_position": position,
                     "ema_updates": ema_updates,
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(),
+                    "model": model_state if sharded else model.state_dict(),
+                    "ema": ema_state if sharded else ema.state_dict(),
+                    "optimizer": optimizer_state if sharded else optimizer.state_dict(),
                     "scaler": scaler.state_dict() if use_scaler else None,
                     "lr_schedule": schedule_state(
                         step,
@@ -320,9 +352,10 @@ def run_training(
         last_metrics: dict[str, float] = {}
 
         def evaluate() -> None:
+            eval_model = full_copy(ema, device) if sharded else ema
             if info.is_main:
                 with ckpt_lib.preserved_rng(device), torch.no_grad():
-                    result = task.evaluate(ema, step, out_dir / "eval") or {}
+                    result = task.evaluate(eval_model, step, out_dir / "eval") or {}
                 ema.eval()
                 record = {"step": step, **{f"eval/{k}": float(v) for k, v in result.items()}}
                 last_metrics.update({k: v for k, v in record.items() if k != "step"})
@@ -407,7 +440,10 @@ def run_training(
                 generator = torch.Generator(device=device)
                 generator.manual_seed(ckpt_lib.derive_seed(config.seed, step, info.rank, micro))
                 last_micro = micro == len(micro_batches) - 1
-                sync = train_model.no_sync() if info.distributed and not last_micro else contextlib.nullcontext()
+                if sharded:
+                    sync = parallel.gradient_sync(model, last_micro)
+                else:
+                    sync = train_model.no_sync() if info.distributed and not last_micro else contextlib.nullcontext()
                 with sync:
                     with autocast:
                         loss, metrics = _loss_value(task, task.loss(train_model, batch, generator))
@@ -418,7 +454,7 @@ def run_training(
                 interval_micro += 1
             scaler.unscale_(optimizer)
             max_norm = config.grad_clip if config.grad_clip is not None else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            grad_norm = parallel.grad_norm_value(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
             scaler.step(optimizer)
             scaler.update()
             update_ema(ema, model, ema_decay_at(ema_updates, config.ema_decay, config.ema_warmup))
@@ -446,13 +482,14 @@ def run_training(
             write_checkpoint()
         if stop_reason != "done":
             reporter.say(f"stopped at step {step}/{config.steps} ({stop_reason}); checkpoint written")
+        final_ema = full_copy(ema, "cpu") if sharded else ema  # under FSDP: an unsharded copy on rank 0
         if info.is_main:
             with ckpt_lib.preserved_rng(device), torch.no_grad():
-                task.export(ema, out_dir / "model")
-            ema.eval()
+                task.export(final_ema, out_dir / "model")
+            final_ema.eval()
         barrier(info)
         return TrainResult(
-            model=model, ema_model=ema, step=step, metrics=last_metrics, stop_reason=stop_reason, out_dir=out_dir
+            model=model, ema_model=final_ema, step=step, metrics=last_metrics, stop_reason=stop_reason, out_dir=out_dir
         )
     finally:
         torch.set_num_threads(threads_before)
