@@ -70,10 +70,25 @@ def caption_slots(spec: dict[str, Any]) -> tuple[list[int], str | None]:
     raise ValueError(f"two-object specification needs a relation, got {rel!r}")
 
 
-def encode_records(records: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+def object_masks(record: dict[str, Any], side: int) -> torch.Tensor:
+    """Rendered coverage [2, side, side] in [0, 1] of a record's objects in canonical slot order (zeros
+    for an absent slot B): the oracle's mask targets."""
+    from unclip.data.shapes_render import object_coverage
+
+    out = torch.zeros(NUM_SLOTS, side, side)
+    for k, obj in enumerate(canonical_objects(record)[0]):
+        alpha, (y0, y1, x0, x1) = object_coverage(
+            obj["shape"], obj["fill"], obj["cx"], obj["cy"], obj["r"], obj["rotation"], side
+        )
+        out[k, y0:y1, x0:x1] = torch.from_numpy(alpha)
+    return out
+
+
+def encode_records(records: Sequence[dict[str, Any]], mask_side: int | None = None) -> dict[str, torch.Tensor]:
     """Training targets of records: long tensors ``count, background, relation`` [B] and per slot
     ``shape, colour, size, fill, position`` [B, 2] (``IGNORE`` where absent), ``centre`` float [B, 2, 2]
-    (cx, cy) and ``slot_mask`` bool [B, 2]."""
+    (cx, cy), ``slot_mask`` bool [B, 2], and with ``mask_side`` the objects' coverage ``mask``
+    [B, 2, mask_side, mask_side]."""
     b = len(records)
     out = {name: torch.full((b,), IGNORE, dtype=torch.long) for name in IMAGE_HEADS}
     out.update({name: torch.full((b, NUM_SLOTS), IGNORE, dtype=torch.long) for name in SLOT_HEADS})
@@ -90,6 +105,8 @@ def encode_records(records: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]
                 out[name][i, k] = CLASS_NAMES[name].index(obj[name])
             out["centre"][i, k] = torch.tensor([obj["cx"], obj["cy"]])
             out["slot_mask"][i, k] = True
+    if mask_side is not None:
+        out["mask"] = torch.stack([object_masks(rec, mask_side) for rec in records])
     return out
 
 
@@ -111,10 +128,14 @@ def attention_targets(centres: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def oracle_loss(
-    outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], centre_weight: float = 10.0
+    outputs: dict[str, torch.Tensor],
+    targets: dict[str, torch.Tensor],
+    centre_weight: float = 10.0,
+    mask_weight: float = 10.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum of the heads' cross-entropies (absent labels ignored), the slot attentions' cross-entropy to
-    :func:`attention_targets`, and ``centre_weight`` x the MSE of the attended centres. Returns
+    :func:`attention_targets`, ``mask_weight`` x the masks' binary cross-entropy to the rendered
+    coverage (when ``targets`` has ``mask``), and ``centre_weight`` x the MSE of the centres. Returns
     (scalar loss, per-head accuracies on this batch and the centre RMSE in pixels of a 64 px image)."""
     device = outputs["count"].device
     loss = torch.zeros((), device=device)
@@ -133,6 +154,10 @@ def oracle_loss(
             attn = outputs["attention"].float()[mask]  # [M, s*s]
             side = int(round(attn.shape[-1] ** 0.5))
             loss = loss + F.cross_entropy(attn, attention_targets(centres, side))
+        if "mask" in outputs and "mask" in targets:
+            loss = loss + mask_weight * F.binary_cross_entropy_with_logits(
+                outputs["mask"].float(), targets["mask"].to(device).float()
+            )
         err = ((outputs["centre"].float()[mask] - centres) ** 2).sum(-1)
         loss = loss + centre_weight * err.mean()
         metrics["centre_rmse_px64"] = 64.0 * err.mean().sqrt().item()
@@ -289,13 +314,14 @@ def pooled_accuracy(results: Sequence[dict[str, bool]]) -> dict[str, float]:
 
 
 def load_oracle(
-    path: str | Path | None = None, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    device: str | torch.device | None = None, dtype: torch.dtype | None = None, path: str | Path | None = None
 ) -> ShapesOracle:
     """Load an oracle (default: the weights shipped in ``unclip/assets/oracle``) in eval mode.
 
     Args:
-        path: a directory with ``config.json`` and ``model.safetensors``; ``None`` for the shipped one.
         device, dtype: where and in which dtype to put it (default CPU, float32).
+        path: a directory with ``config.json`` and ``model.safetensors`` (e.g. ``RUN/model`` of
+            ``unclip train oracle``); ``None`` for the shipped one.
     """
     from unclip.config import load_config
     from unclip.io import load_safetensors

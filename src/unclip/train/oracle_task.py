@@ -32,7 +32,8 @@ class OracleTaskConfig:
         two_object_prob: fraction of two-object scenes in training.
         low_size: the second training resolution (odd sample indices).
         noise_std: maximum std of the Gaussian noise added to training images (in [-1, 1] units).
-        centre_weight: weight of the centre-regression MSE.
+        centre_weight: weight of the centre MSE.
+        mask_weight: weight of the object-mask binary cross-entropy.
         eval_seed: world seed of the periodic evaluation (never used for training).
         eval_n: images per periodic evaluation.
         export_dtype: "float32" or "float16" storage of the exported weights.
@@ -43,6 +44,7 @@ class OracleTaskConfig:
     low_size: int = 32
     noise_std: float = 0.03
     centre_weight: float = 10.0
+    mask_weight: float = 10.0
     eval_seed: int = 999_001
     eval_n: int = 500
     export_dtype: str = "float16"
@@ -79,7 +81,8 @@ class OracleTask:
                 images.append(resize_images(low, size)[0])
             else:
                 images.append(images_to_tensor([self.world.render(s.scene, size)])[0])
-        targets = encode_records([s.record for s in samples])
+        mask_side = size // self.model_config.stem_stride
+        targets = encode_records([s.record for s in samples], mask_side=mask_side)
         return {"images": torch.stack(images).to(device), **{k: v.to(device) for k, v in targets.items()}}
 
     def loss(
@@ -91,7 +94,7 @@ class OracleTask:
             std = torch.rand(b, 1, 1, 1, generator=generator, device=images.device) * self.config.noise_std
             images = images + std * torch.randn(images.shape, generator=generator, device=images.device)
         outputs = model(images)
-        return oracle_loss(outputs, batch, self.config.centre_weight)
+        return oracle_loss(outputs, batch, self.config.centre_weight, self.config.mask_weight)
 
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         results = {}
