@@ -165,3 +165,41 @@ def test_embed_cli_then_every_stage_trains(kind, folder, shards, clip_dir, tmp_p
         assert len(losses) == 2 and all(np.isfinite(losses)), stage
     bad = runner.invoke(cli, ["embed", "--clip", str(clip_dir), str(tmp_path / "nothing"), str(tmp_path / "x")])
     assert bad.exit_code == 1 and "not found" in bad.output
+
+
+def test_own_data_guide_end_to_end(folder, clip_dir, tmp_path):
+    """docs/own_data.md, shrunk: folder -> embed -> prior, decoder, upsampler -> pipeline -> images."""
+    from unclip.config import load_config
+    from unclip.diffusion.stage_config import DiffusionConfig
+    from unclip.encoders.loading import load_clip
+    from unclip.models.serialization import load_model
+    from unclip.pipeline import Stage, UnCLIPPipeline
+    from unclip.train.config import TrainConfig
+    from unclip.train.decoder_task import UpsamplerTask, UpsamplerTaskConfig
+    from unclip.train.loop import run_training
+
+    runner = CliRunner()
+    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    res = runner.invoke(cli, ["embed", "--clip", str(clip_dir), str(folder), str(cache), "--size", "32"])
+    assert res.exit_code == 0, res.output
+    common = ["--holdout", "4", "--steps", "2", "--batch-size", "4", "--device", "cpu", "--no-progress"]
+    for stage, extra in (("prior", ["--kind", "diffusion", "--final-eval-rows", "0", "--eval-rows", "1"]),
+                         ("decoder", [])):  # fmt: skip
+        res = runner.invoke(cli, ["train", stage, "--cache", str(cache), "-o", str(runs / stage), "--preset", "tiny",
+                                  *extra, *common])  # fmt: skip
+        assert res.exit_code == 0, res.output
+    up = UpsamplerTask(UpsamplerTaskConfig(cache=str(cache), preset="tiny", holdout=4, image_size=32, low_res_size=16))
+    run_training(
+        up, TrainConfig(steps=2, batch_size=4, warmup_steps=1, device="cpu"), runs / "upsampler", progress=False
+    )
+
+    def stage(kind, name):
+        d = runs / name / "model"
+        return Stage(load_model(kind, d), load_config(DiffusionConfig, d / "diffusion.json"))
+
+    pipe = UnCLIPPipeline(load_clip(clip_dir), stage("prior", "prior"), stage("decoder", "decoder"),
+                          [stage("upsampler", "upsampler")])  # fmt: skip
+    pipe.save_pretrained(tmp_path / "pipeline")
+    loaded = UnCLIPPipeline.from_pretrained(tmp_path / "pipeline")
+    images = loaded("a red circle", seed=0, prior_steps=2, decoder_steps=2, upsampler_steps=2, output_type="pt")
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()

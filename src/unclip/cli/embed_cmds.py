@@ -4,7 +4,7 @@ DATA is an image folder in the Hugging Face ``imagefolder`` convention (``metada
 ``file_name`` and ``text``) or webdataset shards (a ``.tar``, a directory of them, a glob, a brace pattern
 ``shards/{00000..00099}.tar`` or ``pipe:COMMAND``). OUT becomes a cache that ``unclip train prior|decoder|
 upsampler --cache OUT`` read (``unclip.data.embed_cache``). Re-running the command resumes; several
-processes share the work (``torchrun --nproc-per-node 8 -m unclip embed ...``, or ``--rank/--world-size``).
+processes share the work (``torchrun --nproc-per-node 8 -m unclip.cli embed ...``, or ``--rank/--world-size``).
 
 Example::
 
