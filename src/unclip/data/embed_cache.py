@@ -335,7 +335,7 @@ class _PartReader(IterableDataset):
                     yield ("bad", k, bad.reason)
                     continue
                 stored = self.transform.resize(square)
-                clip_in = self.clip_preprocess([square])[0]
+                clip_in = self.clip_preprocess([square])[0].numpy()  # numpy: no shared-memory handle per item
                 yield ("row", k, sample.key, stored, clip_in, sample.caption, sample.extra)
             yield ("end", k)
 
