@@ -69,3 +69,10 @@ def test_errors_are_one_clear_line(model_dir, tmp_path, monkeypatch, args, match
     assert result.exit_code != 0
     assert match in result.output
     assert "Traceback" not in result.output
+
+
+def test_commands_leave_autograd_alone(model_dir, tmp_path):
+    import torch
+
+    run(["generate", "a red circle", "-n", "1", "--model", str(model_dir), "-o", str(tmp_path / "g.png"), "-q"])
+    assert torch.is_grad_enabled()

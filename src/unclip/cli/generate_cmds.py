@@ -71,11 +71,8 @@ class _Progress:
 
 
 def _load(model: str, device: str):
-    import torch
-
     from unclip.pipeline import UnCLIPPipeline
 
-    torch.set_grad_enabled(False)
     return UnCLIPPipeline.from_pretrained(model, device=device)
 
 
