@@ -41,6 +41,18 @@ def train_options(*, steps: int, batch_size: int, lr: float, warmup: int = 100, 
             default=None,
             help="Wall budget; stops cleanly with a checkpoint.",
         ),  # fmt: skip
+        click.option(
+            "--fsdp/--no-fsdp",
+            default=False,
+            show_default=True,
+            help="Shard the network with FSDP2 (multi-GPU runs under torchrun).",
+        ),  # fmt: skip
+        click.option(
+            "--grad-checkpointing/--no-grad-checkpointing",
+            default=False,
+            show_default=True,
+            help="Recompute activations in the backward pass to save memory.",
+        ),  # fmt: skip
         click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt."),
         click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."),
     ]
@@ -55,7 +67,8 @@ def train_options(*, steps: int, batch_size: int, lr: float, warmup: int = 100, 
 
 TRAIN_KEYS = (
     "steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "grad_clip", "ema_decay",
-    "precision", "seed", "log_every", "ckpt_every", "eval_every", "device", "threads", "max_minutes",
+    "precision", "seed", "log_every", "ckpt_every", "eval_every", "device", "threads", "max_minutes", "fsdp",
+    "grad_checkpointing",
 )  # fmt: skip
 
 

@@ -20,16 +20,24 @@ from unclip.cli.train_common import run_stage, train_options
               help="Low-res corruption: blur (first stage) or BSR-style (second stage).")  # fmt: skip
 @click.option("--crop-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="Training crop side / target side (0.5 = a quarter of the area).")  # fmt: skip
+@click.option("--image-size", type=click.IntRange(min=8), default=None, help="Override the preset's output size.")
+@click.option("--low-res-size", type=click.IntRange(min=4), default=None, help="Override the preset's input size.")
 @train_options(steps=3000, batch_size=32, lr=5e-4, warmup=100, ema=0.999, eval_every=1000)
-def command(cache, preset, holdout, degradation, crop_fraction, **options) -> None:
+def command(cache, preset, holdout, degradation, crop_fraction, image_size, low_res_size, **options) -> None:
     """Train an upsampler U-Net (eps, fixed-small variance) on a shapes cache."""
     from unclip.train.decoder_task import UpsamplerTask, UpsamplerTaskConfig
 
     try:
         task = UpsamplerTask(
             UpsamplerTaskConfig(
-                cache=cache, preset=preset, holdout=holdout, degradation=degradation, crop_fraction=crop_fraction
-            )
+                cache=cache,
+                preset=preset,
+                holdout=holdout,
+                degradation=degradation,
+                crop_fraction=crop_fraction,
+                image_size=image_size,
+                low_res_size=low_res_size,
+            )  # fmt: skip
         )
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
