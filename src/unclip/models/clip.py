@@ -1,6 +1,6 @@
 """A small CLIP (Radford et al., 2021) for the shapes world: CNN image tower + transformer text tower.
 
-Image tower: a stem convolution and one stride-2 stage per entry of ``image_channels`` (conv, GroupNorm,
+Image tower: a stem convolution and one stride-2 stage per entry of ``image_channels`` (conv, ChannelNorm,
 SiLU, then a residual block), down to a small ``map_size × map_size`` feature map that is *flattened*
 (not globally pooled, so that where an object is survives), layer-normed and projected to ``embed_dim``.
 
@@ -35,7 +35,7 @@ class ClipConfig:
         image_channels: channels of each stride-2 stage; the map side is S / 2**len(image_channels).
         image_stem_channels: channels of the full-resolution stem convolution.
         image_map_channels: channels of the 1×1 conv applied to the final map before flattening.
-        groups: GroupNorm groups in the image tower.
+        groups: unused (the image tower normalises over channels, see ChannelNorm); kept so configs load.
         vocab_size: text token ids are in [0, vocab_size).
         context_length: L, the maximum number of text tokens (positional embeddings).
         text_width: W, the text transformer width (= token-state width).
@@ -104,13 +104,33 @@ PRESETS: dict[str, Callable[[], ClipConfig]] = {
 # ---------------------------------------------------------------------------------------------- image
 
 
+class ChannelNorm(nn.Module):
+    """LayerNorm over channels at every pixel ([B, C, H, W]).
+
+    Unlike GroupNorm it does not subtract a per-image spatial mean, so a plain background's colour (a
+    spatially constant signal) survives normalisation; with GroupNorm the image embedding lost colour.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) * torch.rsqrt(var + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
 class _ResBlock(nn.Module):
     def __init__(self, channels: int, groups: int):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.norm1 = nn.GroupNorm(groups, channels)
+        self.norm1 = ChannelNorm(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, channels)
+        self.norm2 = ChannelNorm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.norm1(self.conv1(x)))
@@ -125,7 +145,7 @@ class ImageTower(nn.Module):
         c = config
         self.image_size = c.image_size
         self.stem = nn.Sequential(
-            nn.Conv2d(3, c.image_stem_channels, 3, padding=1), nn.GroupNorm(c.groups, c.image_stem_channels)
+            nn.Conv2d(3, c.image_stem_channels, 3, padding=1), ChannelNorm(c.image_stem_channels)
         )
         stages = []
         cin = c.image_stem_channels
@@ -133,7 +153,7 @@ class ImageTower(nn.Module):
             stages.append(
                 nn.Sequential(
                     nn.Conv2d(cin, cout, 3, stride=2, padding=1),
-                    nn.GroupNorm(c.groups, cout),
+                    ChannelNorm(cout),
                     nn.SiLU(),
                     _ResBlock(cout, c.groups),
                 )
