@@ -3,7 +3,9 @@
 For the last ``--holdout`` rows of a shapes cache (never trained on), the mean cosine similarity of sampled
 image embeddings to the true image embedding of the caption's image and to the caption's text embedding,
 for the diffusion prior, the AR prior, the baseline that uses the text embedding directly and the
-unconditional mean training image embedding (:mod:`unclip.eval.prior_metrics`).
+unconditional mean training image embedding (:mod:`unclip.eval.prior_metrics`); then, on the held-out rows
+whose caption occurs at least twice among the training rows, the same methods next to what an ideal prior
+would score (a training image with the same caption; the mean of those images).
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/prior_quality.py --cache runs/shapes_cache \\
         --diffusion runs/prior_diffusion/model --ar runs/prior_ar/model --holdout 1000 --threads 2 \\
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--no-references", action="store_true", help="skip the same-caption rows (ideal-prior references)"
+    )
     parser.add_argument("--json", default=None, help="also write the results (and settings) here")
     args = parser.parse_args(argv)
 
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         ar_kwargs=ar_kwargs,
         batch_size=args.batch_size,
         seed=args.seed,
+        references=not args.no_references,
     )
     print(format_table(results))
     print(f"({time.perf_counter() - t0:.0f} s; diffusion {diffusion_kwargs}; AR {ar_kwargs})", file=sys.stderr)

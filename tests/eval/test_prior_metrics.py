@@ -14,6 +14,7 @@ from unclip.eval.prior_metrics import (
     format_table,
     measure_prior_dirs,
     measure_priors,
+    same_caption_references,
 )
 from unclip.models import build_model
 from unclip.models.serialization import save_model
@@ -111,3 +112,20 @@ def test_measure_prior_dirs_scores_the_heldout_rows(tmp_path):
     assert results[2].cos_image == pytest.approx(_np_cos(ref, zi).mean(), abs=1e-5)
     with pytest.raises(ValueError, match="holdout"):
         measure_prior_dirs(cache, 24, clip=clip)
+
+
+def test_same_caption_references_match_a_direct_computation():
+    g = torch.Generator().manual_seed(0)
+    captions = ["a", "b", "a", "c", "a", "b", "a", "c", "d"]  # rows 0..5 train, 6..8 held out
+    zi, zt = torch.randn(9, 4, generator=g), torch.randn(9, 4, generator=g)
+    rows = [6, 7, 8]
+    proposals = {"m": torch.randn(3, 4, generator=g)}
+    out = same_caption_references(captions, zi, zt, 6, rows, proposals, seed=1)
+    # "a" has 3 training rows, "c" only 1 (< min_count 2), "d" none: only row 6 qualifies
+    assert [r.rows for r in out] == [1, 1, 1]
+    assert out[0].method.endswith("m") and out[0].cos_image == pytest.approx(_np_cos(proposals["m"][:1], zi[6:7])[0])
+    members = [0, 2, 4]
+    assert out[2].cos_image == pytest.approx(_np_cos(zi[members].mean(0, keepdim=True), zi[6:7])[0])
+    draw = members[int(torch.randint(3, (1,), generator=torch.Generator().manual_seed(1)))]
+    assert out[1].cos_image == pytest.approx(_np_cos(zi[draw : draw + 1], zi[6:7])[0])
+    assert same_caption_references(captions, zi, zt, 6, [8]) == []

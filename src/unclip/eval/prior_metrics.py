@@ -38,6 +38,7 @@ __all__ = [
     "measure_prior_dirs",
     "measure_priors",
     "results_to_json",
+    "same_caption_references",
 ]
 
 BASELINE = "text embedding z_t (baseline)"
@@ -114,6 +115,7 @@ def measure_priors(
     ar_kwargs: dict[str, Any] | None = None,
     batch_size: int = 250,
     seed: int = 0,
+    samples_out: dict[str, Tensor] | None = None,
 ) -> list[PriorQuality]:
     """Score the baseline, the unconditional mean (when ``train_mean`` [D] is given) and the given priors.
 
@@ -128,6 +130,7 @@ def measure_priors(
             :func:`~unclip.pipeline.prior_sampling.sample_ar_prior` and ``ar_kwargs`` (default: top-half
             dot token, temperature 1, no guidance). ``null_text`` is passed when ``guidance_scale != 1``.
         batch_size: captions per sampling call; seed: seeds one generator per method (on the model's device).
+        samples_out: when given, receives each method's proposals ``{method: [N, D] float32}``.
 
     Returns:
         one :class:`PriorQuality` per method: baseline, [unconditional], [diffusion prior], [AR prior].
@@ -141,9 +144,12 @@ def measure_priors(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     z_i, z_t = image_embedding.float().cpu(), text.pooled.float().cpu()
     text = TextEmbedding(text.pooled.float(), text.tokens.float(), text.mask.bool())
+    samples_out = {} if samples_out is None else samples_out
+    samples_out[BASELINE] = z_t
     results = [_quality(BASELINE, z_t, z_i, z_t, 0.0)]
     if train_mean is not None:
-        results.append(_quality(UNCONDITIONAL, train_mean.float().expand_as(z_i), z_i, z_t, 0.0))
+        samples_out[UNCONDITIONAL] = train_mean.float().expand_as(z_i)
+        results.append(_quality(UNCONDITIONAL, samples_out[UNCONDITIONAL], z_i, z_t, 0.0))
     if diffusion_prior is not None:
         kwargs = dict(diffusion_kwargs or {})
         device = next(diffusion_prior.parameters()).device
@@ -152,6 +158,7 @@ def measure_priors(
             return sample_prior(diffusion_prior, chunk, null_text, generator=generator, diffusion=diffusion, **kwargs)
 
         samples, seconds = _batched(diffusion_fn, text, batch_size, seed, device)
+        samples_out[DIFFUSION] = samples
         results.append(_quality(DIFFUSION, samples, z_i, z_t, seconds))
     if ar_prior is not None:
         kwargs = dict(ar_kwargs or {})
@@ -162,8 +169,60 @@ def measure_priors(
             return sample_ar_prior(ar_prior, chunk, null, generator=generator, **kwargs)
 
         samples, seconds = _batched(ar_fn, text, batch_size, seed, device)
+        samples_out[AR] = samples
         results.append(_quality(AR, samples, z_i, z_t, seconds))
     return results
+
+
+def same_caption_references(
+    captions: list[str],
+    image_embedding: Tensor,
+    text_pooled: Tensor,
+    num_train: int,
+    rows: list[int],
+    samples: dict[str, Tensor] | None = None,
+    min_count: int = 2,
+    seed: int = 0,
+) -> list[PriorQuality]:
+    """What an ideal prior would score, on the held-out rows whose exact caption occurs >= ``min_count``
+    times among the training rows ``0..num_train-1`` (short partial captions such as "a red circle").
+
+    Rows (method names prefixed ``"same-caption rows: "``):
+
+    - each method of ``samples`` (``{method: [len(rows), D]}`` proposals for ``rows``, e.g. from
+      :func:`measure_priors`' ``samples_out``) restricted to those rows;
+    - **a training image with the same caption** (drawn uniformly with ``seed``): an exact sample of the
+      empirical p(z_i | y), i.e. what a perfect prior sampled at temperature 1 scores;
+    - **the mean training image embedding with the same caption**: the empirical E[z_i | y], a point
+      estimate no sampler of p(z_i | y) matches on average.
+
+    Args:
+        captions: all cache captions (training rows first); image_embedding, text_pooled: [N, D] for all rows.
+        rows: the evaluated held-out rows (indices into the cache).
+    """
+    groups: dict[str, list[int]] = {}
+    for i in range(num_train):
+        groups.setdefault(captions[i], []).append(i)
+    keep = [j for j, r in enumerate(rows) if len(groups.get(captions[r], ())) >= min_count]
+    if not keep:
+        return []
+    sel = torch.tensor([rows[j] for j in keep])
+    z_i, z_t = image_embedding[sel].float(), text_pooled[sel].float()
+    g = torch.Generator().manual_seed(seed)
+    draws, means = [], []
+    for j in keep:
+        members = groups[captions[rows[j]]]
+        draws.append(members[int(torch.randint(len(members), (1,), generator=g))])
+        means.append(image_embedding[members].double().mean(0))
+    prefix = "same-caption rows: "
+    out = [_quality(prefix + name, s[keep], z_i, z_t, 0.0) for name, s in (samples or {}).items()]
+    out.append(
+        _quality(prefix + "training z_i with the same caption (ideal sample)", image_embedding[draws], z_i, z_t, 0.0)
+    )
+    out.append(
+        _quality(prefix + "mean training z_i with the same caption (ideal mean)", torch.stack(means), z_i, z_t, 0.0)
+    )
+    return out
 
 
 def measure_prior_dirs(
@@ -178,6 +237,7 @@ def measure_prior_dirs(
     ar_kwargs: dict[str, Any] | None = None,
     batch_size: int = 250,
     seed: int = 0,
+    references: bool = False,
 ) -> list[PriorQuality]:
     """:func:`measure_priors` on the first ``rows`` (default all) of the last ``holdout`` rows of a cache.
 
@@ -188,6 +248,8 @@ def measure_prior_dirs(
         ar_dir: an exported AR prior.
         clip: the cache's CLIP (a :class:`ClipEncoder`, name or directory) for the null text; default the
             name recorded in the cache.
+        references: append :func:`same_caption_references` (all methods and the ideal-prior rows on the
+            held-out rows whose caption occurs at least twice in training).
     """
     from unclip.config import load_config
     from unclip.encoders.loading import load_clip
@@ -210,7 +272,8 @@ def measure_prior_dirs(
         diffusion = load_config(DiffusionConfig, Path(diffusion_dir) / DIFFUSION_FILE)
     if ar_dir is not None:
         ar_prior = load_model("ar_prior", ar_dir)
-    return measure_priors(
+    samples: dict[str, Tensor] = {}
+    results = measure_priors(
         cache.image_embedding[start:stop],
         cache.text[start:stop],
         null_text,
@@ -222,7 +285,19 @@ def measure_prior_dirs(
         ar_kwargs=ar_kwargs,
         batch_size=batch_size,
         seed=seed,
+        samples_out=samples,
     )
+    if references:
+        results += same_caption_references(
+            cache.captions,
+            cache.image_embedding,
+            cache.text.pooled,
+            start,
+            list(range(start, stop)),
+            samples,
+            seed=seed,
+        )
+    return results
 
 
 def format_table(results: list[PriorQuality]) -> str:
