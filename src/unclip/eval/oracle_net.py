@@ -231,7 +231,10 @@ class ShapesOracle(nn.Module):
         mask_logits = self.mask_head(torch.cat([stem, up], dim=1))  # [B, 2, m, m]
         weights = torch.sigmoid(mask_logits.float()).flatten(2)  # [B, 2, m*m]
         centre = (weights @ self.pixel_centres) / (weights.sum(-1, keepdim=True) + 1e-3)  # [B, 2, 2]
-        out["position"] = out["position"] + self._cell_log_membership(centre).to(out["position"].dtype)
+        # the centre is trained by the mask and centre losses only: the sharp membership would otherwise
+        # swamp every other gradient while the masks are still poor
+        member = self._cell_log_membership(centre.detach())
+        out["position"] = out["position"] + member.to(out["position"].dtype)
         out["attention"] = attn_logits
         out["mask"] = mask_logits
         out["centre"] = centre.to(fmap.dtype)
