@@ -62,6 +62,7 @@ def train() -> None:
         "edit": "unclip.cli.generate_cmds:edit",
         "convert": "unclip.cli.convert_cmds:convert",
         "embed": "unclip.cli.embed_cmds:embed",
+        "experiment": "unclip.cli.experiment_cmds:experiment",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
 )
