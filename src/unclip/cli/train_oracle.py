@@ -2,7 +2,7 @@
 
 The shipped oracle (``unclip/assets/oracle``) is ``DIR/model`` of::
 
-    unclip train oracle --steps 1600 --batch-size 64 --lr 2e-3 --warmup-steps 60 --threads 2 -o runs/oracle
+    unclip train oracle --steps 2400 --batch-size 64 --lr 2e-3 --warmup-steps 100 --threads 2 -o runs/oracle
 
 (see ``docs/oracle.md`` for the exact command, time and accuracy).
 """
@@ -15,12 +15,12 @@ import click
 
 
 @click.command(name="oracle")
-@click.option("--steps", type=click.IntRange(min=1), default=1600, show_default=True, help="Optimizer steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=2400, show_default=True, help="Optimizer steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Global batch.")
 @click.option(
     "--lr", type=click.FloatRange(min=0.0, min_open=True), default=2e-3, show_default=True, help="Peak learning rate."
 )
-@click.option("--warmup-steps", type=click.IntRange(min=0), default=60, show_default=True)
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=100, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0.0), default=0.01, show_default=True)
 @click.option("--ema-decay", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.995, show_default=True)
 @click.option(

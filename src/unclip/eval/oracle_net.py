@@ -10,16 +10,9 @@ Architecture ("where, then what"): a small conv trunk (GroupNorm, SiLU) maps the
 [C, s, s] (s = image_size / 8). A *spatial* branch flattens a 1x1 reduction of the map into a
 position-aware vector; from it each slot gets an attention map over the s x s cells (supervised to
 point at its object's centre), and the attention-weighted sum of the feature map is the slot's
-position-invariant "what" vector. A slot MLP (shared by both slots) reads [what, attended centre,
-spatial vector] and predicts shape, colour, size, fill and position logits.
-
-For precise positions, a mask head reads the stem's feature map (stride ``stem_stride``) together with
-the upsampled final map and predicts, for each slot, the coverage of its object at every cell of the
-stem map (supervised with the rendered coverage); the slot's ``centre`` is the centroid of that mask
-(the shapes are point-symmetric or centred, so the centroid is the object's centre), and the
-log-membership of the centre in each of the 3x3 cells (sharpness ``cell_sharpness``) is added to the
-position logits, so that a precise centre gives the right cell. Image heads (count, background,
-relation) and the Fréchet features read [spatial vector, global mean and max of the map].
+position-invariant "what" vector. Slot heads (shared by both slots) read shape, colour, size, fill and
+position from [what, attended centre, spatial vector]; image heads (count, background, relation) and
+the Fréchet features read [spatial vector, global mean and max of the map].
 
 Any input size is accepted: images are resized (bilinear, antialiased) to ``config.image_size`` first.
 The penultimate image-level layer (``features``, [B, feature_dim]) is the feature space of the domain
@@ -66,8 +59,6 @@ class OracleConfig:
         feature_dim: width of the penultimate image-level layer (the Fréchet feature space).
         groups: GroupNorm groups (divides every width).
         coord_channels: append x, y coordinate channels to the input (helps positions).
-        cell_sharpness: slope (per cell width) of the centre's soft membership in the 3x3 cells.
-        mask_channels: hidden channels of the per-slot mask head.
     """
 
     image_size: int = 64
@@ -80,8 +71,6 @@ class OracleConfig:
     feature_dim: int = 256
     groups: int = 8
     coord_channels: bool = True
-    cell_sharpness: float = 60.0
-    mask_channels: int = 16
 
     def __post_init__(self) -> None:
         if self.stem_stride not in (1, 2):
@@ -101,7 +90,7 @@ class OracleConfig:
 PRESETS: dict[str, Callable[[], OracleConfig]] = {
     "shapes": lambda: OracleConfig(),
     "tiny": lambda: OracleConfig(
-        widths=(8, 16, 16), head_channels=8, spatial_dim=32, slot_dim=32, feature_dim=32, groups=4, mask_channels=8
+        widths=(8, 16, 16), head_channels=8, spatial_dim=32, slot_dim=32, feature_dim=32, groups=4
     ),
 }
 
@@ -127,9 +116,8 @@ class ShapesOracle(nn.Module):
     Input: float images [B, 3, H, W] in [-1, 1], any H = W. Output of ``forward``: dict of logits
     ``count`` [B, 2], ``background`` [B, 8], ``relation`` [B, 2], per slot ``shape`` [B, 2, 6],
     ``colour`` [B, 2, 8], ``size`` [B, 2, 2], ``fill`` [B, 2, 2], ``position`` [B, 2, 9]; the slots'
-    attention logits ``attention`` [B, 2, s*s]; mask logits ``mask`` [B, 2, m, m] (m = image_size /
-    stem_stride) and their centroids ``centre`` [B, 2, 2] (cx, cy as fractions of the side); and
-    ``features`` [B, feature_dim].
+    attention logits ``attention`` [B, 2, s*s] and attended centres ``centre`` [B, 2, 2] (cx, cy as
+    fractions of the side); and ``features`` [B, feature_dim].
     """
 
     def __init__(self, config: OracleConfig) -> None:
@@ -142,9 +130,7 @@ class ShapesOracle(nn.Module):
         for prev, width in zip(c.widths[:-1], c.widths[1:]):
             layers.append(_conv(prev, width, c.groups, stride=2))
             layers += [_conv(width, width, c.groups) for _ in range(c.convs_per_stage)]
-        n_stem = 1 + c.convs_per_stage
-        self.stem = nn.Sequential(*layers[:n_stem])
-        self.trunk = nn.Sequential(*layers[n_stem:])
+        self.trunk = nn.Sequential(*layers)
         side = c.image_size // c.downsampling
         self.map_side = side
         width = c.widths[-1]
@@ -158,23 +144,8 @@ class ShapesOracle(nn.Module):
         self.attention = nn.Linear(c.spatial_dim, NUM_SLOTS * side * side)
         self.image_features = nn.Sequential(nn.Linear(c.spatial_dim + 2 * width, c.feature_dim), nn.SiLU())
         self.image_heads = nn.Linear(c.feature_dim, sum(IMAGE_HEADS.values()))
-        self.slot_mlp = nn.Sequential(
-            nn.Linear(width + 2 + c.spatial_dim, c.slot_dim),
-            nn.SiLU(),
-            nn.Linear(c.slot_dim, c.slot_dim),
-            nn.SiLU(),
-        )
+        self.slot_mlp = nn.Sequential(nn.Linear(width + 2 + c.spatial_dim, c.slot_dim), nn.SiLU())
         self.slot_heads = nn.Linear(c.slot_dim, sum(SLOT_HEADS.values()))
-        self.mask_context = nn.Sequential(nn.Conv2d(width, c.mask_channels, 1), nn.SiLU())
-        self.mask_head = nn.Sequential(
-            nn.Conv2d(c.widths[0] + c.mask_channels, c.mask_channels, 3, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(c.mask_channels, NUM_SLOTS, 1),
-        )
-        self.mask_side = c.image_size // c.stem_stride
-        fine = (torch.arange(self.mask_side, dtype=torch.float32) + 0.5) / self.mask_side
-        fine_grid = torch.stack(torch.meshgrid(fine, fine, indexing="ij")[::-1], dim=-1).reshape(-1, 2)
-        self.register_buffer("pixel_centres", fine_grid, persistent=False)
         # centres of the s x s cells as fractions of the side: [s*s, 2] (x, y)
         ramp = (torch.arange(side, dtype=torch.float32) + 0.5) / side
         grid = torch.stack(torch.meshgrid(ramp, ramp, indexing="ij")[::-1], dim=-1).reshape(-1, 2)
@@ -196,20 +167,19 @@ class ShapesOracle(nn.Module):
             x = torch.cat([x, coords.expand(x.shape[0], -1, -1, -1)], dim=1)
         return x
 
-    def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        stem = self.stem(self.prepare(images))  # [B, w0, S/stem_stride, ...]
-        fmap = self.trunk(stem)  # [B, C, s, s]
+    def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fmap = self.trunk(self.prepare(images))  # [B, C, s, s]
         spatial = self.spatial(fmap)  # [B, spatial_dim]
         pooled = torch.cat([fmap.mean(dim=(2, 3)), fmap.amax(dim=(2, 3))], dim=1)
         feats = self.image_features(torch.cat([spatial, pooled], dim=1))
-        return stem, fmap, spatial, feats
+        return fmap, spatial, feats
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate image-level features [B, feature_dim] of images [B, 3, H, W] in [-1, 1]."""
-        return self._encode(images)[3]
+        return self._encode(images)[2]
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        stem, fmap, spatial, feats = self._encode(images)
+        fmap, spatial, feats = self._encode(images)
         b = fmap.shape[0]
         out: dict[str, torch.Tensor] = {"features": feats}
         image_logits = self.image_heads(feats)
@@ -220,32 +190,13 @@ class ShapesOracle(nn.Module):
         attn_logits = self.attention(spatial).view(b, NUM_SLOTS, -1)  # [B, 2, s*s]
         attn = attn_logits.float().softmax(dim=-1).to(fmap.dtype)
         what = torch.einsum("bkn,bcn->bkc", attn, fmap.flatten(2))  # [B, 2, C]
-        coarse = attn @ self.cell_centres.to(attn.dtype)  # [B, 2, 2] attended cell centre
-        slot_in = torch.cat([what, coarse, spatial[:, None, :].expand(-1, NUM_SLOTS, -1)], dim=-1)
-        slot_logits = self.slot_heads(self.slot_mlp(slot_in))  # [B, 2, sum classes + 2]
+        centre = attn @ self.cell_centres.to(attn.dtype)  # [B, 2, 2]
+        slot_in = torch.cat([what, centre, spatial[:, None, :].expand(-1, NUM_SLOTS, -1)], dim=-1)
+        slot_logits = self.slot_heads(self.slot_mlp(slot_in))  # [B, 2, sum classes]
         start = 0
         for name, n in SLOT_HEADS.items():
             out[name] = slot_logits[:, :, start : start + n]
             start += n
-        up = F.interpolate(self.mask_context(fmap), size=stem.shape[-2:], mode="nearest")
-        mask_logits = self.mask_head(torch.cat([stem, up], dim=1))  # [B, 2, m, m]
-        weights = torch.sigmoid(mask_logits.float()).flatten(2)  # [B, 2, m*m]
-        centre = (weights @ self.pixel_centres) / (weights.sum(-1, keepdim=True) + 1e-3)  # [B, 2, 2]
-        # the centre is trained by the mask and centre losses only: the sharp membership would otherwise
-        # swamp every other gradient while the masks are still poor
-        member = self._cell_log_membership(centre.detach())
-        out["position"] = out["position"] + member.to(out["position"].dtype)
         out["attention"] = attn_logits
-        out["mask"] = mask_logits
-        out["centre"] = centre.to(fmap.dtype)
+        out["centre"] = centre
         return out
-
-    def _cell_log_membership(self, centre: torch.Tensor) -> torch.Tensor:
-        """log P(centre in cell) for the 9 cells [B, 2, 9] (row-major), each coordinate's membership of
-        column/row j being sigmoid(k (3x - j)) * sigmoid(k (j + 1 - 3x))."""
-        k = self.config.cell_sharpness
-        t = centre.float() * 3.0  # [B, 2, 2]
-        j = torch.arange(3, device=centre.device, dtype=t.dtype)
-        member = F.logsigmoid(k * (t[..., None] - j)) + F.logsigmoid(k * (j + 1 - t[..., None]))  # [B,2,2,3]
-        col, row = member[..., 0, :], member[..., 1, :]
-        return (row[..., :, None] + col[..., None, :]).flatten(-2).to(centre.dtype)

@@ -32,8 +32,7 @@ class OracleTaskConfig:
         two_object_prob: fraction of two-object scenes in training.
         low_size: the second training resolution (odd sample indices).
         noise_std: maximum std of the Gaussian noise added to training images (in [-1, 1] units).
-        centre_weight: weight of the centre MSE.
-        mask_weight: weight of the object-mask binary cross-entropy.
+        centre_weight: weight of the centre-regression MSE.
         eval_seed: world seed of the periodic evaluation (never used for training).
         eval_n: images per periodic evaluation.
         export_dtype: "float32" or "float16" storage of the exported weights.
@@ -44,7 +43,6 @@ class OracleTaskConfig:
     low_size: int = 32
     noise_std: float = 0.03
     centre_weight: float = 10.0
-    mask_weight: float = 10.0
     eval_seed: int = 999_001
     eval_n: int = 500
     export_dtype: str = "float16"
@@ -81,8 +79,7 @@ class OracleTask:
                 images.append(resize_images(low, size)[0])
             else:
                 images.append(images_to_tensor([self.world.render(s.scene, size)])[0])
-        mask_side = size // self.model_config.stem_stride
-        targets = encode_records([s.record for s in samples], mask_side=mask_side)
+        targets = encode_records([s.record for s in samples])
         return {"images": torch.stack(images).to(device), **{k: v.to(device) for k, v in targets.items()}}
 
     def loss(
@@ -94,7 +91,7 @@ class OracleTask:
             std = torch.rand(b, 1, 1, 1, generator=generator, device=images.device) * self.config.noise_std
             images = images + std * torch.randn(images.shape, generator=generator, device=images.device)
         outputs = model(images)
-        return oracle_loss(outputs, batch, self.config.centre_weight, self.config.mask_weight)
+        return oracle_loss(outputs, batch, self.config.centre_weight)
 
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         results = {}
