@@ -3,19 +3,22 @@ experiments wrote (an experiment without one is listed as "not yet run" with its
 
 from __future__ import annotations
 
+import importlib
 import json
+import re
 from pathlib import Path
 
 from unclip.io import atomic_write_text
 
 INTRO = """# The paper's claims at small scale
 
-Each experiment tests one claim of Ramesh et al. (2022) (`../../shared/reference/paper.md` §5 in the project
-notes) on the shapes world, where every attribute of every image is known, so each claim becomes a number
-read by the shapes oracle (`unclip.eval.oracle`). Models: the built-in shapes model (`unclip train shapes`,
-run directory `runs/shapes`: CLIP, cache of 30,000 samples with the last 1,000 rows held out, diffusion
-prior, decoder, upsampler) and, for the decoder comparisons, baseline decoders of the same architecture
-trained with the same recipe on the same rows (`unclip.eval.experiments.models`). Evaluation captions and
+Each experiment tests one claim of Ramesh et al. (2022), "Hierarchical Text-Conditional Image
+Generation with CLIP Latents" (arXiv:2204.06125), on the shapes world (`docs/shapes_world.md`), where
+every attribute of every image is known, so each claim becomes a number read by the shapes oracle
+(`unclip.eval.oracle`). Models: the built-in shapes model (`unclip train shapes`, run directory
+`runs/shapes`: CLIP, cache of 30,000 samples with the last 1,000 rows held out, diffusion prior, decoder,
+upsampler) and, for the decoder comparisons, baseline decoders of the same architecture trained with the
+same recipe on the same rows (`unclip.eval.experiments.models`). Evaluation captions and
 scenes come from world seed 4242 or the held-out cache rows, never from training data.
 
 **Baselines** (`unclip.eval.experiments.models`): the decoder comparisons (experiments 1, 2, 4, 7) train
@@ -63,6 +66,14 @@ def write_readme(out_dir: str | Path) -> Path:
                          f"({spec.cpu_budget.get('quick', '?')}); full: `{spec.command('full')}` "
                          f"({spec.cpu_budget.get('full', '?')}). Needs: {', '.join(spec.needs)}.")  # fmt: skip
         lines.append("")
+    lines.append("## Methods")
+    lines.append("")
+    for name in EXPERIMENTS:
+        spec = get_spec(name)
+        lines.append(f"### {spec.number}. {spec.title} (`{name}`)")
+        lines.append("")
+        lines.append(_doc_markdown(importlib.import_module(EXPERIMENTS[name]).__doc__ or ""))
+        lines.append("")
     lines.append("## Commands and budgets")
     lines.append("")
     lines.append("| # | command | quick budget | full budget |")
@@ -75,3 +86,9 @@ def write_readme(out_dir: str | Path) -> Path:
     path = out / "README.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _doc_markdown(doc: str) -> str:
+    """A module docstring as markdown: RST double backticks become single, the :func:/:mod: roles go."""
+    text = re.sub(r":(?:func|mod|class|data|meth):`~?([^`]+)`", r"`\1`", doc.strip())
+    return text.replace("``", "`")
