@@ -99,3 +99,20 @@ def test_load_errors(tmp_path, encoder):
     (tmp_path / "m" / "config.json").write_text(config)
     with pytest.raises(ValueError, match="shape mismatch"):
         load_clip(tmp_path / "m")
+
+
+def test_batch_norm_buffers_survive_fp16_storage(tmp_path):
+    import dataclasses
+
+    from unclip.models.clip import PRESETS, SmallCLIP
+
+    torch.manual_seed(0)
+    model = SmallCLIP(dataclasses.replace(PRESETS["tiny"](), image_norm="batch"))
+    model.train().encode_image(torch.rand(8, 3, 16, 16) * 2 - 1)  # move the running statistics
+    enc = OwnClipEncoder(model, WordByteTokenizer(max_length=16))
+    enc.save_pretrained(tmp_path)
+    loaded = OwnClipEncoder.from_pretrained(tmp_path)
+    assert loaded.model.visual.stem[1].num_batches_tracked.dtype == torch.long
+    assert int(loaded.model.visual.stem[1].num_batches_tracked) == 1
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    torch.testing.assert_close(loaded.embed_images(images), enc.embed_images(images), atol=2e-2, rtol=2e-2)

@@ -110,8 +110,9 @@ def test_full_attention_lets_early_tokens_see_later_ones():
         assert torch.allclose(tokens[0, 2], tokens[1, 2]) is same  # the "red" token
 
 
-def test_image_tower_is_per_sample_and_checks_size():
-    model = _tiny()
+@pytest.mark.parametrize("norm", ["channel", "batch", "group"])
+def test_image_tower_is_per_sample_and_checks_size(norm):
+    model = _tiny(image_norm=norm)
     x = torch.rand(4, 3, 16, 16) * 2 - 1
     z = model.encode_image(x)
     assert z.shape == (4, 16)
@@ -171,4 +172,6 @@ def test_config_validation():
         ClipConfig(image_size=20, image_channels=(8, 16, 32))
     with pytest.raises(ValueError, match="divisible"):
         ClipConfig(text_width=30, text_heads=4)
+    with pytest.raises(ValueError, match="image_norm"):
+        ClipConfig(image_norm="layer")
     assert F.normalize(torch.ones(1, 2), dim=-1).shape == (1, 2)

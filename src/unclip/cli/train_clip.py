@@ -11,6 +11,7 @@ model/) and, after training, ``retrieval.json``: image->text top-1 retrieval of 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -26,6 +27,9 @@ _DTYPES = {"fp16": "float16", "fp32": "float32"}
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Global batch.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
 @click.option("--preset", type=click.Choice(["shapes", "tiny"]), default="shapes", show_default=True)
+@click.option(
+    "--image-norm", type=click.Choice(["channel", "batch", "group"]), default=None, help="Override the preset's."
+)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=50, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True)
@@ -54,6 +58,7 @@ def command(
     batch_size: int,
     out_dir: str,
     preset: str,
+    image_norm: str | None,
     lr: float,
     warmup_steps: int,
     weight_decay: float,
@@ -81,6 +86,7 @@ def command(
 
     from unclip.encoders.own_clip import OwnClipEncoder
     from unclip.io import atomic_write_text
+    from unclip.models.clip import PRESETS
     from unclip.train.clip_task import ClipTask, evaluate_retrieval
     from unclip.train.config import TrainConfig
     from unclip.train.loop import run_training
@@ -111,8 +117,11 @@ def command(
         )
     except ValueError as err:
         raise click.UsageError(str(err)) from None
+    clip_config = PRESETS[preset]()
+    if image_norm is not None:
+        clip_config = dataclasses.replace(clip_config, image_norm=image_norm)
     task = ClipTask(
-        preset,
+        clip_config,
         data_seed=data_seed,
         eval_seed=eval_seed,
         full_caption_prob=full_caption_prob,
@@ -132,6 +141,9 @@ def command(
     click.echo(
         f"trained {result.step} steps ({result.stop_reason}) in {train_s:.0f} s; model written to {out / 'model'}"
     )
+    if result.stop_reason == "signal":  # asked to stop (e.g. pre-emption): do not linger
+        click.echo("stopped by a signal: skipping the final evaluation (re-run the command to resume)")
+        return
     if final_eval_pairs:
         encoder = OwnClipEncoder.from_pretrained(out / "model")
         t1 = time.monotonic()

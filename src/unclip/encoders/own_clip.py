@@ -178,7 +178,10 @@ class OwnClipEncoder:
         dtype) and ``tokenizer.json`` into ``directory``; returns it."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: (v.to(dtype) if dtype is not None else v).cpu() for k, v in self.model.state_dict().items()}
+        state = {
+            k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).cpu()
+            for k, v in self.model.state_dict().items()
+        }  # integer buffers (e.g. BatchNorm's num_batches_tracked) keep their dtype
         save_safetensors(state, directory / WEIGHTS_FILE)
         save_config(self.config, directory / CONFIG_FILE)
         self.tokenizer.save_pretrained(directory)
@@ -216,7 +219,9 @@ class OwnClipEncoder:
         if bad:
             raise ValueError(f"{directory / WEIGHTS_FILE}: shape mismatch (name, file, config): {bad[:5]}")
         dtype = dtype if dtype is not None else torch.float32
-        state = {k: v.to(device=device or "cpu", dtype=dtype) for k, v in state.items()}
+        state = {
+            k: v.to(device=device or "cpu", dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()
+        }
         model.load_state_dict(state, assign=True)
         return cls(model, tokenizer, batch_size=batch_size)
 

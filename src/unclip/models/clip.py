@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+IMAGE_NORMS = ("channel", "batch", "group")
+
 
 @dataclass
 class ClipConfig:
@@ -35,7 +37,9 @@ class ClipConfig:
         image_channels: channels of each stride-2 stage; the map side is S / 2**len(image_channels).
         image_stem_channels: channels of the full-resolution stem convolution.
         image_map_channels: channels of the 1×1 conv applied to the final map before flattening.
-        groups: unused (the image tower normalises over channels, see ChannelNorm); kept so configs load.
+        groups: GroupNorm groups (only with ``image_norm="group"``).
+        image_norm: normalisation in the image tower: "channel" (:class:`ChannelNorm`, per pixel over
+            channels), "batch" (BatchNorm) or "group" (GroupNorm, which lost colour, see ChannelNorm).
         vocab_size: text token ids are in [0, vocab_size).
         context_length: L, the maximum number of text tokens (positional embeddings).
         text_width: W, the text transformer width (= token-state width).
@@ -53,6 +57,7 @@ class ClipConfig:
     image_stem_channels: int = 32
     image_map_channels: int = 128
     groups: int = 8
+    image_norm: str = "channel"
     vocab_size: int = 512
     context_length: int = 32
     text_width: int = 128
@@ -69,6 +74,8 @@ class ClipConfig:
             raise ValueError(
                 f"image_size {self.image_size} must be a positive multiple of 2**len(image_channels) = {down}"
             )
+        if self.image_norm not in IMAGE_NORMS:
+            raise ValueError(f"image_norm {self.image_norm!r} is not one of {IMAGE_NORMS}")
         if self.text_width % self.text_heads != 0:
             raise ValueError(f"text_width {self.text_width} is not divisible by text_heads {self.text_heads}")
         for name in ("embed_dim", "vocab_size", "context_length", "text_width", "text_layers", "text_heads"):
@@ -124,13 +131,21 @@ class ChannelNorm(nn.Module):
         return x * self.weight[:, None, None] + self.bias[:, None, None]
 
 
+def _norm(kind: str, channels: int, groups: int) -> nn.Module:
+    if kind == "channel":
+        return ChannelNorm(channels)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.GroupNorm(groups, channels)
+
+
 class _ResBlock(nn.Module):
-    def __init__(self, channels: int, groups: int):
+    def __init__(self, channels: int, norm: str, groups: int):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.norm1 = ChannelNorm(channels)
+        self.norm1 = _norm(norm, channels, groups)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.norm2 = ChannelNorm(channels)
+        self.norm2 = _norm(norm, channels, groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.norm1(self.conv1(x)))
@@ -145,7 +160,7 @@ class ImageTower(nn.Module):
         c = config
         self.image_size = c.image_size
         self.stem = nn.Sequential(
-            nn.Conv2d(3, c.image_stem_channels, 3, padding=1), ChannelNorm(c.image_stem_channels)
+            nn.Conv2d(3, c.image_stem_channels, 3, padding=1), _norm(c.image_norm, c.image_stem_channels, c.groups)
         )
         stages = []
         cin = c.image_stem_channels
@@ -153,9 +168,9 @@ class ImageTower(nn.Module):
             stages.append(
                 nn.Sequential(
                     nn.Conv2d(cin, cout, 3, stride=2, padding=1),
-                    ChannelNorm(cout),
+                    _norm(c.image_norm, cout, c.groups),
                     nn.SiLU(),
-                    _ResBlock(cout, c.groups),
+                    _ResBlock(cout, c.image_norm, c.groups),
                 )
             )
             cin = cout
