@@ -21,16 +21,19 @@ from unclip.cli.train_common import run_stage, train_options
 @click.option("--text/--no-text", "use_text", default=True, show_default=True, help="Condition on the caption too.")
 @click.option("--image-drop", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--text-drop", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--prediction", type=click.Choice(["v", "eps", "x0"]), default="v", show_default=True,
+              help="What the network predicts (v is robust for short training; Karlo uses eps).")  # fmt: skip
 @train_options(steps=6000, batch_size=32, lr=1e-3, warmup=200, ema=0.999, eval_every=1000)
-def command(cache, preset, holdout, use_text, image_drop, text_drop, **options) -> None:
-    """Train the decoder U-Net (eps, learned variance, hybrid loss) on a shapes cache."""
+def command(cache, preset, holdout, prediction, use_text, image_drop, text_drop, **options) -> None:
+    """Train the decoder U-Net (learned variance, hybrid loss) on a shapes cache."""
+    from unclip.diffusion.stage_config import DiffusionConfig
     from unclip.train.decoder_task import DecoderTask, DecoderTaskConfig
 
     try:
         task = DecoderTask(
             DecoderTaskConfig(
                 cache=cache, preset=preset, holdout=holdout, use_text=use_text, image_drop=image_drop,
-                text_drop=text_drop,
+                text_drop=text_drop, diffusion=DiffusionConfig(prediction=prediction, variance="learned_range"),
             )
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:

@@ -22,9 +22,14 @@ from unclip.cli.train_common import run_stage, train_options
               help="Training crop side / target side (0.5 = a quarter of the area).")  # fmt: skip
 @click.option("--image-size", type=click.IntRange(min=8), default=None, help="Override the preset's output size.")
 @click.option("--low-res-size", type=click.IntRange(min=4), default=None, help="Override the preset's input size.")
+@click.option("--prediction", type=click.Choice(["v", "eps", "x0"]), default="v", show_default=True,
+              help="What the network predicts (v is robust for short training; Karlo uses eps).")  # fmt: skip
 @train_options(steps=3000, batch_size=32, lr=5e-4, warmup=100, ema=0.999, eval_every=1000)
-def command(cache, preset, holdout, degradation, crop_fraction, image_size, low_res_size, **options) -> None:
-    """Train an upsampler U-Net (eps, fixed-small variance) on a shapes cache."""
+def command(
+    cache, preset, holdout, prediction, degradation, crop_fraction, image_size, low_res_size, **options
+) -> None:
+    """Train an upsampler U-Net (fixed-small variance) on a shapes cache."""
+    from unclip.diffusion.stage_config import DiffusionConfig
     from unclip.train.decoder_task import UpsamplerTask, UpsamplerTaskConfig
 
     try:
@@ -37,7 +42,8 @@ def command(cache, preset, holdout, degradation, crop_fraction, image_size, low_
                 crop_fraction=crop_fraction,
                 image_size=image_size,
                 low_res_size=low_res_size,
-            )  # fmt: skip
+                diffusion=DiffusionConfig(prediction=prediction, variance="fixed_small"),
+            )
         )
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None

@@ -17,8 +17,8 @@ from unclip.models import build_model, model_config
 from unclip.pipeline.unclip_pipeline import GenerationDefaults, Stage, UnCLIPPipeline
 
 PRIOR_DIFFUSION = DiffusionConfig(prediction="x0", variance="fixed_small")
-DECODER_DIFFUSION = DiffusionConfig(prediction="eps", variance="learned_range")
-UPSAMPLER_DIFFUSION = DiffusionConfig(prediction="eps", variance="fixed_small")
+DECODER_DIFFUSION = DiffusionConfig(prediction="v", variance="learned_range")
+UPSAMPLER_DIFFUSION = DiffusionConfig(prediction="v", variance="fixed_small")
 
 
 def tiny_clip(seed: int = 0) -> ClipEncoder:
