@@ -253,6 +253,15 @@ def test_comparison_decoders_condition_as_documented(world):
         decode_with(img, text, 2.0, torch.Generator(), steps=2)
 
 
+def test_a_cache_of_another_clip_is_refused(world, tmp_path):
+    other = build_pipeline("tiny", num_upsamplers=0, seed=1, defaults=FAST)
+    other.save_pretrained(tmp_path / "other")
+    ctx = replace(make_ctx(world), pipeline=tmp_path / "other")
+    ctx.get_cache()
+    with pytest.raises(ValueError, match="was not built by the CLIP"):
+        ctx.get_pipeline()
+
+
 def test_result_store_and_table(tmp_path):
     store = ResultStore(tmp_path)
     calls = []

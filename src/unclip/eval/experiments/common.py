@@ -64,7 +64,7 @@ class ExperimentContext:
     seed: int = REPORT_SEED
     progress: bool | None = None
     log: Log = print
-    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False, init=False, compare=False)
 
     def __post_init__(self) -> None:
         self.run_root, self.out_dir, self.shapes_run = Path(self.run_root), Path(self.out_dir), Path(self.shapes_run)
@@ -88,6 +88,7 @@ class ExperimentContext:
 
             pipe = UnCLIPPipeline.from_pretrained(self.pipeline_source(), device=self.device, dtype=torch.float32)
             self._memo["pipeline"] = pipe
+            self._check_consistency()
         return self._memo["pipeline"]
 
     def get_oracle(self):
@@ -117,6 +118,7 @@ class ExperimentContext:
             if not 0 < self.holdout < len(cache):
                 raise ValueError(f"holdout={self.holdout} does not fit a cache of {len(cache)} rows")
             self._memo["cache"] = cache
+            self._check_consistency()
         return self._memo["cache"]
 
     def get_clip(self):
@@ -129,7 +131,28 @@ class ExperimentContext:
                 self._memo["clip"] = load_clip(local, device=self.device)
             else:
                 self._memo["clip"] = self.get_pipeline().clip
+            self._check_consistency()
         return self._memo["clip"]
+
+    def _check_consistency(self) -> None:
+        """Once a cache and a CLIP (or pipeline) are both loaded, check that this CLIP built the cache."""
+        if self._memo.get("consistent") or "cache" not in self._memo:
+            return
+        clip = self._memo.get("clip")
+        if clip is None and "pipeline" in self._memo:
+            clip = self._memo["pipeline"].clip
+        if clip is None:
+            return
+        from unclip.train.prior_task import null_text_for_cache
+
+        try:
+            null_text_for_cache(self._memo["cache"], clip)
+        except ValueError as err:
+            raise ValueError(
+                f"the cache {self.cache_dir()} was not built by the CLIP of {self.pipeline_source()} "
+                f"(or {self.shapes_run / 'clip' / 'model'}): {err}; pass a matching --cache/--pipeline/--shapes-run"
+            ) from None
+        self._memo["consistent"] = True
 
     def heldout_rows(self, count: int | None = None) -> list[int]:
         """The first ``count`` (default all) held-out cache rows."""
