@@ -157,12 +157,14 @@ def test_ar_prior_fits_k_trains_and_exports(tmp_path, cache, null_text):
 
 
 def test_ar_task_loss_equals_model_loss(cache, null_text):
-    task = ARPriorTask(cache, null_text, "tiny", holdout=HOLDOUT, eval_rows=0)
+    task = ARPriorTask(cache, null_text, "tiny", holdout=HOLDOUT, eval_rows=0, num_buckets=16, dot_buckets=8)
+    assert (task.config.num_buckets, task.config.dot_buckets) == (16, 8)
     torch.manual_seed(0)
     model = task.build_model()
     batch = task.get_batch(list(range(10)), torch.device("cpu"))
     ours, metrics = task.loss(model, batch, torch.Generator().manual_seed(1))
     ref, ref_metrics = model.loss(batch.image_embedding, batch.text, null_text, torch.Generator().manual_seed(1))
+    assert model.comp_head.out_features == 16 and model.dot_quantizer.num_buckets == 8
     assert torch.allclose(ours, ref) and metrics == pytest.approx(ref_metrics)
 
 

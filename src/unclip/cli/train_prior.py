@@ -41,6 +41,8 @@ _DTYPES = {"fp16": "float16", "fp32": "float32"}
 @click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--holdout", type=click.IntRange(min=0), default=1000, show_default=True, help="Trailing rows unseen.")
 @click.option("--num-components", type=click.IntRange(min=1), default=None, help="AR: K (default: < 1% rule).")
+@click.option("--num-buckets", type=click.IntRange(min=2), default=None, help="AR: buckets per component (preset's).")
+@click.option("--dot-buckets", type=click.IntRange(min=2), default=None, help="AR: buckets of the z_i.z_t token.")
 @click.option(
     "--max-rel-mse", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01, show_default=True
 )
@@ -73,6 +75,8 @@ def command(
     grad_accum: int,
     holdout: int,
     num_components: int | None,
+    num_buckets: int | None,
+    dot_buckets: int | None,
     max_rel_mse: float,
     precision: str,
     seed: int,
@@ -148,7 +152,14 @@ def command(
             task = DiffusionPriorTask(cache, null_text, preset, **common)
         else:
             task = ARPriorTask(
-                cache, null_text, preset, num_components=num_components, max_rel_mse=max_rel_mse, **common
+                cache,
+                null_text,
+                preset,
+                num_components=num_components,
+                max_rel_mse=max_rel_mse,
+                num_buckets=num_buckets,
+                dot_buckets=dot_buckets,
+                **common,
             )
     except ValueError as err:
         raise click.ClickException(str(err)) from None

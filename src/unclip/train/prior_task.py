@@ -317,6 +317,8 @@ class ARPriorTask(_CachePriorTask):
         num_components: K; None = the smallest K with relative PCA reconstruction MSE < ``max_rel_mse`` on
             the training rows (the paper's < 1% rule). Overrides the config's K either way.
         max_rel_mse: threshold of that rule.
+        num_buckets, dot_buckets: override the config's vocabularies (None = keep). The paper's 1024 buckets
+            leave ~30 training rows per bucket on a 30k-row cache, too few to learn in a short CPU run.
         eval_guidance, eval_temperature, eval_dot_percentile: :func:`sample_ar_prior` settings of
             :meth:`evaluate`.
     """
@@ -331,6 +333,8 @@ class ARPriorTask(_CachePriorTask):
         holdout: int = 1000,
         num_components: int | None = None,
         max_rel_mse: float = 0.01,
+        num_buckets: int | None = None,
+        dot_buckets: int | None = None,
         data_seed: int = 0,
         eval_rows: int = 100,
         eval_guidance: float = 1.0,
@@ -345,6 +349,8 @@ class ARPriorTask(_CachePriorTask):
             num_components = num_components_for(self.train_embeddings()[0], max_rel_mse)
         if num_components >= self.num_train:
             raise ValueError(f"num_components={num_components} needs more than {self.num_train} training rows")
+        buckets = {"num_buckets": num_buckets, "dot_buckets": dot_buckets}
+        config = dataclasses.replace(config, **{k: v for k, v in buckets.items() if v is not None})
         self.config: ARPriorConfig = dataclasses.replace(config, num_components=num_components)
         self.max_rel_mse = max_rel_mse
         self.fit_stats: dict[str, float] = {}
