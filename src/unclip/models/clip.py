@@ -89,8 +89,9 @@ class ClipConfig:
 
 
 PRESETS: dict[str, Callable[[], ClipConfig]] = {
-    # ~2.0 M parameters, D = 128: the shipped shapes-world CLIP.
-    "shapes": lambda: ClipConfig(),
+    # ~2.0 M parameters, D = 128: the shipped shapes-world CLIP. BatchNorm: after 320 steps it reached
+    # 0.64 image->text top-1 among 1,000 held-out full captions (GroupNorm 0.20, ChannelNorm 0.05).
+    "shapes": lambda: ClipConfig(image_norm="batch"),
     # For tests: a few thousand parameters.
     "tiny": lambda: ClipConfig(
         embed_dim=16,
