@@ -45,7 +45,13 @@ def test_guidance_is_one_batched_forward(pipe, monkeypatch):
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++", "unclip"])
-def test_every_sampler_runs(pipe, sampler):
+def test_every_sampler_runs(pipe, sampler, monkeypatch):
+    if sampler == "unclip":  # diffusers' UnCLIPScheduler knows eps and x0 only (Karlo's stages use eps)
+        from unclip.diffusion.stage_config import DiffusionConfig
+
+        monkeypatch.setattr(pipe.decoder, "diffusion", DiffusionConfig(prediction="eps", variance="learned_range"))
+        for stage in pipe.upsamplers:
+            monkeypatch.setattr(stage, "diffusion", DiffusionConfig(prediction="eps", variance="fixed_small"))
     out = pipe("a star", sampler=sampler, seed=0, output_type="pt", return_embeddings=True)
     assert out.images.shape == (1, 3, 32, 32) and out.images.min() >= 0 and out.images.max() <= 1
     assert out.image_embeddings.shape == (1, pipe.clip.dim)
