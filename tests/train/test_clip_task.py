@@ -65,3 +65,22 @@ def test_train_clip_command_trains_exports_and_evaluates(tmp_path):
     assert again["i2t_top1_full"] == metrics["i2t_top1_full"]
     bad = CliRunner().invoke(cli, ["train", "clip", "-o", str(out), "--eval-seed", "0"])
     assert bad.exit_code == 2 and "--eval-seed" in bad.output
+
+
+def test_probe_attributes_reads_what_the_embedding_holds():
+    """A fake encoder whose embedding is the one-hot background colour: background is read perfectly,
+    the (independent) object shape is not."""
+    from unclip.data.shapes import PALETTE
+
+    colours = torch.tensor(list(PALETTE.values()), dtype=torch.float32) / 127.5 - 1
+
+    class BackgroundOnly:
+        def embed_images(self, images):
+            corner = images[:, :, 0, 0]  # objects stay away from the corner pixel
+            return torch.nn.functional.one_hot(torch.cdist(corner, colours).argmin(1), 8).float()
+
+    from unclip.train.clip_task import probe_attributes
+
+    out = probe_attributes(BackgroundOnly(), num_scenes=300, num_fit=200, size=16)
+    assert out["background"] == 1.0
+    assert out["shape"] < out["chance/shape"] + 0.15

@@ -198,3 +198,51 @@ def evaluate_retrieval(
         "t2i_top1_full": t2i_full,
         "num_pairs": float(num_pairs),
     }
+
+
+def _probe_accuracy(z: torch.Tensor, labels: list[str], num_fit: int) -> float:
+    classes = sorted(set(labels))
+    y = torch.tensor([classes.index(v) for v in labels])
+    with torch.enable_grad():
+        head = nn.Linear(z.shape[1], len(classes)).to(z.dtype)
+        opt = torch.optim.LBFGS(head.parameters(), max_iter=200)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(head(z[:num_fit]), y[:num_fit]) + 1e-4 * head.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    return float((head(z[num_fit:]).argmax(1) == y[num_fit:]).float().mean())
+
+
+@torch.no_grad()
+def probe_attributes(
+    encoder: ClipEncoder, seed: int = 777, num_scenes: int = 3000, num_fit: int = 2000, size: int = 64
+) -> dict[str, float]:
+    """Linear-probe accuracy of scene attributes from image embeddings (what z_i carries).
+
+    Embeds scenes ``0..num_scenes-1`` of ``ShapesWorld(seed)``, L2-normalises (×10), fits a logistic
+    regression (L-BFGS) per attribute on the first ``num_fit`` and reports accuracy on the rest, for the
+    background and the first object's colour, shape, position, size and fill; ``chance/<name>`` is the
+    majority-class rate of the test part.
+    """
+    if not 0 < num_fit < num_scenes:
+        raise ValueError(f"need 0 < num_fit < num_scenes, got {num_fit} and {num_scenes}")
+    world = ShapesWorld(seed=seed)
+    samples = [world.sample(i) for i in range(num_scenes)]
+    parts = []
+    for s in range(0, num_scenes, 250):
+        images = images_to_tensor([world.render(x.scene, size) for x in samples[s : s + 250]])
+        parts.append(encoder.embed_images(images).float().cpu())
+    z = F.normalize(torch.cat(parts), dim=-1) * 10
+    attributes = {"background": [x.record["background"] for x in samples]}
+    for key in ("colour", "shape", "position", "size", "fill"):
+        attributes[key] = [x.record["objects"][0][key] for x in samples]
+    out: dict[str, float] = {}
+    for name, labels in attributes.items():
+        out[name] = _probe_accuracy(z, labels, num_fit)
+        test = labels[num_fit:]
+        out[f"chance/{name}"] = max(test.count(v) for v in set(test)) / len(test)
+    return out
