@@ -1,8 +1,9 @@
 """A small CLIP (Radford et al., 2021) for the shapes world: CNN image tower + transformer text tower.
 
-Image tower: a stem convolution and one stride-2 stage per entry of ``image_channels`` (conv, ChannelNorm,
-SiLU, then a residual block), down to a small ``map_size × map_size`` feature map that is *flattened*
-(not globally pooled, so that where an object is survives), layer-normed and projected to ``embed_dim``.
+Image tower: a stem convolution and one stride-2 stage per entry of ``image_channels`` (conv, norm,
+SiLU, then a residual block; the norm is ``image_norm``, BatchNorm in the ``shapes`` preset), down to a
+small ``map_size × map_size`` feature map that is *flattened* (not globally pooled, so that where an
+object is survives), layer-normed and projected to ``embed_dim``.
 
 Text tower: as OpenAI CLIP's: token + learned positional embeddings, pre-LN transformer blocks (causal
 attention by default, GELU MLP), a final LayerNorm; the token states are that LayerNorm's output and the
