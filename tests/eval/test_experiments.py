@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import replace
 
@@ -260,6 +261,19 @@ def test_a_cache_of_another_clip_is_refused(world, tmp_path):
     ctx.get_cache()
     with pytest.raises(ValueError, match="was not built by the CLIP"):
         ctx.get_pipeline()
+
+
+def test_units_are_keyed_by_their_inputs(world, tmp_path):
+    ctx = make_ctx(world)
+    a = ctx.run_dir("pca", uses=("cache",))
+    assert a == ctx.run_dir("pca", uses=("cache",)) and (a / "context.json").is_file()
+    assert ctx.run_dir("pca", uses=("cache", "oracle")) != a
+    assert replace(ctx, seed=1).run_dir("pca", uses=("cache",)) != a
+    assert replace(ctx, cache=tmp_path / "other").run_dir("pca", uses=("cache",)) != a
+    meta = world / "shapes" / "cache" / "meta.json"
+    st = meta.stat()
+    os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a rebuilt cache (newer meta.json)
+    assert ctx.run_dir("pca", uses=("cache",)) != a
 
 
 def test_result_store_and_table(tmp_path):

@@ -132,7 +132,9 @@ def run(ctx: ExperimentContext, s: PriorCompareSettings) -> ExperimentResult:
             f"no exported {' or '.join(missing)} prior under {ctx.shapes_run.parent}/prior_*/model: train them with "
             "`unclip train prior --kind diffusion|ar -o runs/prior_<kind> ...` or pass --diffusion-prior/--ar-prior"
         )
-    store = ResultStore(ctx.run_dir("ar_vs_diffusion") / "units")
+    prior_ids = {k: f"{(v / 'model.safetensors').resolve()}@{(v / 'model.safetensors').stat().st_mtime_ns}"
+                 for k, v in sorted(dirs.items())}  # fmt: skip
+    store = ResultStore(ctx.run_dir("ar_vs_diffusion", extra=prior_ids) / "units")
     cache = ctx.get_cache()
     held = ctx.heldout_rows()
     if s.rows + s.reference > len(held):

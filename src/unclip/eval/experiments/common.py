@@ -6,13 +6,16 @@ data, matplotlib figure); :func:`write_outputs` writes ``NAME.md``, ``NAME.json`
 the output directory (``docs/experiments``) atomically.
 
 Work is split into *units* (one guidance scale of one model, one chunk of captions, ...) whose JSON
-results are stored atomically under ``runs/experiments/NAME/units/`` by :class:`ResultStore`: re-running
-an interrupted experiment skips the finished units. Networks the experiments train (baseline decoders)
-live under ``runs/experiments/_models/`` and resume through the training loop's checkpoints.
+results are stored atomically under ``runs/experiments/NAME/FINGERPRINT/`` by :class:`ResultStore`, the
+fingerprint identifying the inputs (cache, pipeline, oracle, seed): re-running an interrupted experiment
+skips the finished units, and changed inputs start afresh. Networks the experiments train (baseline
+decoders) live under ``runs/experiments/_models/FINGERPRINT/`` and resume through the training loop's
+checkpoints.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -69,11 +72,49 @@ class ExperimentContext:
     def __post_init__(self) -> None:
         self.run_root, self.out_dir, self.shapes_run = Path(self.run_root), Path(self.out_dir), Path(self.shapes_run)
 
-    def run_dir(self, name: str) -> Path:
-        """``run_root/name`` (created)."""
-        path = self.run_root / name
+    def run_dir(self, name: str, uses: tuple[str, ...] = ("cache", "pipeline", "oracle"), extra: Any = None) -> Path:
+        """``run_root/name/FINGERPRINT`` (created): stored units are only reused with the same inputs.
+
+        ``uses`` names the inputs the units depend on (``"cache"``, ``"pipeline"``, ``"oracle"``); the
+        fingerprint hashes their resolved paths and file times, ``holdout``, ``seed`` and ``extra``, and the
+        inputs are recorded in ``context.json`` beside the units.
+        """
+        inputs = {part: self._input_identity(part) for part in uses}
+        inputs.update(holdout=self.holdout, seed=self.seed, extra=to_jsonable(extra))
+        text = json.dumps(inputs, sort_keys=True, default=str)
+        path = self.run_root / name / hashlib.sha1(text.encode()).hexdigest()[:12]
         path.mkdir(parents=True, exist_ok=True)
+        if not (path / "context.json").is_file():
+            atomic_write_text(path / "context.json", json.dumps(inputs, indent=1, default=str) + "\n")
         return path
+
+    def _input_identity(self, part: str) -> str:
+        """Resolved path and modification time (ns) of the file that identifies an input."""
+        if part == "cache":
+            directory = self.cache_dir()
+            names = ("meta.json", "index.json", "settings.json")
+        elif part == "pipeline":
+            source = self.pipeline_source()
+            if isinstance(source, str) and not Path(source).is_dir():
+                from unclip.pipeline.unclip_pipeline import builtin_model_dir
+
+                source = builtin_model_dir(source) if source == "shapes" else Path(source)
+            directory, names = Path(source), ("model_index.json",)
+        elif part == "oracle":
+            if self.oracle is None:
+                from unclip.eval.oracle import ASSET_DIR
+
+                directory = ASSET_DIR
+            else:
+                directory = Path(self.oracle)
+            names = ("model.safetensors",)
+        else:
+            raise ValueError(f"unknown input {part!r}; expected cache, pipeline or oracle")
+        for n in names:
+            f = directory / n
+            if f.is_file():
+                return f"{f.resolve()}@{f.stat().st_mtime_ns}"
+        return f"{directory.resolve()} (absent)"
 
     def pipeline_source(self) -> str | Path:
         if self.pipeline is not None:

@@ -42,7 +42,7 @@ class DecoderBudget:
     """Training recipe shared by the compared decoders.
 
     Attributes:
-        name: budget name (the models' directory under ``run_root/_models``).
+        name: budget name (the models' directory under ``run_root/_models/FINGERPRINT``).
         preset: decoder preset; ``model_channels`` / ``num_res_blocks`` / ``norm_groups`` override it when set.
         steps, batch_size, lr, warmup_steps, ema_decay: the training loop's settings.
         use_shipped_image_decoder: use the pipeline's decoder as the ``image`` decoder instead of training
@@ -133,8 +133,9 @@ def _load_stage(model_dir: Path, conditioning: str, info: dict[str, Any], device
 
 
 def comparison_decoder(ctx: ExperimentContext, conditioning: str, budget: DecoderBudget) -> DecoderStage:
-    """The ``conditioning`` decoder of ``budget``: trained (resumably) under ``run_root/_models/BUDGET/`` or,
-    for ``image`` with ``use_shipped_image_decoder``, the pipeline's decoder."""
+    """The ``conditioning`` decoder of ``budget``: trained (resumably) under
+    ``run_root/_models/FINGERPRINT/BUDGET/`` or, for ``image`` with ``use_shipped_image_decoder``, the
+    pipeline's decoder."""
     key = f"decoder:{budget.name}:{conditioning}"
     if key in ctx._memo:
         return ctx._memo[key]
@@ -144,7 +145,7 @@ def comparison_decoder(ctx: ExperimentContext, conditioning: str, budget: Decode
         stage = DecoderStage(model, pipe.decoder.diffusion, "image", _num_params(model), source="shipped pipeline")
         ctx._memo[key] = stage
         return stage
-    out = ctx.run_root / "_models" / budget.name / f"decoder_{conditioning}"
+    out = ctx.run_dir("_models", uses=("cache",)) / budget.name / f"decoder_{conditioning}"
     done = out / "done.json"
     if not done.is_file():
         from unclip.io import atomic_write_text
@@ -201,7 +202,7 @@ def diffusion_prior(ctx: ExperimentContext, budget: DecoderBudget):
             return ctx._memo["prior"]
     model_dir = ctx.shapes_run / "prior" / "model"
     if not (model_dir / "model.safetensors").is_file():
-        model_dir = ctx.run_root / "_models" / budget.name / "prior" / "model"
+        model_dir = ctx.run_dir("_models", uses=("cache",)) / budget.name / "prior" / "model"
         if not (model_dir.parent / "done.json").is_file():
             from unclip.io import atomic_write_text
             from unclip.train.config import TrainConfig

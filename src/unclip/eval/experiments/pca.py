@@ -53,7 +53,7 @@ def run(ctx: ExperimentContext, s: PCASettings) -> ExperimentResult:
     from unclip.models.pca_quantizer import fit_pca, relative_mse_curve
 
     cache = ctx.get_cache()
-    store = ResultStore(ctx.run_dir("pca") / "units")
+    store = ResultStore(ctx.run_dir("pca", uses=("cache",)) / "units")
     n_train = len(cache) - ctx.holdout
     train = list(range(n_train if s.train_rows is None else min(n_train, s.train_rows)))
     test = ctx.heldout_rows()

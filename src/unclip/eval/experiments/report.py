@@ -33,7 +33,8 @@ recipe (`shapes` preset, 5,000 steps) and compares them with the shipped decoder
 these comparisons are read at the decoders' base resolution (no upsampler).
 
 Run one with `unclip experiment NAME [--budget quick|full] [-o docs/experiments]` (resumable: finished
-units are kept under `runs/experiments/NAME/`, trained baselines under `runs/experiments/_models/`). CPU
+units are kept under `runs/experiments/NAME/`, keyed by a fingerprint of the inputs; trained baselines under
+`runs/experiments/_models/`). CPU
 budgets are for the 2-core reference machine. A claim that did not hold at our scale is reported as such.
 """
 

@@ -1,6 +1,6 @@
 """Shared generation for the decoder comparisons (experiments 1, 2, 4, 7): one unit = one setting at one
 decoder guidance scale on a fixed set of captions, read by the oracle. Units are stored under
-``run_root/_sweep/BUDGET/`` so experiments that need the same unit compute it once.
+``run_root/_sweep/FINGERPRINT/BUDGET/`` so experiments that need the same unit compute it once.
 
 Settings (see :mod:`unclip.eval.experiments.models`):
 
@@ -79,10 +79,10 @@ def row_sweep_unit(
 ) -> dict[str, Any]:
     """One image per held-out cache row under ``setting`` at ``guidance``: specified-attribute correctness per
     row (:func:`~unclip.eval.oracle.score_specified`) and oracle features (for the Fréchet distance), stored
-    under ``run_root/_sweep/BUDGET``. Returns ``{"scores": [...], "features": Tensor [N, F]}``."""
+    under ``run_root/_sweep/FINGERPRINT/BUDGET``. Returns ``{"scores": [...], "features": Tensor [N, F]}``."""
     from unclip.eval.oracle import oracle_features, predict, score_specified
 
-    store = ResultStore(ctx.run_root / "_sweep" / budget.name)
+    store = ResultStore(ctx.run_dir("_sweep") / budget.name)
     key = unit_key(setting, guidance, len(rows), steps)
     feats_path = store.directory / f"{key}.features.pt"
     found = store.get(key)

@@ -98,7 +98,7 @@ def run(ctx: ExperimentContext, s: TextDiffSettings) -> ExperimentResult:
     from unclip.eval.oracle import predict
     from unclip.eval.quality import held_out_captions
 
-    store = ResultStore(ctx.run_dir("text_diffs") / "units")
+    store = ResultStore(ctx.run_dir("text_diffs", uses=("pipeline", "oracle")) / "units")
     world = ShapesWorld(seed=ctx.seed)
     samples = held_out_captions(ctx.seed, s.sources, 1)
     thetas = [float(t) for t in s.thetas]
