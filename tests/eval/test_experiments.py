@@ -299,7 +299,8 @@ def test_cli_lists_runs_and_reports_errors(world, tmp_path):
             "--run-dir", str(tmp_path / "r"), "-o", str(tmp_path / "d"), "--quiet"]  # fmt: skip
     out = runner.invoke(cli, ["experiment", "pca", *args])
     assert out.exit_code == 0, out.output
-    assert json.loads((tmp_path / "d" / "pca.json").read_text())["budget"] == "quick"
+    written = json.loads((tmp_path / "d" / "pca.json").read_text())
+    assert written["budget"] == "quick" and f"--shapes-run {world / 'shapes'}" in written["command"]
     out = runner.invoke(cli, ["experiment", "pca", *args, "--cache", str(tmp_path / "nowhere")])
     assert out.exit_code == 1 and "no shapes cache" in out.output
     out = runner.invoke(cli, ["experiment", "nonsense"])

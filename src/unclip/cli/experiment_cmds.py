@@ -110,9 +110,17 @@ def experiment(name, budget, out_dir, run_dir, shapes_run, pipeline, cache, orac
         if not quiet:
             click.echo(message, err=True)
 
+    ctx_options = click.get_current_context()
+    extra = []
+    for param in ("out_dir", "run_dir", "shapes_run", "pipeline", "cache", "oracle", "holdout", "seed", "ar_prior",
+                  "diffusion_prior"):  # fmt: skip
+        source = ctx_options.get_parameter_source(param)
+        if source is not None and source.name == "COMMANDLINE":
+            opt = next(p for p in experiment.params if p.name == param)
+            extra.append(f"{opt.opts[-1]} {ctx_options.params[param]}")
     ctx = ExperimentContext(run_root=run_dir, out_dir=out_dir, shapes_run=shapes_run, pipeline=pipeline, cache=cache,
                             oracle=oracle, holdout=holdout, device=device, seed=seed, log=log,
-                            progress=False if quiet else None)  # fmt: skip
+                            progress=False if quiet else None, command_extra=" ".join(extra))  # fmt: skip
     overrides = {}
     if name == "ar_vs_diffusion":
         overrides = {k: v for k, v in (("ar_dir", ar_prior), ("diffusion_dir", diffusion_prior)) if v is not None}

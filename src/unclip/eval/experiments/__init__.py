@@ -58,7 +58,8 @@ def run_experiment(
     t0 = time.monotonic()
     ctx.log(f"[{name}] budget {budget}: {spec.cpu_budget.get(budget, 'custom settings')}")
     result = spec.run(ctx, settings)
-    paths = write_outputs(spec, result, ctx.out_dir, budget, settings, time.monotonic() - t0)
+    command = spec.command(budget) + (f" {ctx.command_extra}" if ctx.command_extra else "")
+    paths = write_outputs(spec, result, ctx.out_dir, budget, settings, time.monotonic() - t0, command)
     write_readme(ctx.out_dir)
     ctx.log(f"[{name}] {result.verdict.label}: {result.verdict.summary}")
     return paths

@@ -54,6 +54,7 @@ class ExperimentContext:
         device: torch device of every network.
         seed: world seed of evaluation scenes and seed of sampling noise.
         log: receives one-line progress messages.
+        command_extra: options appended to the reproduce command in the outputs (e.g. ``--shapes-run DIR``).
     """
 
     run_root: Path = Path("runs/experiments")
@@ -67,6 +68,7 @@ class ExperimentContext:
     seed: int = REPORT_SEED
     progress: bool | None = None
     log: Log = print
+    command_extra: str = ""
     _memo: dict[str, Any] = field(default_factory=dict, repr=False, init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -374,9 +376,17 @@ def new_figure(ncols: int = 1, width: float = 5.0, height: float = 3.8):
 
 
 def write_outputs(
-    spec: ExperimentSpec, result: ExperimentResult, out_dir: str | Path, budget: str, settings: Any, seconds: float
+    spec: ExperimentSpec,
+    result: ExperimentResult,
+    out_dir: str | Path,
+    budget: str,
+    settings: Any,
+    seconds: float,
+    command: str | None = None,
 ) -> dict[str, Path]:
-    """Write ``NAME.md``, ``NAME.json`` and ``NAME.png`` under ``out_dir`` (atomically); returns their paths."""
+    """Write ``NAME.md``, ``NAME.json`` and ``NAME.png`` under ``out_dir`` (atomically); returns their paths.
+    ``command`` reproduces the run (default ``spec.command(budget)``)."""
+    command = command or spec.command(budget)
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
@@ -391,7 +401,7 @@ def write_outputs(
         "paper": spec.paper,
         "budget": budget,
         "settings": settings,
-        "command": spec.command(budget),
+        "command": command,
         "wall_seconds": round(seconds, 1),
         "finished": finished,
         "verdict": {"held": result.verdict.held, "label": result.verdict.label, "summary": result.verdict.summary},
@@ -416,7 +426,7 @@ def write_outputs(
     if result.notes:
         md += [result.notes.strip(), ""]
     md += [
-        f"Reproduce: `{spec.command(budget)}` (budget `{budget}`: {spec.cpu_budget.get(budget, '?')}; "
+        f"Reproduce: `{command}` (budget `{budget}`: {spec.cpu_budget.get(budget, '?')}; "
         f"this run took {seconds / 60:.1f} min wall on a shared 2-core machine, finished {finished}). "
         f"Raw numbers: [{spec.name}.json]({spec.name}.json).",
         "",
