@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from unclip.diffusion.stage_config import DiffusionConfig
 from unclip.interop.diffusers_export import TEXT_PROJ_CLASS, export_diffusers
 from unclip.interop.diffusers_import import diffusers_variation, load_diffusers_pipeline
 from unclip.models import build_model
@@ -15,9 +16,13 @@ from unclip.models.decoder_unet import DecoderConfig
 from unclip.models.prior import PriorConfig
 from unclip.models.upsampler_unet import UpsamplerConfig
 from unclip.pipeline import GenerationDefaults, Stage, UnCLIPPipeline
-from unclip.pipeline.builder import DECODER_DIFFUSION, PRIOR_DIFFUSION, UPSAMPLER_DIFFUSION, build_pipeline
+from unclip.pipeline.builder import build_pipeline
 
 diffusers = pytest.importorskip("diffusers")
+
+PRIOR_DIFFUSION = DiffusionConfig(prediction="x0", variance="fixed_small")  # what UnCLIPScheduler can express
+DECODER_DIFFUSION = DiffusionConfig(prediction="eps", variance="learned_range")
+UPSAMPLER_DIFFUSION = DiffusionConfig(prediction="eps", variance="fixed_small")
 
 
 def _load_diffusers(directory, variation=False):
@@ -27,13 +32,13 @@ def _load_diffusers(directory, variation=False):
     return pipe
 
 
-def _run_both(ours: UnCLIPPipeline, theirs, steps=(6, 6, 3), seed=0):
+def _run_both(ours: UnCLIPPipeline, theirs, steps=(4, 4, 3), seed=0):
     mine = ours(
-        ["a red circle", "blue"], num_images_per_prompt=2, seed=seed, prior_steps=steps[0], decoder_steps=steps[1],
+        ["a red circle", "blue"], seed=seed, prior_steps=steps[0], decoder_steps=steps[1],
         upsampler_steps=steps[2], sampler="unclip", best_of=1, output_type="np",
     )  # fmt: skip
     ref = theirs(
-        ["a red circle", "blue"], num_images_per_prompt=2, generator=torch.Generator().manual_seed(seed),
+        ["a red circle", "blue"], generator=torch.Generator().manual_seed(seed),
         prior_num_inference_steps=steps[0], decoder_num_inference_steps=steps[1],
         super_res_num_inference_steps=steps[2], output_type="np",
     ).images  # fmt: skip
@@ -126,3 +131,7 @@ def test_pipelines_that_do_not_fit_are_refused(ours_t2i, tmp_path):
         export_diffusers(two, tmp_path / "b")
     with pytest.raises(ValueError, match="image encoder"):
         export_diffusers(ours_t2i, tmp_path / "c", variation=True)
+    v_pred = _from_scratch(ours_t2i.clip, "empty_text")
+    v_pred.decoder.diffusion = DiffusionConfig(prediction="v", variance="learned_range")
+    with pytest.raises(ValueError, match="eps/x0 prediction"):
+        export_diffusers(v_pred, tmp_path / "d")

@@ -340,11 +340,12 @@ class UnCLIPPipeline:
 
     # ------------------------------------------------------------------ stages
 
-    def _decoder_null_text(self) -> TextEmbedding | None:
-        """The decoder's unconditional caption: CLIP's "" for ``decoder_uncond="empty_text"``, else None."""
+    def _decoder_null_text(self, given: TextEmbedding | None = None) -> TextEmbedding | None:
+        """The decoder's unconditional caption: CLIP's "" (``given``, else the cached encoding) for
+        ``decoder_uncond="empty_text"``, else None."""
         if self.decoder_uncond != "empty_text" or not self.decoder.model.config.text_width:
             return None
-        return self.null_text()
+        return given if given is not None else self.null_text()
 
     def embed_prompts(self, prompts: list[str]) -> TextEmbedding:
         return self.clip.embed_text(prompts)
@@ -355,9 +356,15 @@ class UnCLIPPipeline:
         return self.clip.embed_images(self.clip.preprocess_pil(pils))
 
     def run_prior(
-        self, text: TextEmbedding, settings: GenerationDefaults, generator, progress: ProgressFn | None
+        self,
+        text: TextEmbedding,
+        settings: GenerationDefaults,
+        generator,
+        progress: ProgressFn | None,
+        null_text: TextEmbedding | None = None,
     ) -> Tensor:
-        """[B, D] image embeddings for B encoded captions."""
+        """[B, D] image embeddings for B encoded captions (``null_text``: "" encoded, batch 1 or B; default cached)."""
+        null_text = null_text if null_text is not None else self.null_text()
         if self.prior is None:
             raise ValueError(
                 "this pipeline has no prior (an image-variation pipeline): pass image_embeddings, or use vary()"
@@ -366,7 +373,7 @@ class UnCLIPPipeline:
             return sample_prior_unclip(
                 self.prior.model,
                 text,
-                self.null_text(),
+                null_text,
                 steps=settings.prior_steps,
                 guidance_scale=settings.prior_guidance_scale,
                 best_of=settings.best_of,
@@ -379,7 +386,7 @@ class UnCLIPPipeline:
             return sample_prior(
                 self.prior.model,
                 text,
-                self.null_text(),
+                null_text,
                 steps=settings.prior_steps,
                 sampler=settings.sampler,
                 guidance_scale=settings.prior_guidance_scale,
@@ -393,7 +400,7 @@ class UnCLIPPipeline:
         return sample_ar_prior(
             self.prior,
             text,
-            self.null_text(),
+            null_text,
             guidance_scale=settings.prior_guidance_scale,
             best_of=settings.best_of,
             generator=generator,
@@ -409,8 +416,11 @@ class UnCLIPPipeline:
         eta: float | None = None,
         sampler: str | None = None,
         progress: ProgressFn | None = None,
+        null_text: TextEmbedding | None = None,
     ) -> Tensor:
-        """z_i [B, D] (+ captions) -> final images [B, 3, S, S] in [-1, 1] through the decoder and upsamplers."""
+        """z_i [B, D] (+ captions) -> final images [B, 3, S, S] in [-1, 1] through the decoder and upsamplers.
+
+        ``null_text`` overrides the cached "" encoding of ``decoder_uncond="empty_text"`` (batch 1 or B)."""
         image = sample_decoder(
             self.decoder.model,
             self.decoder.diffusion,
@@ -423,7 +433,7 @@ class UnCLIPPipeline:
             generator=generator,
             x_T=x_T,
             progress=progress,
-            null_text=self._decoder_null_text(),
+            null_text=self._decoder_null_text(null_text),
         )
         for i, stage in enumerate(self.upsamplers, start=1):
             image = sample_upsampler(
@@ -485,9 +495,14 @@ class UnCLIPPipeline:
             eta=eta,
         )
         generator = self._generator(generator, seed)
-        text = self.embed_prompts([p for p in prompts for _ in range(n)])
+        # each prompt encoded once, then repeated; the null caption encoded once per prompt (diffusers' batches,
+        # so that the text features, and with them the images, match diffusers' bit for bit)
+        unique = self.embed_prompts(prompts)
+        index = torch.arange(len(prompts), device=unique.pooled.device).repeat_interleave(n)
+        text = unique[index]
+        null = self.clip.embed_text([""] * len(prompts))[index] if len(prompts) > 1 else None
         if image_embeddings is None:
-            z_i = self.run_prior(text, settings, generator, progress)
+            z_i = self.run_prior(text, settings, generator, progress, null_text=null)
         else:
             if image_embeddings.shape != (len(prompts) * n, self.clip.dim):
                 raise ValueError(
@@ -495,7 +510,7 @@ class UnCLIPPipeline:
                     f"got {tuple(image_embeddings.shape)}"
                 )
             z_i = image_embeddings
-        images = self.decode(z_i, text, settings, generator, progress=progress)
+        images = self.decode(z_i, text, settings, generator, progress=progress, null_text=null)
         out = tensor_to_output(images, output_type)
         if return_embeddings:
             return UnCLIPOutput(out, z_i.float().cpu(), text.pooled.float().cpu())
