@@ -65,9 +65,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(
-            f"unknown field(s) {unknown} for {cls.__name__}; expected a subset of {sorted(names)}"
-        )
+        raise ValueError(f"unknown field(s) {unknown} for {cls.__name__}; expected a subset of {sorted(names)}")
     kwargs = {k: _convert(hints[k], v) for k, v in data.items()}
     return cls(**kwargs)
 

@@ -42,9 +42,7 @@ def model_config(kind: str, preset: str) -> Any:
     """The config dataclass of preset ``preset`` of ``kind``."""
     _, presets = _lookup(kind)
     if preset not in presets:
-        raise ValueError(
-            f"unknown preset {preset!r} for model kind {kind!r}; choose one of {sorted(presets)}"
-        )
+        raise ValueError(f"unknown preset {preset!r} for model kind {kind!r}; choose one of {sorted(presets)}")
     return presets[preset]()
 
 

@@ -31,9 +31,7 @@ class TrainTask(Protocol):
     def get_batch(self, indices: list[int], device: torch.device) -> Any:
         """The batch for these global sample indices, on ``device``. Deterministic in ``indices``."""
 
-    def loss(
-        self, model: nn.Module, batch: Any, generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean loss over the batch (a scalar tensor) and extra scalar metrics to log.
 
         ``generator`` is on the batch's device and seeded by the loop per (step, rank, micro-step): draw
