@@ -84,39 +84,23 @@ def command(
     """Train the small CLIP contrastively on the shapes world; export EMA weights to OUT/model."""
     import torch
 
+    from unclip.cli.train_common import train_config
     from unclip.encoders.own_clip import OwnClipEncoder
     from unclip.io import atomic_write_text
     from unclip.models.clip import PRESETS
     from unclip.train.clip_task import ClipTask, evaluate_retrieval
-    from unclip.train.config import TrainConfig
     from unclip.train.loop import run_training
 
     if data_seed == eval_seed:
         raise click.BadParameter(f"must differ from --data-seed ({data_seed})", param_hint="--eval-seed")
-    if batch_size % grad_accum:
-        raise click.BadParameter(
-            f"{batch_size} is not divisible by --grad-accum {grad_accum}", param_hint="--batch-size"
+    config = train_config(
+        dict(
+            steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
+            weight_decay=weight_decay, grad_clip=1.0, ema_decay=ema_decay, precision=precision, seed=seed,
+            log_every=log_every, ckpt_every=ckpt_every, eval_every=eval_every, device=device, threads=threads,
+            max_minutes=max_minutes, fsdp=False, grad_checkpointing=False,
         )
-    try:
-        config = TrainConfig(
-            steps=steps,
-            batch_size=batch_size,
-            grad_accum=grad_accum,
-            lr=lr,
-            warmup_steps=min(warmup_steps, steps),
-            weight_decay=weight_decay,
-            ema_decay=ema_decay,
-            precision=precision,
-            seed=seed,
-            log_every=log_every,
-            ckpt_every=ckpt_every,
-            eval_every=eval_every,
-            device=device,
-            num_threads=threads,
-            max_minutes=max_minutes,
-        )
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
+    )  # fmt: skip
     clip_config = PRESETS[preset]()
     if image_norm is not None:
         clip_config = dataclasses.replace(clip_config, image_norm=image_norm)

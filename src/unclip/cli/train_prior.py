@@ -96,40 +96,24 @@ def command(
     """Train a prior (--kind diffusion | ar) on a shapes cache; export EMA weights to OUT/model."""
     import torch
 
+    from unclip.cli.train_common import train_config
     from unclip.encoders.loading import load_clip
     from unclip.eval.prior_metrics import format_table, measure_prior_dirs, results_to_json
     from unclip.io import atomic_write_text
-    from unclip.train.config import TrainConfig
     from unclip.train.loop import run_training
     from unclip.train.prior_task import ARPriorTask, DiffusionPriorTask, null_text_for_cache
     from unclip.train.shapes_cache import ShapesCache
 
     if threads is not None:
         torch.set_num_threads(threads)
-    if batch_size % grad_accum:
-        raise click.BadParameter(
-            f"{batch_size} is not divisible by --grad-accum {grad_accum}", param_hint="--batch-size"
+    config = train_config(
+        dict(
+            steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
+            weight_decay=weight_decay, grad_clip=1.0, ema_decay=ema_decay, precision=precision, seed=seed,
+            log_every=log_every, ckpt_every=ckpt_every, eval_every=eval_every, device=device, threads=threads,
+            max_minutes=max_minutes, fsdp=False, grad_checkpointing=False,
         )
-    try:
-        config = TrainConfig(
-            steps=steps,
-            batch_size=batch_size,
-            grad_accum=grad_accum,
-            lr=lr,
-            warmup_steps=min(warmup_steps, steps),
-            weight_decay=weight_decay,
-            ema_decay=ema_decay,
-            precision=precision,
-            seed=seed,
-            log_every=log_every,
-            ckpt_every=ckpt_every,
-            eval_every=eval_every,
-            device=device,
-            num_threads=threads,
-            max_minutes=max_minutes,
-        )
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
+    )  # fmt: skip
     try:
         cache = ShapesCache.load(cache_dir)
     except (FileNotFoundError, KeyError, ValueError) as err:
