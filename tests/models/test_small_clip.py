@@ -141,6 +141,17 @@ def test_contrastive_loss_matches_a_float64_loop():
     assert abs(float(contrastive_loss(logits, targets)) - expected) < 1e-12
     eye_expected = 0.5 * (ce(logits, torch.eye(5)) + ce(logits.t(), torch.eye(5)))
     assert abs(float(contrastive_loss(logits)) - eye_expected) < 1e-12
+    # extra texts (hard negatives): all columns in image->text; text->image only for columns with a match
+    wide = torch.cat([logits, torch.randn(5, 3, dtype=torch.float64)], 1)
+    wide_targets = torch.cat([targets, torch.zeros(5, 3, dtype=torch.float64)], 1)
+    wide_targets[2, 6] = 1  # extra text 6 happens to describe image 2
+    cols = [0, 1, 2, 3, 4, 6]
+    expected = 0.5 * (ce(wide, wide_targets) + ce(wide.t()[cols], wide_targets.t()[cols]))
+    assert abs(float(contrastive_loss(wide, wide_targets)) - expected) < 1e-12
+    with pytest.raises(ValueError, match="T >= B"):
+        contrastive_loss(wide.t(), wide_targets.t())
+    with pytest.raises(ValueError, match="at least one matching text"):
+        contrastive_loss(wide, torch.zeros_like(wide))
 
 
 def test_tiny_clip_learns_where_a_square_is():

@@ -1,12 +1,14 @@
 import json
 
+import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
 from unclip.cli.main import cli
 from unclip.data.shapes import ShapesWorld
 from unclip.encoders.loading import load_clip
-from unclip.train.clip_task import ClipTask, caption_matches, evaluate_retrieval
+from unclip.train.clip_task import ClipTask, caption_matches, evaluate_retrieval, hard_negative_spec
 from unclip.train.task import TrainTask
 
 
@@ -42,8 +44,18 @@ def test_batches_are_deterministic_and_targets_include_the_diagonal():
     a = task.get_batch([10, 11, 12, 13, 14, 15], torch.device("cpu"))
     b = task.get_batch([10, 11, 12, 13, 14, 15], torch.device("cpu"))
     assert torch.equal(a.images, b.images) and torch.equal(a.ids, b.ids) and torch.equal(a.targets, b.targets)
-    assert a.images.shape == (6, 3, 16, 16) and a.ids.shape == (6, 16)
-    assert torch.all(a.targets.diagonal() == 1)
+    assert a.images.shape == (6, 3, 16, 16) and a.ids.shape == (12, 16)  # 6 captions + 6 hard negatives
+    assert a.targets.shape == (6, 12) and torch.all(a.targets.diagonal() == 1)
+    # a hard negative counts as a match exactly when it describes the image (checked by the spec reader)
+    samples = [task.world.sample(i) for i in range(10, 16)]
+    for k, s in enumerate(samples):
+        rng = np.random.default_rng([3, s.index, 7])
+        negative = hard_negative_spec(s.specified, rng)
+        for i, other in enumerate(samples):
+            assert a.targets[i, 6 + k] == float(caption_matches(negative, other.record))
+        assert a.targets[k, 6 + k] == 0  # never describes its own image
+    plain = ClipTask("tiny", data_seed=3, eval_seed=4, hard_negatives=0).get_batch([10, 11], torch.device("cpu"))
+    assert plain.ids.shape[0] == 2 and plain.targets.shape == (2, 2)
     model = task.build_model()
     loss, metrics = task.loss(model, a, torch.Generator())
     assert loss.ndim == 0 and loss.requires_grad and {"i2t_top1_batch", "inv_temperature"} <= set(metrics)
@@ -84,3 +96,23 @@ def test_probe_attributes_reads_what_the_embedding_holds():
     out = probe_attributes(BackgroundOnly(), num_scenes=300, num_fit=200, size=16)
     assert out["background"] == 1.0
     assert out["shape"] < out["chance/shape"] + 0.15
+
+
+def test_hard_negative_spec_changes_exactly_one_named_attribute():
+    world = ShapesWorld(seed=8, full_caption_prob=0.5)
+    rng = np.random.default_rng(0)
+    changed = {}
+    for i in range(400):
+        spec = world.sample(i).specified
+        neg = hard_negative_spec(spec, rng)
+        diffs = [("relation", None)] if neg.get("relation") != spec.get("relation") else []
+        for k, (a, b) in enumerate(zip(spec["objects"], neg["objects"])):
+            assert set(a) == set(b)
+            diffs += [(key, k) for key in a if a[key] != b[key]]
+        assert len(diffs) == 1 and neg.get("background") == spec.get("background")
+        changed[diffs[0][0]] = changed.get(diffs[0][0], 0) + 1
+        assert not caption_matches(neg, world.sample(i).record)
+    # colour and shape dominate (odds 4:1 against each other attribute)
+    assert changed["colour"] > 2 * changed.get("size", 0) and changed["shape"] > 2 * changed.get("fill", 0)
+    with pytest.raises(ValueError, match="hard_negatives"):
+        ClipTask("tiny", data_seed=3, eval_seed=4, hard_negatives=-1)

@@ -17,6 +17,7 @@ from _toy_task import ToyTask  # noqa: E402
 from unclip.config import load_config  # noqa: E402
 from unclip.train import TrainConfig, TrainTask, run_training  # noqa: E402
 from unclip.train import checkpoint as ckpt_lib  # noqa: E402
+from unclip.train.config import result_field_differences  # noqa: E402
 from unclip.train.dist import shard_indices  # noqa: E402
 from unclip.train.ema import ema_decay_at, update_ema  # noqa: E402
 from unclip.train.lr_schedule import lr_at  # noqa: E402
@@ -364,3 +365,19 @@ def test_sigterm_stops_cleanly_with_checkpoint_then_resume_exact(tmp_path):
     resumed = run_training(ToyTask(**task_kw), c, tmp_path / "cut", progress=False)
     assert state_equal(resumed.model.state_dict(), full.model.state_dict())
     assert state_equal(resumed.ema_model.state_dict(), full.ema_model.state_dict())
+
+
+def test_init_from_starts_at_another_runs_ema_weights(tmp_path):
+    first = run_training(ToyTask(), cfg(steps=30), tmp_path / "a", progress=False)
+    # zero learning rate: the fine-tune's weights stay exactly the first run's EMA weights
+    tuned = run_training(
+        ToyTask(), cfg(steps=3, lr=1e-12, init_from=str(tmp_path / "a")), tmp_path / "b", progress=False
+    )
+    for name, value in first.ema_model.state_dict().items():
+        assert torch.allclose(tuned.model.state_dict()[name], value, atol=1e-9), name
+    fresh = run_training(ToyTask(), cfg(steps=3, lr=1e-12), tmp_path / "c", progress=False)
+    assert not state_equal(fresh.model.state_dict(), tuned.model.state_dict())
+    with pytest.raises(ValueError, match="init_from="):
+        run_training(ToyTask(), cfg(steps=3, init_from=str(tmp_path / "nowhere")), tmp_path / "d", progress=False)
+    # resuming with another init_from would change the result: refused like any result field
+    assert [d[0] for d in result_field_differences({"init_from": "x"}, {"init_from": None})] == ["init_from"]

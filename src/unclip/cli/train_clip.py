@@ -42,6 +42,13 @@ _DTYPES = {"fp16": "float16", "fp32": "float32"}
     "--eval-seed", type=click.IntRange(min=0), default=1_000_003, show_default=True, help="Held-out world seed."
 )
 @click.option("--full-caption-prob", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option(
+    "--hard-negatives",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Altered copies of each caption (mostly another colour or shape) added as extra negatives.",
+)
 @click.option("--eval-every", type=click.IntRange(min=0), default=250, show_default=True, help="0 = never.")
 @click.option("--eval-pairs", type=click.IntRange(min=2), default=500, show_default=True)
 @click.option("--final-eval-pairs", type=click.IntRange(min=0), default=1000, show_default=True, help="0 = skip.")
@@ -69,6 +76,7 @@ def command(
     data_seed: int,
     eval_seed: int,
     full_caption_prob: float,
+    hard_negatives: int,
     eval_every: int,
     eval_pairs: int,
     final_eval_pairs: int,
@@ -109,6 +117,7 @@ def command(
         data_seed=data_seed,
         eval_seed=eval_seed,
         full_caption_prob=full_caption_prob,
+        hard_negatives=hard_negatives,
         eval_pairs=eval_pairs,
         export_dtype=getattr(torch, _DTYPES[export_dtype]),
     )

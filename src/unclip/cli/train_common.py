@@ -53,6 +53,12 @@ def train_options(*, steps: int, batch_size: int, lr: float, warmup: int = 100, 
             show_default=True,
             help="Recompute activations in the backward pass to save memory.",
         ),  # fmt: skip
+        click.option(
+            "--init-from",
+            type=click.Path(exists=True),
+            default=None,
+            help="Fine-tune: start from the EMA weights of another run (its directory or checkpoint.pt).",
+        ),  # fmt: skip
         click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt."),
         click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."),
     ]
@@ -68,7 +74,7 @@ def train_options(*, steps: int, batch_size: int, lr: float, warmup: int = 100, 
 TRAIN_KEYS = (
     "steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "grad_clip", "ema_decay",
     "precision", "seed", "log_every", "ckpt_every", "eval_every", "device", "threads", "max_minutes", "fsdp",
-    "grad_checkpointing",
+    "grad_checkpointing", "init_from",
 )  # fmt: skip
 
 
@@ -76,7 +82,7 @@ def train_config(options: dict[str, Any]):
     """A validated TrainConfig from the options of :func:`train_options` (usage error naming a bad value)."""
     from unclip.train.config import TrainConfig
 
-    values = {k: options[k] for k in TRAIN_KEYS}
+    values = {k: options.get(k) for k in TRAIN_KEYS}  # commands without --init-from leave it None
     values["num_threads"] = values.pop("threads")
     values["warmup_steps"] = min(values["warmup_steps"], values["steps"])
     if values["batch_size"] % values["grad_accum"]:

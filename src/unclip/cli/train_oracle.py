@@ -56,6 +56,12 @@ import click
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option(
+    "--init-from",
+    type=click.Path(exists=True),
+    default=None,
+    help="Fine-tune: start from the EMA weights of another oracle run (its directory or checkpoint.pt).",
+)
 @click.option("--fresh", is_flag=True, help="Start over instead of resuming from DIR/checkpoint.pt.")
 @click.option(
     "-o",
@@ -67,7 +73,8 @@ import click
 )
 def command(steps: int, batch_size: int, lr: float, warmup_steps: int, weight_decay: float, ema_decay: float,
             preset: str, seed: int, data_seed: int, two_object_prob: float, eval_every: int, ckpt_every: int,
-            max_minutes: float | None, threads: int | None, device: str, precision: str, fresh: bool,
+            max_minutes: float | None, threads: int | None, device: str, precision: str, init_from: str | None,
+            fresh: bool,
             out: Path) -> None:  # fmt: skip
     """Train the shapes oracle (attribute classifier and Fréchet feature network)."""
     from unclip.eval.oracle_net import PRESETS
@@ -90,6 +97,7 @@ def command(steps: int, batch_size: int, lr: float, warmup_steps: int, weight_de
             num_threads=threads,
             device=device,
             precision=precision,
+            init_from=init_from,
         )
         task = OracleTask(PRESETS[preset](), OracleTaskConfig(data_seed=data_seed, two_object_prob=two_object_prob))
     except ValueError as err:

@@ -298,24 +298,33 @@ class SmallCLIP(nn.Module):
 
 
 def contrastive_loss(logits: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE over a [B, B] logit matrix (rows images, columns texts).
+    """Symmetric InfoNCE over a [B, T] logit matrix (rows images, columns texts, T >= B).
 
     Args:
-        logits: [B, B] scaled similarities.
-        targets: optional [B, B] non-negative matrix, row i > 0 where text j is a correct match for image i
-            (e.g. identical captions); defaults to the identity. Each direction uses its rows/columns
-            normalised to sum to 1 as soft targets.
+        logits: [B, T] scaled similarities. Columns beyond the B paired captions are extra texts (hard
+            negatives), scored only in the image->text direction unless ``targets`` marks them as a match.
+        targets: optional [B, T] non-negative matrix, > 0 where text j is a correct match for image i
+            (e.g. identical captions); defaults to the identity (then T must equal B). Every row needs a
+            match. The image->text term uses each row normalised to sum 1 as soft targets; the text->image
+            term does the same for every column that matches some image.
     Returns:
         scalar: mean of the image->text and text->image cross-entropies.
     """
-    if logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
-        raise ValueError(f"logits must be square [B, B], got {tuple(logits.shape)}")
+    if logits.ndim != 2 or logits.shape[1] < logits.shape[0]:
+        raise ValueError(f"logits must be [B, T] with T >= B, got {tuple(logits.shape)}")
     if targets is None:
+        if logits.shape[0] != logits.shape[1]:
+            raise ValueError(f"without targets the logits must be square, got {tuple(logits.shape)}")
         labels = torch.arange(logits.shape[0], device=logits.device)
         return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+    if targets.shape != logits.shape:
+        raise ValueError(f"targets {tuple(targets.shape)} must have the logits' shape {tuple(logits.shape)}")
     targets = targets.to(logits.dtype)
-    row = targets / targets.sum(1, keepdim=True)
-    col = targets.t() / targets.t().sum(1, keepdim=True)
-    loss_i = -(row * logits.log_softmax(1)).sum(1).mean()
-    loss_t = -(col * logits.t().log_softmax(1)).sum(1).mean()
+    row_sum = targets.sum(1, keepdim=True)
+    if bool((row_sum <= 0).any()):
+        raise ValueError("every image (row of targets) needs at least one matching text")
+    loss_i = -(targets / row_sum * logits.log_softmax(1)).sum(1).mean()
+    matched = targets.sum(0) > 0  # texts that describe some image in the batch
+    col = targets.t()[matched]
+    loss_t = -(col / col.sum(1, keepdim=True) * logits.t()[matched].log_softmax(1)).sum(1).mean()
     return 0.5 * (loss_i + loss_t)

@@ -10,6 +10,11 @@ Partial captions match many images ("a star" fits every one-star scene), so the 
 names all hold in scene i (:func:`caption_matches`). Under DDP the contrastive batch is each rank's
 micro-batch (no all-gather).
 
+*Hard negatives* (``hard_negatives`` per caption, default 1): copies of the batch's captions with one named
+attribute changed (:func:`hard_negative_spec`: mostly the object's colour or shape, the attributes a random
+batch rarely needs to tell apart, which is why z_i had lost them) are appended as extra texts; they count as
+a match only for an image they truly describe.
+
 :func:`evaluate_retrieval` measures image->text top-1 retrieval among N held-out pairs (a world seed
 never used for training) for any :class:`ClipEncoder`.
 """
@@ -22,11 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from unclip.data.shapes import ShapesWorld, full_caption, images_to_tensor
+from unclip.data.shapes_captions import COLOURS, FILLS, POSITIONS, RELATIONS, SHAPES, SIZES, caption_from_spec
 from unclip.encoders.base import ClipEncoder
 from unclip.encoders.own_clip import OwnClipEncoder
 from unclip.encoders.tokenizer import WordByteTokenizer
@@ -61,9 +68,37 @@ def caption_matches(spec: dict[str, Any], record: dict[str, Any]) -> bool:
     return objects_fit(objects[::-1]) and spec.get("relation") == _INVERSE_RELATION.get(record["relation"])
 
 
+_VALUES = {"colour": COLOURS, "shape": SHAPES, "size": SIZES, "fill": FILLS, "position": POSITIONS}
+# Relative odds of the attribute a hard negative changes (among those the caption names).
+_NEGATIVE_WEIGHTS = {"colour": 4.0, "shape": 4.0, "size": 1.0, "fill": 1.0, "position": 1.0, "relation": 1.0}
+
+
+def hard_negative_spec(spec: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """A copy of the caption specification ``spec`` with one named attribute changed to another value.
+
+    The attribute is drawn among the named object attributes (and the relation of two-object captions)
+    with the odds of ``_NEGATIVE_WEIGHTS``: colour and shape four times as often as the others.
+    """
+    choices: list[tuple[int | None, str]] = [
+        (i, key) for i, obj in enumerate(spec["objects"]) for key in _VALUES if key in obj
+    ]
+    if spec.get("relation") is not None:
+        choices.append((None, "relation"))
+    weights = np.array([_NEGATIVE_WEIGHTS[key] for _, key in choices])
+    index, key = choices[int(rng.choice(len(choices), p=weights / weights.sum()))]
+    out = {**spec, "objects": [dict(obj) for obj in spec["objects"]]}
+    if index is None:
+        out["relation"] = str(rng.choice([r for r in RELATIONS if r != spec["relation"]]))
+    else:
+        old = out["objects"][index][key]
+        out["objects"][index][key] = str(rng.choice([v for v in _VALUES[key] if v != old]))
+    return out
+
+
 @dataclass
 class ClipBatch:
-    """images [B, 3, S, S] in [-1, 1]; ids/mask [B, L]; targets [B, B] float (1 where text j fits image i)."""
+    """images [B, 3, S, S] in [-1, 1]; ids/mask [T, L] (T >= B texts: the B captions, then hard negatives);
+    targets [B, T] float (1 where text j fits image i)."""
 
     images: torch.Tensor
     ids: torch.Tensor
@@ -80,6 +115,7 @@ class ClipTask:
         eval_seed: world seed of the held-out pairs used by :meth:`evaluate` (must differ from ``data_seed``).
         full_caption_prob: probability that a training caption is the full caption.
         eval_pairs: held-out pairs scored at each periodic evaluation.
+        hard_negatives: altered copies of each caption added as extra texts (:func:`hard_negative_spec`).
         export_dtype: dtype of the exported weights (fp16 halves the size; loading casts back to fp32).
     """
 
@@ -93,6 +129,7 @@ class ClipTask:
         full_caption_prob: float = 0.5,
         eval_pairs: int = 500,
         export_dtype: torch.dtype = torch.float16,
+        hard_negatives: int = 1,
     ):
         if isinstance(config, str):
             if config not in PRESETS:
@@ -100,6 +137,8 @@ class ClipTask:
             config = PRESETS[config]()
         if data_seed == eval_seed:
             raise ValueError(f"eval_seed must differ from data_seed (both {data_seed}): held-out pairs must be unseen")
+        if not isinstance(hard_negatives, int) or hard_negatives < 0:
+            raise ValueError(f"hard_negatives must be an integer >= 0, got {hard_negatives!r}")
         if eval_pairs < 2:
             raise ValueError(f"eval_pairs must be >= 2, got {eval_pairs}")
         self.config = config
@@ -109,6 +148,8 @@ class ClipTask:
         self.world = ShapesWorld(seed=data_seed, full_caption_prob=full_caption_prob)
         self.eval_seed = eval_seed
         self.eval_pairs = eval_pairs
+        self.hard_negatives = hard_negatives
+        self.data_seed = data_seed
         self.export_dtype = export_dtype
 
     def build_model(self) -> nn.Module:
@@ -117,9 +158,16 @@ class ClipTask:
     def get_batch(self, indices: list[int], device: torch.device) -> ClipBatch:
         samples = [self.world.sample(i) for i in indices]
         images = images_to_tensor([self.world.render(s.scene, self.config.image_size) for s in samples])
-        ids, mask = self.tokenizer([s.caption for s in samples])
+        specs = [s.specified for s in samples]
+        captions = [s.caption for s in samples]
+        for s in samples:
+            rng = np.random.default_rng([self.data_seed, s.index, 7])  # a pure function of the sample
+            for _ in range(self.hard_negatives):
+                specs.append(hard_negative_spec(s.specified, rng))
+                captions.append(caption_from_spec(specs[-1]))
+        ids, mask = self.tokenizer(captions)
         targets = torch.tensor(
-            [[float(caption_matches(t.specified, s.record)) for t in samples] for s in samples], dtype=torch.float32
+            [[float(caption_matches(spec, s.record)) for spec in specs] for s in samples], dtype=torch.float32
         )
         return ClipBatch(images.to(device), ids.to(device), mask.to(device), targets.to(device))
 

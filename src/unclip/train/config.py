@@ -33,6 +33,7 @@ RESULT_FIELDS = (
     "ema_warmup",
     "precision",
     "seed",
+    "init_from",
 )
 
 
@@ -75,6 +76,9 @@ class TrainConfig:
             that do not fit one device. Checkpoints keep the single-device format.
         grad_checkpointing: re-compute each block's activations in the backward pass instead of storing
             them (less memory, ~1/3 more compute, the same gradients); see ``unclip.train.parallel``.
+        init_from: start a new run (fine-tune) from the EMA weights of another run: its directory or its
+            ``checkpoint.pt``. Optimizer, schedule, step count and data position start fresh; ignored when
+            this run resumes from its own checkpoint. ``None`` = random initialisation.
     """
 
     steps: int = 1000
@@ -100,6 +104,7 @@ class TrainConfig:
     ddp_find_unused_parameters: bool = False
     fsdp: bool = False
     grad_checkpointing: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -158,6 +163,8 @@ class TrainConfig:
             raise bad("num_threads", "must be an integer >= 1, or None")
         if self.max_minutes is not None and (not is_real(self.max_minutes) or self.max_minutes <= 0):
             raise bad("max_minutes", "must be a finite number > 0, or None")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise bad("init_from", "must be a path (a run directory or its checkpoint.pt), or None")
         for name in ("ddp_find_unused_parameters", "fsdp", "grad_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a bool")

@@ -189,6 +189,20 @@ def _resume_state(task: TrainTask, config: TrainConfig, out_dir: Path, info: Dis
     return ckpt
 
 
+def _load_init_weights(model: nn.Module, source: Path, task_name: str) -> None:
+    """Load the EMA weights of another run (its directory or its checkpoint file) into ``model``."""
+    path = source / ckpt_lib.CHECKPOINT_NAME if source.is_dir() else source
+    if not path.is_file():
+        raise ValueError(f"init_from={str(source)!r}: no checkpoint at {path}")
+    ckpt = ckpt_lib.load_checkpoint(path)
+    if ckpt.get("task") != task_name:
+        raise ValueError(f"init_from={str(source)!r} belongs to task {ckpt.get('task')!r}, not {task_name!r}")
+    try:
+        model.load_state_dict(ckpt["ema"])
+    except RuntimeError as err:
+        raise ValueError(f"init_from={str(source)!r} does not fit the task's model: {str(err).splitlines()[0]}") from None
+
+
 def run_training(
     task: TrainTask,
     config: TrainConfig,
@@ -234,6 +248,8 @@ def run_training(
         model = task.build_model()
         if not isinstance(model, nn.Module):
             raise TypeError(f"task {task.name!r}: build_model() must return an nn.Module, got {type(model).__name__}")
+        if config.init_from is not None:  # a resumed run's own checkpoint overrides these below
+            _load_init_weights(model, Path(config.init_from), task.name)
         sharded = config.fsdp and info.distributed
         if not sharded:
             model.to(device)
