@@ -200,7 +200,8 @@ def _load_init_weights(model: nn.Module, source: Path, task_name: str) -> None:
     try:
         model.load_state_dict(ckpt["ema"])
     except RuntimeError as err:
-        raise ValueError(f"init_from={str(source)!r} does not fit the task's model: {str(err).splitlines()[0]}") from None
+        first_line = str(err).splitlines()[0]
+        raise ValueError(f"init_from={str(source)!r} does not fit the task's model: {first_line}") from None
 
 
 def run_training(
