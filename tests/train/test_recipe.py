@@ -28,6 +28,22 @@ def test_test_recipe_trains_every_stage_and_resumes(tmp_path):
     assert (out / "decoder" / "model" / "model.safetensors").read_bytes() == weights  # resumed, not retrained
     assert json.loads((out / "recipe.json").read_text())["name"] == "test"
 
+    # a second run takes the first run's upsampler instead of training one (it depends on images only)
+    second = tmp_path / "second"
+    args = ["train", "shapes", "--recipe", "test", "-o", str(second), "--no-progress"]
+    reused = CliRunner().invoke(cli, args + ["--reuse-upsampler", str(out / "pipeline")])
+    assert reused.exit_code == 0, reused.output
+    assert not (second / "upsampler" / "checkpoint.pt").exists()
+    upsampler_weights = (out / "pipeline" / "upsampler_1" / "model.safetensors").read_bytes()
+    assert (second / "pipeline" / "upsampler_1" / "model.safetensors").read_bytes() == upsampler_weights
+    # an upsampler of other sizes is refused, naming the mismatch
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    config = json.loads((out / "pipeline" / "upsampler_1" / "config.json").read_text())
+    (wrong / "config.json").write_text(json.dumps({**config, "image_size": 2 * config["image_size"]}))
+    bad = CliRunner().invoke(cli, args + ["--reuse-upsampler", str(wrong)])
+    assert bad.exit_code != 0 and "image_size" in bad.output
+
 
 def test_recipes_are_valid_and_unknown_names_fail():
     for name in RECIPES:

@@ -21,13 +21,24 @@ import click
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads.")
 @click.option("--install", is_flag=True, help="Copy the trained pipeline into the package (built-in 'shapes').")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
-def command(recipe_name: str, out_dir: str, device: str, threads: int | None, install: bool, progress) -> None:
+@click.option(
+    "--reuse-upsampler",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Take the upsampler of this pipeline (e.g. an earlier run's pipeline/) instead of training it; "
+    "it depends only on rendered images, not on CLIP.",
+)
+def command(recipe_name: str, out_dir: str, device: str, threads: int | None, install: bool, progress,
+            reuse_upsampler: str | None) -> None:  # fmt: skip
     """Train CLIP, cache, prior, decoder and upsampler of the shapes model, then assemble the pipeline."""
     from unclip.train.recipe import get_recipe, train_shapes
 
     try:
         recipe = get_recipe(recipe_name, device)
-        path = train_shapes(recipe, out_dir, device=device, threads=threads, progress=progress, install=install)
+        path = train_shapes(
+            recipe, out_dir, device=device, threads=threads, progress=progress, install=install,
+            reuse_upsampler=reuse_upsampler,
+        )  # fmt: skip
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"pipeline: {path}")

@@ -138,6 +138,30 @@ def _say(message: str) -> None:
     print(f"[train shapes] {message}", flush=True)
 
 
+def _reuse_upsampler(source: Path, target: Path, task) -> None:
+    """Copy an already trained upsampler (``source``: a pipeline or model directory) to ``target``."""
+    from unclip.config import config_to_dict, load_config
+    from unclip.diffusion.stage_config import DiffusionConfig
+    from unclip.models.upsampler_unet import UpsamplerConfig
+    from unclip.train.decoder_task import DIFFUSION_FILE
+
+    model_dir = source / "upsampler_1" if (source / "upsampler_1").is_dir() else source
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"reuse_upsampler={str(source)!r}: no upsampler model (config.json) there")
+    found = config_to_dict(load_config(UpsamplerConfig, model_dir / "config.json"))
+    wanted = config_to_dict(task.model_config)
+    if (model_dir / DIFFUSION_FILE).is_file():
+        found["diffusion"] = config_to_dict(load_config(DiffusionConfig, model_dir / DIFFUSION_FILE))
+        wanted["diffusion"] = config_to_dict(task.diffusion)
+    diffs = [f"{k}: {found.get(k)!r} != {v!r}" for k, v in wanted.items() if found.get(k) != v]
+    if diffs:
+        raise ValueError(f"reuse_upsampler={str(source)!r} does not match the recipe's upsampler ({'; '.join(diffs)})")
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(model_dir, target)
+    _say(f"stage upsampler: reused {model_dir} (not trained)")
+
+
 def train_shapes(
     recipe: Recipe,
     out_dir: str | Path,
@@ -145,8 +169,15 @@ def train_shapes(
     threads: int | None = None,
     progress: bool | None = None,
     install: bool = False,
+    reuse_upsampler: str | Path | None = None,
 ) -> Path:
-    """Train every stage of ``recipe`` under ``out_dir`` in order (resumable); returns the pipeline dir."""
+    """Train every stage of ``recipe`` under ``out_dir`` in order (resumable); returns the pipeline dir.
+
+    ``reuse_upsampler``: a pipeline directory (its ``upsampler_1/``) or an upsampler model directory to
+    take instead of training the upsampler stage. The upsampler learns from the cache's rendered images
+    only (not from CLIP), so an earlier run of the same recipe's upsampler is what this run would train;
+    its config must match the recipe's sizes.
+    """
     from unclip.encoders.own_clip import OwnClipEncoder
     from unclip.models.serialization import load_model
     from unclip.pipeline import GenerationDefaults, Stage, UnCLIPPipeline
@@ -198,7 +229,10 @@ def train_shapes(
         ),
         cache=cache,
     )
-    train("upsampler", upsampler_task, recipe.upsampler)
+    if reuse_upsampler is None:
+        train("upsampler", upsampler_task, recipe.upsampler)
+    else:
+        _reuse_upsampler(Path(reuse_upsampler), out / "upsampler" / "model", upsampler_task)
 
     def stage(kind: str, name: str) -> Stage:
         from unclip.config import load_config
