@@ -18,8 +18,9 @@ def _tiny(**overrides) -> SmallCLIP:
 def test_presets_sizes():
     shapes = build_model("clip", "shapes", device="meta")
     n = sum(p.numel() for p in shapes.parameters())
-    assert 1.5e6 < n < 2.5e6
-    assert shapes.config.embed_dim == 128 and shapes.config.image_size == 64
+    assert 1.2e6 < n < 2.5e6
+    assert shapes.config.embed_dim == 128 and shapes.config.image_size == 32 and shapes.config.image_pooled
+    assert build_model("clip", "shapes64", device="meta").config.image_size == 64
     assert shapes.config.vocab_size >= WordByteTokenizer().vocab_size
     tiny = build_model("clip", "tiny")
     assert sum(p.numel() for p in tiny.parameters()) < 50_000
@@ -186,3 +187,18 @@ def test_config_validation():
     with pytest.raises(ValueError, match="image_norm"):
         ClipConfig(image_norm="layer")
     assert F.normalize(torch.ones(1, 2), dim=-1).shape == (1, 2)
+
+
+def test_pooled_branch_adds_a_position_free_summary():
+    model = _tiny(image_pooled=True, image_norm="batch")
+    tower = model.visual
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        first = tower.stages[0](torch.nn.functional.silu(tower.stem(x)))
+        flat = tower.to_map(tower.stages[1:](first)).flatten(1)
+        summary = torch.cat([first.amax((2, 3)), first.mean((2, 3))], 1)
+        expected = tower.proj(tower.norm(torch.cat([flat, summary], 1)))
+        assert torch.allclose(tower(x), expected, atol=1e-5)
+        assert summary.shape == (3, 2 * model.config.image_channels[0])
+    plain = _tiny(image_norm="batch")
+    assert plain.visual.proj.in_features + 2 * plain.config.image_channels[0] == tower.proj.in_features

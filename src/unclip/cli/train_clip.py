@@ -26,7 +26,7 @@ _DTYPES = {"fp16": "float16", "fp32": "float32"}
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Optimizer steps.")
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Global batch.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
-@click.option("--preset", type=click.Choice(["shapes", "tiny"]), default="shapes", show_default=True)
+@click.option("--preset", type=click.Choice(["shapes", "shapes64", "tiny"]), default="shapes", show_default=True)
 @click.option(
     "--image-norm", type=click.Choice(["channel", "batch", "group"]), default=None, help="Override the preset's."
 )

@@ -41,6 +41,9 @@ class ClipConfig:
         groups: GroupNorm groups (only with ``image_norm="group"``).
         image_norm: normalisation in the image tower: "channel" (:class:`ChannelNorm`, per pixel over
             channels), "batch" (BatchNorm) or "group" (GroupNorm, which lost colour, see ChannelNorm).
+        image_pooled: also feed the first stage's per-channel global max and mean (a position-free
+            summary of colour and fill) into the embedding, beside the flattened map. Without it the
+            contrastive loss learned geometry but left the object's colour out of z_i (docs/clip.md).
         vocab_size: text token ids are in [0, vocab_size).
         context_length: L, the maximum number of text tokens (positional embeddings).
         text_width: W, the text transformer width (= token-state width).
@@ -59,6 +62,7 @@ class ClipConfig:
     image_map_channels: int = 128
     groups: int = 8
     image_norm: str = "channel"
+    image_pooled: bool = False
     vocab_size: int = 512
     context_length: int = 32
     text_width: int = 128
@@ -90,9 +94,11 @@ class ClipConfig:
 
 
 PRESETS: dict[str, Callable[[], ClipConfig]] = {
-    # ~2.0 M parameters, D = 128: the shipped shapes-world CLIP. BatchNorm: after 320 steps it reached
-    # 0.64 image->text top-1 among 1,000 held-out full captions (GroupNorm 0.20, ChannelNorm 0.05).
-    "shapes": lambda: ClipConfig(image_norm="batch"),
+    # ~1.9 M parameters, D = 128, 32 px input: the shipped shapes-world CLIP (docs/clip.md has its numbers:
+    # BatchNorm learned geometry fastest; the pooled branch and hard-negative captions brought object colour).
+    "shapes": lambda: ClipConfig(image_size=32, image_channels=(32, 64, 128), image_norm="batch", image_pooled=True),
+    # The first shipped CLIP: 64 px, no pooled branch (its z_i carried no object colour).
+    "shapes64": lambda: ClipConfig(image_norm="batch"),
     # For tests: a few thousand parameters.
     "tiny": lambda: ClipConfig(
         embed_dim=16,
@@ -155,7 +161,8 @@ class _ResBlock(nn.Module):
 
 
 class ImageTower(nn.Module):
-    """[B, 3, S, S] in [-1, 1] -> [B, D]."""
+    """[B, 3, S, S] in [-1, 1] -> [B, D]: the flattened final map (+ optional pooled first-stage summary),
+    LayerNorm, linear projection."""
 
     def __init__(self, config: ClipConfig):
         super().__init__()
@@ -178,7 +185,8 @@ class ImageTower(nn.Module):
             cin = cout
         self.stages = nn.Sequential(*stages)
         self.to_map = nn.Conv2d(cin, c.image_map_channels, 1)
-        flat = c.image_map_channels * c.map_size**2
+        self.pooled = c.image_pooled
+        flat = c.image_map_channels * c.map_size**2 + (2 * c.image_channels[0] if c.image_pooled else 0)
         self.norm = nn.LayerNorm(flat)
         self.proj = nn.Linear(flat, c.embed_dim, bias=False)
 
@@ -189,8 +197,12 @@ class ImageTower(nn.Module):
             raise ValueError(f"images must be {self.image_size}×{self.image_size}, got {tuple(images.shape[-2:])}")
         # channels_last runs the convolutions ~3x faster on CPU (cpu_notes.md) and is harmless elsewhere.
         h = F.silu(self.stem(images.contiguous(memory_format=torch.channels_last)))
-        h = self.to_map(self.stages(h))
-        return self.proj(self.norm(h.flatten(1)))
+        if not self.pooled:
+            return self.proj(self.norm(self.to_map(self.stages(h)).flatten(1)))
+        first = self.stages[0](h)  # [B, C1, S/2, S/2]
+        summary = torch.cat([first.amax((2, 3)), first.mean((2, 3))], 1)  # [B, 2*C1], position-free
+        flat = self.to_map(self.stages[1:](first)).flatten(1)
+        return self.proj(self.norm(torch.cat([flat, summary], 1)))
 
 
 # ---------------------------------------------------------------------------------------------- text
