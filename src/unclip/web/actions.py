@@ -1,0 +1,169 @@
+"""Requests -> resolved parameters and the pipeline calls that run them (on the worker thread).
+
+Every parameter is resolved before the job is queued (the model's defaults filled in, a seed drawn when
+none was given), so the job, its events and its PNGs all carry the exact values that made the images;
+the same values on the command line (``unclip generate ... --seed S``) give the same pixels.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from PIL import Image
+
+from unclip.pipeline.options import GenerationDefaults
+from unclip.web.jobs import ProgressFn, RunFn
+from unclip.web.schemas import GenerateRequest, InterpolateRequest, TextDiffRequest, VariationsRequest
+
+SEED_RANGE = 2**31  # seeds the server draws (any seed up to 2**63 - 1 may be given)
+
+
+class FieldError(ValueError):
+    """A request value that the schema cannot judge alone (limits of this server, unknown image id ...)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = ("body", *loc)
+
+
+def _seed(seed: int | None) -> int:
+    return secrets.randbelow(SEED_RANGE) if seed is None else seed
+
+
+def _check_steps(params: dict[str, Any], names: tuple[str, ...], max_steps: int) -> None:
+    for name in names:
+        if params[name] > max_steps:
+            raise FieldError((name,), f"{name} = {params[name]} is above this server's limit of {max_steps}")
+    if params.get("sampler") == "unclip":
+        for name in names:
+            if params[name] < 2:
+                raise FieldError((name,), f"{name} must be >= 2 with sampler 'unclip', got {params[name]}")
+
+
+def _check_count(name: str, value: int, max_images: int) -> None:
+    if value > max_images:
+        raise FieldError((name,), f"{name} = {value} is above this server's limit of {max_images} images")
+
+
+def _labelled(images: list[Image.Image], params: dict[str, Any], extra: list[dict[str, Any]] | None = None):
+    return [(image, {**params, "index": i, **(extra[i] if extra else {})}) for i, image in enumerate(images)]
+
+
+def generate_job(pipe, req: GenerateRequest, model: str, max_steps: int, max_images: int) -> tuple[dict, RunFn]:
+    """Text to image: resolved parameters and the run function."""
+    d: GenerationDefaults = pipe.defaults
+    params = {
+        "kind": "generate",
+        "model": model,
+        "prompt": req.prompt,
+        "num_images_per_prompt": req.num_images_per_prompt,
+        "seed": _seed(req.seed),
+        "sampler": req.sampler or d.sampler,
+        "prior_steps": req.prior_steps or d.prior_steps,
+        "decoder_steps": req.decoder_steps or d.decoder_steps,
+        "upsampler_steps": req.upsampler_steps or d.upsampler_steps,
+        "prior_guidance_scale": (
+            d.prior_guidance_scale if req.prior_guidance_scale is None else req.prior_guidance_scale
+        ),
+        "decoder_guidance_scale": (
+            d.decoder_guidance_scale if req.decoder_guidance_scale is None else req.decoder_guidance_scale
+        ),
+        "best_of": req.best_of or d.best_of,
+        "eta": d.eta if req.eta is None else req.eta,
+    }
+    _check_count("num_images_per_prompt", req.num_images_per_prompt, max_images)
+    _check_steps(params, ("prior_steps", "decoder_steps", "upsampler_steps"), max_steps)
+
+    def run(progress: ProgressFn):
+        images = pipe(
+            params["prompt"],
+            num_images_per_prompt=params["num_images_per_prompt"],
+            seed=params["seed"],
+            sampler=params["sampler"],
+            prior_steps=params["prior_steps"],
+            decoder_steps=params["decoder_steps"],
+            upsampler_steps=params["upsampler_steps"],
+            prior_guidance_scale=params["prior_guidance_scale"],
+            decoder_guidance_scale=params["decoder_guidance_scale"],
+            best_of=params["best_of"],
+            eta=params["eta"],
+            progress=progress,
+        )
+        return _labelled(images, params)
+
+    return params, run
+
+
+def _decoder_params(pipe, req, kind: str, model: str, max_steps: int) -> dict[str, Any]:
+    d: GenerationDefaults = pipe.defaults
+    params = {
+        "kind": kind,
+        "model": model,
+        "seed": _seed(req.seed),
+        # image-to-image runs decode with DDIM; its step count defaults to the inversion's (pipe._ddim_settings)
+        "decoder_steps": req.decoder_steps or d.inversion_steps,
+        "decoder_guidance_scale": (
+            d.decoder_guidance_scale if req.decoder_guidance_scale is None else req.decoder_guidance_scale
+        ),
+    }
+    _check_steps(params, ("decoder_steps",), max_steps)
+    return params
+
+
+def variations_job(
+    pipe, req: VariationsRequest, image: Image.Image, source: dict, model: str, max_steps: int, max_images: int
+) -> tuple[dict, RunFn]:
+    """Variations of ``image`` (``source`` describes it: {"image_id": ...} or {"image": "upload"})."""
+    params = {**_decoder_params(pipe, req, "variations", model, max_steps), **source}
+    params.update(num_images=req.num_images, eta=req.eta)
+    _check_count("num_images", req.num_images, max_images)
+
+    def run(progress: ProgressFn):
+        images = pipe.vary(
+            image, num_images=params["num_images"], eta=params["eta"], seed=params["seed"],
+            decoder_steps=params["decoder_steps"], decoder_guidance_scale=params["decoder_guidance_scale"],
+            progress=progress,
+        )  # fmt: skip
+        return _labelled(images, params)
+
+    return params, run
+
+
+def interpolate_job(
+    pipe, req: InterpolateRequest, images: tuple[Image.Image, Image.Image], sources: dict, model: str,
+    max_steps: int, max_images: int,
+) -> tuple[dict, RunFn]:  # fmt: skip
+    """Frames between two images; each frame's PNG records its θ = index / (num_frames - 1)."""
+    params = {**_decoder_params(pipe, req, "interpolate", model, max_steps), **sources}
+    params.update(num_frames=req.num_frames, noise=req.noise)
+    _check_count("num_frames", req.num_frames, max(max_images, 2))
+    frames = req.num_frames
+
+    def run(progress: ProgressFn):
+        out = pipe.interpolate(
+            images[0], images[1], num_frames=frames, noise=params["noise"], seed=params["seed"],
+            decoder_steps=params["decoder_steps"], decoder_guidance_scale=params["decoder_guidance_scale"],
+            progress=progress,
+        )  # fmt: skip
+        return _labelled(out, params, [{"theta": i / (frames - 1)} for i in range(frames)])
+
+    return params, run
+
+
+def text_diff_job(
+    pipe, req: TextDiffRequest, image: Image.Image, source: dict, model: str, max_steps: int, max_images: int
+) -> tuple[dict, RunFn]:
+    """Text diff of ``image`` for each θ in ``req.thetas`` (each frame's PNG records its θ)."""
+    params = {**_decoder_params(pipe, req, "text-diff", model, max_steps), **source}
+    params.update(to_text=req.to_text, from_text=req.from_text, thetas=list(req.thetas))
+
+    def run(progress: ProgressFn):
+        out = pipe.edit(
+            image, to_text=params["to_text"], from_text=params["from_text"], thetas=params["thetas"],
+            seed=params["seed"], decoder_steps=params["decoder_steps"],
+            decoder_guidance_scale=params["decoder_guidance_scale"], progress=progress,
+        )  # fmt: skip
+        return _labelled(out, params, [{"theta": t} for t in params["thetas"]])
+
+    return params, run

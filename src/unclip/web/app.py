@@ -1,0 +1,326 @@
+"""The FastAPI application: ``create_app(pipe, config)``. API under ``/api/v1``, the page at ``/``, API docs at
+``/docs`` (a local page that renders the OpenAPI document; nothing is fetched from elsewhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, File, HTTPException, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+
+from unclip.config import config_to_dict
+from unclip.pipeline.options import MAX_PROMPT_CHARS
+from unclip.samplers.run import SAMPLER_NAMES
+from unclip.web import actions
+from unclip.web.config import (
+    MAX_BEST_OF,
+    MAX_ETA,
+    MAX_FRAMES,
+    MAX_GUIDANCE,
+    MAX_THETA,
+    MAX_THETAS,
+    MAX_UPLOAD_SIDE,
+    ServeConfig,
+)
+from unclip.web.jobs import Job, JobManager, QueueFull
+from unclip.web.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
+from unclip.web.schemas import (
+    GenerateRequest,
+    Health,
+    ImageInfo,
+    ImageRef,
+    InterpolateRequest,
+    JobInfo,
+    ServerConfigInfo,
+    TextDiffRequest,
+    VariationsRequest,
+)
+from unclip.web.store import ImageStore, StoredImage, decode_upload
+
+API = "/api/v1"
+STATIC = Path(str(resources.files("unclip.web") / "static"))
+KEEPALIVE_S = 15.0
+WaitQuery = Annotated[bool, Query(description="Answer when the job has finished (200) instead of at once (202).")]
+DownloadQuery = Annotated[bool, Query(description="Serve as an attachment.")]
+UploadFileField = Annotated[UploadFile, File(description="An image file (PNG, JPEG, WebP, ...).")]
+
+
+def image_info(item: StoredImage) -> dict[str, Any]:
+    url = f"{API}/images/{item.id}"
+    return ImageInfo(
+        id=item.id, url=url, download_url=f"{url}?download=1", width=item.width, height=item.height, kind=item.kind,
+        seed=item.seed, index=item.index, params=item.params, created=item.created,
+    ).model_dump()  # fmt: skip
+
+
+def job_info(job: Job) -> dict[str, Any]:
+    url = f"{API}/jobs/{job.id}"
+    progress = dict(zip(("stage", "step", "total"), job.progress)) if job.progress else None
+    return JobInfo(
+        id=job.id, kind=job.kind, status=job.status, position=job.position, progress=progress, params=job.params,
+        images=[image_info(i) for i in job.images], error=job.error, created=job.created, started=job.started,
+        finished=job.finished, links={"self": url, "events": f"{url}/events", "cancel": f"{url}/cancel"},
+    ).model_dump()  # fmt: skip
+
+
+def _field_error(loc: tuple, message: str, kind: str = "value_error") -> HTTPException:
+    return HTTPException(422, detail=[{"type": kind, "loc": list(loc), "msg": message}])
+
+
+def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
+    """The server around a loaded :class:`~unclip.pipeline.UnCLIPPipeline` (one job computes at a time)."""
+    config = config or ServeConfig()
+    store = ImageStore(config.store_images, config.store_bytes)
+    manager = JobManager(store, config.max_queue, config.keep_jobs, describe=job_info)
+    streams = {"open": 0}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        manager.start(asyncio.get_running_loop())
+        yield
+        await run_in_threadpool(manager.stop)
+
+    app = FastAPI(
+        title="unclip",
+        summary="unCLIP text-to-image: generation, variations, interpolations and text diffs",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=f"{API}/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.manager, app.state.store, app.state.config, app.state.pipe = manager, store, config, pipe
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
+    api = APIRouter(prefix=API)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def resolve(ref: ImageRef, field: str) -> tuple[Image.Image, dict[str, Any]]:
+        if ref.id is not None:
+            image = await run_in_threadpool(store.image, ref.id)
+            if image is None:
+                raise _field_error(("body", field, "id"), f"no stored image with id {ref.id!r} (unknown or dropped)")
+            return image, {f"{field}_id": ref.id}
+        text = ref.data.split(",", 1)[1] if ref.data.startswith("data:") else ref.data
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise _field_error(("body", field, "data"), "data is not valid base64") from None
+        try:
+            image = await run_in_threadpool(decode_upload, raw)
+        except ValueError as err:
+            raise _field_error(("body", field, "data"), str(err)) from None
+        return image, {f"{field}_id": None}
+
+    async def submit(request: Request, kind: str, build, wait: bool) -> Response:
+        try:
+            params, run = build()
+        except actions.FieldError as err:
+            raise _field_error(err.loc, str(err)) from None
+        try:
+            job = manager.submit(kind, params, run)
+        except QueueFull as err:
+            return JSONResponse(
+                {"detail": f"the server is busy: {manager.stats()['waiting']} jobs wait; retry later"},
+                status_code=429,
+                headers={"Retry-After": str(err.retry_after)},
+            )
+        if wait:
+            while not job.terminal:
+                await manager.wait_for_change(job, len(job.events), 1.0)
+                if not job.terminal and await request.is_disconnected():
+                    manager.cancel(job)
+                    return Response(status_code=499)
+            return JSONResponse(job_info(job), status_code=200)
+        return JSONResponse(job_info(job), status_code=202, headers={"Location": f"{API}/jobs/{job.id}"})
+
+    def get_job(job_id: str) -> Job:
+        job = manager.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job with id {job_id!r} (unknown or forgotten)")
+        return job
+
+    queued = {202: {"model": JobInfo, "description": "Queued"}, 429: {"description": "Queue full (Retry-After)"}}
+
+    # ------------------------------------------------------------------ service
+
+    @api.get("/health", response_model=Health, tags=["service"])
+    def health() -> dict[str, Any]:
+        """Liveness and the queue's state."""
+        return {"status": "ok", "model": config.model, "device": config.device, "queue": manager.stats(),
+                "stored_images": len(store)}  # fmt: skip
+
+    @api.get("/config", response_model=ServerConfigInfo, tags=["service"])
+    def server_config() -> dict[str, Any]:
+        """The model's default settings and this server's limits."""
+        limits = {
+            "max_images": config.max_images, "max_frames": max(2, min(MAX_FRAMES, config.max_images)),
+            "max_thetas": MAX_THETAS, "max_steps": config.max_steps, "max_guidance": MAX_GUIDANCE, "max_eta": MAX_ETA,
+            "max_best_of": MAX_BEST_OF, "max_prompt_chars": MAX_PROMPT_CHARS, "theta_range": (0.0, MAX_THETA),
+            "max_body_bytes": config.max_body_bytes, "max_queue": config.max_queue, "max_upload_side": MAX_UPLOAD_SIDE,
+        }  # fmt: skip
+        return {"model": config.model, "image_size": pipe.image_size, "samplers": list(SAMPLER_NAMES),
+                "defaults": config_to_dict(pipe.defaults), "limits": limits}  # fmt: skip
+
+    # ------------------------------------------------------------------ images
+
+    @api.post("/images/generate", status_code=202, response_model=JobInfo, responses=queued, tags=["images"])
+    async def generate(body: GenerateRequest, request: Request, wait: WaitQuery = False) -> Response:
+        """Text to image (``pipe(prompt, num_images_per_prompt, seed, ...)``)."""
+
+        def build():
+            return actions.generate_job(pipe, body, config.model, config.max_steps, config.max_images)
+
+        return await submit(request, "generate", build, wait)
+
+    @api.post("/images/variations", status_code=202, response_model=JobInfo, responses=queued, tags=["images"])
+    async def variations(body: VariationsRequest, request: Request, wait: WaitQuery = False) -> Response:
+        """Variations of an image (``pipe.vary``): an earlier result or upload by id, or the image itself."""
+        image, source = await resolve(body.image, "image")
+
+        def build():
+            return actions.variations_job(pipe, body, image, source, config.model, config.max_steps, config.max_images)
+
+        return await submit(request, "variations", build, wait)
+
+    @api.post("/images/interpolate", status_code=202, response_model=JobInfo, responses=queued, tags=["images"])
+    async def interpolate(body: InterpolateRequest, request: Request, wait: WaitQuery = False) -> Response:
+        """Frames between two images (``pipe.interpolate``)."""
+        image_a, source_a = await resolve(body.image_a, "image_a")
+        image_b, source_b = await resolve(body.image_b, "image_b")
+
+        def build():
+            return actions.interpolate_job(
+                pipe, body, (image_a, image_b), {**source_a, **source_b}, config.model, config.max_steps,
+                config.max_images,
+            )  # fmt: skip
+
+        return await submit(request, "interpolate", build, wait)
+
+    @api.post("/images/text-diff", status_code=202, response_model=JobInfo, responses=queued, tags=["images"])
+    async def text_diff(body: TextDiffRequest, request: Request, wait: WaitQuery = False) -> Response:
+        """Text diff (``pipe.edit``): one image per θ in ``thetas`` (each in [0, 0.5])."""
+        image, source = await resolve(body.image, "image")
+
+        def build():
+            return actions.text_diff_job(pipe, body, image, source, config.model, config.max_steps, config.max_images)
+
+        return await submit(request, "text-diff", build, wait)
+
+    @api.post("/uploads", status_code=201, response_model=ImageInfo, tags=["images"])
+    async def upload(file: UploadFileField) -> dict[str, Any]:
+        """Store an image (validated as the CLI validates images) for use by id in the image requests."""
+        data = await file.read()
+        try:
+            image = await run_in_threadpool(decode_upload, data)
+        except ValueError as err:
+            raise _field_error(("body", "file"), str(err)) from None
+        item = await run_in_threadpool(store.add, image, "upload", {"kind": "upload", "filename": file.filename})
+        return image_info(item)
+
+    @api.get(
+        "/images/{image_id}",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}, "description": "The PNG (parameters in its text chunks)."}},
+        tags=["images"],
+    )
+    def get_image(image_id: str, download: DownloadQuery = False) -> Response:
+        """A stored PNG."""
+        item = store.get(image_id)
+        if item is None:
+            raise HTTPException(404, f"no stored image with id {image_id!r} (unknown or dropped)")
+        headers = {"Cache-Control": "private, max-age=86400, immutable"}
+        if download:
+            headers["Content-Disposition"] = f'attachment; filename="unclip-{item.id}.png"'
+        return Response(item.png, media_type="image/png", headers=headers)
+
+    @api.get("/images/{image_id}/info", response_model=ImageInfo, tags=["images"])
+    def get_image_info(image_id: str) -> dict[str, Any]:
+        """A stored image's parameters and links."""
+        item = store.get(image_id)
+        if item is None:
+            raise HTTPException(404, f"no stored image with id {image_id!r} (unknown or dropped)")
+        return image_info(item)
+
+    # ------------------------------------------------------------------ jobs
+
+    @api.get("/jobs/{job_id}", response_model=JobInfo, tags=["jobs"])
+    def get_job_info(job_id: str) -> dict[str, Any]:
+        """A job's state (and its images once done)."""
+        return job_info(get_job(job_id))
+
+    @api.post("/jobs/{job_id}/cancel", response_model=JobInfo, tags=["jobs"])
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        """Cancel: a waiting job at once, a running one at its next sampling step (watch its events)."""
+        job = get_job(job_id)
+        manager.cancel(job)
+        return job_info(job)
+
+    @api.get(
+        "/jobs/{job_id}/events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "queued, started, progress, done..."}},
+        tags=["jobs"],
+    )
+    async def job_events(job_id: str, request: Request) -> Response:
+        """Server-sent events: ``queued`` {position}, ``started``, ``progress`` {stage, step, total}, then ``done``
+        {job}, ``error`` {message} or ``cancelled``. Every event has an id; ``Last-Event-ID`` resumes after it."""
+        job = get_job(job_id)
+        if streams["open"] >= config.max_streams:
+            return JSONResponse({"detail": "too many open event streams"}, 429, headers={"Retry-After": "5"})
+        try:
+            start = int(request.headers.get("last-event-id", "-1")) + 1
+        except ValueError:
+            start = 0
+        streams["open"] += 1
+
+        async def events():
+            sent = max(0, start)
+            try:
+                yield "retry: 1000\n\n"
+                while True:
+                    while sent < len(job.events):
+                        name, data = job.events[sent]
+                        yield f"id: {sent}\nevent: {name}\ndata: {json.dumps(data)}\n\n"
+                        sent += 1
+                        if name in ("done", "error", "cancelled"):
+                            return
+                    if job.terminal and sent >= len(job.events):
+                        return
+                    before = len(job.events)
+                    await manager.wait_for_change(job, sent, KEEPALIVE_S)
+                    if len(job.events) == before and not job.terminal:
+                        yield ": keepalive\n\n"
+            finally:
+                streams["open"] -= 1
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+
+    app.include_router(api)
+
+    # ------------------------------------------------------------------ page and docs
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,203 @@
+"""Request and response models of the HTTP API (the OpenAPI schema is generated from them).
+
+Field names follow the Python API (DESIGN.md §8): ``prompt``, ``num_images_per_prompt``, ``seed``,
+``prior_steps``, ``decoder_guidance_scale``, ``num_images``, ``num_frames``, ``to_text``, ``thetas`` ...
+A field left out (or null) takes the model's default. Unknown fields are refused (422 naming them), so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from unclip.pipeline.options import MAX_PROMPT_CHARS
+from unclip.samplers.run import SAMPLER_NAMES
+from unclip.web.config import (
+    MAX_BEST_OF,
+    MAX_ETA,
+    MAX_FRAMES,
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_THETA,
+    MAX_THETAS,
+)
+
+Sampler = Literal[SAMPLER_NAMES]  # type: ignore[valid-type]
+JobKind = Literal["generate", "variations", "interpolate", "text-diff"]
+JobStatus = Literal["queued", "running", "done", "error", "cancelled"]
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+Steps = Field(default=None, ge=1, le=MAX_STEPS, description="Sampling steps (default: the model's).")
+Guidance = Field(default=None, ge=0.0, le=MAX_GUIDANCE, description="Classifier-free guidance scale.")
+SeedField = Field(default=None, ge=0, le=MAX_SEED, description="Random seed (default: drawn by the server).")
+
+
+def _text(value: str, name: str) -> str:
+    if not value.strip():
+        raise ValueError(f"{name} is empty")
+    return value
+
+
+class ImageRef(BaseModel):
+    """An input image: ``{"id": ...}`` (an earlier result or upload) or ``{"data": base64 PNG/JPEG/...}``."""
+
+    model_config = _STRICT
+    id: str | None = Field(default=None, max_length=64, description="Id of a stored image.")
+    data: str | None = Field(default=None, description="The image file, base64 (a data: URL prefix is allowed).")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ImageRef:
+        if (self.id is None) == (self.data is None):
+            raise ValueError("give exactly one of 'id' and 'data'")
+        return self
+
+
+class DecoderOptions(BaseModel):
+    """Options every image-to-image request shares."""
+
+    model_config = _STRICT
+    seed: int | None = SeedField
+    decoder_steps: int | None = Steps
+    decoder_guidance_scale: float | None = Guidance
+
+
+class GenerateRequest(BaseModel):
+    """Text to image: ``num_images_per_prompt`` images for ``prompt`` (``pipe(prompt, ...)``)."""
+
+    model_config = _STRICT
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="The caption.")
+    num_images_per_prompt: int = Field(default=4, ge=1, le=MAX_IMAGES)
+    seed: int | None = SeedField
+    sampler: Sampler | None = Field(default=None, description="Sampler for every stage.")
+    prior_steps: int | None = Steps
+    decoder_steps: int | None = Steps
+    upsampler_steps: int | None = Steps
+    prior_guidance_scale: float | None = Guidance
+    decoder_guidance_scale: float | None = Guidance
+    best_of: int | None = Field(default=None, ge=1, le=MAX_BEST_OF, description="Prior candidates per image.")
+    eta: float | None = Field(default=None, ge=0.0, le=MAX_ETA, description="DDIM eta.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        return _text(v, "prompt")
+
+
+class VariationsRequest(DecoderOptions):
+    """Variations of an image (``pipe.vary``): its CLIP embedding kept, the details resampled."""
+
+    image: ImageRef
+    num_images: int = Field(default=4, ge=1, le=MAX_IMAGES)
+    eta: float = Field(default=1.0, ge=0.0, le=MAX_ETA, description="DDIM eta (> 0 varies).")
+
+
+class InterpolateRequest(DecoderOptions):
+    """Frames between two images in CLIP image-embedding space (``pipe.interpolate``)."""
+
+    image_a: ImageRef
+    image_b: ImageRef
+    num_frames: int = Field(default=8, ge=2, le=MAX_FRAMES)
+    noise: Literal["fixed", "slerp"] = "fixed"
+
+
+class TextDiffRequest(DecoderOptions):
+    """Text diff (``pipe.edit``): move the image's embedding toward ``to_text`` (away from ``from_text``)."""
+
+    image: ImageRef
+    to_text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Caption of the target.")
+    from_text: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS, description="Caption of the source.")
+    thetas: list[Annotated[float, Field(ge=0.0, le=MAX_THETA)]] = Field(
+        default=[0.0, 0.25, 0.5], min_length=1, max_length=MAX_THETAS, description="Edit strengths in [0, 0.5]."
+    )
+
+    @field_validator("to_text")
+    @classmethod
+    def _to(cls, v: str) -> str:
+        return _text(v, "to_text")
+
+
+class ImageInfo(BaseModel):
+    """A stored PNG: ``url`` serves it; ``params`` are also in its PNG text chunks."""
+
+    id: str
+    url: str
+    download_url: str
+    width: int
+    height: int
+    kind: str
+    seed: int | None = None
+    index: int = Field(description="Position in its request's batch (0-based).")
+    params: dict[str, Any]
+    created: float
+
+
+class Progress(BaseModel):
+    stage: str
+    step: int
+    total: int
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    cancel: str
+
+
+class JobInfo(BaseModel):
+    """A job: queued (``position`` = 1 is next), running (``progress``), then done, error or cancelled."""
+
+    id: str
+    kind: JobKind
+    status: JobStatus
+    position: int | None = None
+    progress: Progress | None = None
+    params: dict[str, Any]
+    images: list[ImageInfo] = []
+    error: str | None = None
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    links: JobLinks
+
+
+class QueueInfo(BaseModel):
+    running: int
+    waiting: int
+    max_waiting: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str
+    device: str
+    queue: QueueInfo
+    stored_images: int
+
+
+class ServerLimits(BaseModel):
+    max_images: int
+    max_frames: int
+    max_thetas: int
+    max_steps: int
+    max_guidance: float
+    max_eta: float
+    max_best_of: int
+    max_prompt_chars: int
+    theta_range: tuple[float, float]
+    max_body_bytes: int
+    max_queue: int
+    max_upload_side: int
+
+
+class ServerConfigInfo(BaseModel):
+    """The model's defaults and the server's limits (what the page builds its controls from)."""
+
+    model: str
+    image_size: int
+    samplers: list[str]
+    defaults: dict[str, Any]
+    limits: ServerLimits
