@@ -63,6 +63,7 @@ def train() -> None:
         "convert": "unclip.cli.convert_cmds:convert",
         "embed": "unclip.cli.embed_cmds:embed",
         "experiment": "unclip.cli.experiment_cmds:experiment",
+        "serve": "unclip.cli.serve:command",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
 )
