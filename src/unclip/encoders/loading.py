@@ -14,10 +14,10 @@ BUILTIN_NAMES = ("shapes",)
 
 
 def builtin_clip_dir(name: str = "shapes") -> Path:
-    """Directory of a CLIP shipped inside the package (``unclip/assets/clip``)."""
+    """Directory of a CLIP shipped inside the package: the built-in pipeline's (``unclip/assets/shapes/clip``)."""
     if name not in BUILTIN_NAMES:
         raise ValueError(f"unknown built-in CLIP {name!r}; choose one of {list(BUILTIN_NAMES)}")
-    return Path(str(resources.files("unclip") / "assets" / "clip"))
+    return Path(str(resources.files("unclip") / "assets" / name / "clip"))
 
 
 def load_clip(
