@@ -3,24 +3,30 @@
     python benchmarks/vs_dalle2_pytorch.py                    # both models, 3 alternating rounds, 2 threads
     python benchmarks/vs_dalle2_pytorch.py --models decoder --rounds 5 --steps 8 --json docs/vs_dalle2.json
 
-DALLE2-pytorch needs torch 2.14.1 + torchvision 0.29.1, so it runs in its own virtual environment, which
-the script creates on first use (``--venv``, default ``~/.cache/unclip/dalle2-venv``; about 5.5 GB) with
-``pip install torch==2.14.1 torchvision==0.29.1 dalle2-pytorch`` (add ``--pip-args "--find-links DIR"``
-for a local wheelhouse). Our side runs in the current interpreter.
+DALLE2-pytorch (with its dependency torchvision) runs in its own virtual environment, which the script creates
+on first use (``--venv``, default ``~/.cache/unclip/dalle2-venv``) with ``pip install torch==2.14.1
+torchvision==0.29.1 dalle2-pytorch`` (add ``--pip-args "--find-links DIR"`` for a local wheelhouse). PyPI has
+no CPU-only build of torch 2.14.1: its Linux wheel is the CUDA one and brings the nvidia-* libraries (the venv
+is ~6 GB); on a machine without a GPU it runs the same CPU kernels as a CPU build. (A venv on this project's
+own torch 2.13.0+cpu does not work: PyPI's torchvision 0.28 is built against CUDA torch and fails to import
+on a CPU build, "operator torchvision::nms does not exist".) Our side runs in the current interpreter, or with
+``--ours-in-venv`` on the venv's torch from the source tree, so that both sides use the same torch.
 
 Each measurement is a fresh process (``--worker``) that builds one network, runs ``--warmup`` training
 steps and times ``--steps`` more: forward, loss, backward and an AdamW step on random data (the speed does
 not depend on the values). Ours and theirs alternate, the order flipping every round, so that drifting
-machine load hits both alike; the table shows the median samples/s of each and the ratio ours/theirs.
+machine load hits both alike; the table shows the median samples/s of each and the ratio ours/theirs, and
+the ratio of samples per CPU second (process time, all threads: less sensitive to other processes' load).
 
 Matching: ours is built first and reports its parameter count; DALLE2-pytorch's network is then sized to
 the closest count (the U-Net's base width ``dim`` in steps of 8; the prior's depth, since its width must
-equal the CLIP dimension), with the same image size, CLIP dimensions, text length and batch.
+equal the CLIP dimension), with the same image size, CLIP dimensions, text length, batch and loss
+(measured: decoder 5.68 M vs 5.80 M, prior 5.14 M vs 5.09 M).
 
-- decoder: our ``shapes64`` preset (64 px, D = W = 128, 32 text tokens; eps prediction, learned variance,
-  hybrid loss, condition dropout) vs ``Decoder(Unet(...), image_sizes=(64,), learned_variance=True)``
-  with the same dropout probabilities, dim_mults (1, 2, 2, 4), 2 ResNet blocks and self-attention at the
-  two lowest resolutions.
+- decoder: our ``shapes64`` preset (64 px, D = W = 128, 32 text tokens; eps prediction, learned-range
+  variance, hybrid loss with the 0.001 VB weight, cosine schedule, condition dropout) vs
+  ``Decoder(Unet(...), image_sizes=(64,), learned_variance=True)`` with the same dropout probabilities,
+  dim_mults (1, 2, 2, 4), 2 ResNet blocks and self-attention at the two lowest resolutions.
 - prior: our diffusion prior (width 256, 6 layers, 4 heads, D = W = 256, 32 tokens; x0 prediction) vs
   ``DiffusionPrior(DiffusionPriorNetwork(dim=256, heads=4, depth=...), condition_on_text_encodings=True)``.
 """
@@ -55,14 +61,16 @@ SETTINGS = {
 # ---------------------------------------------------------------------------------------------- workers
 
 
-def _timed(step, warmup: int, steps: int, batch_size: int) -> float:
-    """samples/s of ``steps`` calls of ``step()`` after ``warmup`` calls."""
+def _timed(step, warmup: int, steps: int, batch_size: int) -> dict[str, float]:
+    """Samples per second of wall time and per second of CPU time (this process, all threads) of ``steps``
+    calls of ``step()`` after ``warmup`` calls."""
     for _ in range(warmup):
         step()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    return steps * batch_size / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"samples_per_s": steps * batch_size / wall, "samples_per_cpu_s": steps * batch_size / cpu}
 
 
 def ours(model: str, settings: dict, warmup: int, steps: int) -> dict:
@@ -82,7 +90,12 @@ def ours(model: str, settings: dict, warmup: int, steps: int) -> dict:
         from unclip.train.decoder_task import DecoderTask, DecoderTaskConfig
 
         cache = synthetic_cache(s["image_size"], s["clip_dim"], s["text_width"], s["text_len"], 4 * s["batch_size"])
-        config = DecoderTaskConfig(preset=s["preset"], holdout=0, image_drop=s["image_drop"], text_drop=s["text_drop"])
+        from unclip.diffusion.stage_config import DiffusionConfig
+
+        # eps prediction + learned-range variance (hybrid loss), as DALLE2-pytorch's Decoder(learned_variance=True)
+        diffusion = DiffusionConfig(prediction="eps", variance="learned_range")
+        config = DecoderTaskConfig(preset=s["preset"], holdout=0, image_drop=s["image_drop"], text_drop=s["text_drop"],
+                                   diffusion=diffusion)  # fmt: skip
         task = DecoderTask(config, cache=cache)
     else:
         from unclip.models.prior import PriorConfig
@@ -107,9 +120,9 @@ def ours(model: str, settings: dict, warmup: int, steps: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    rate = _timed(step, warmup, steps, s["batch_size"])
-    return {"side": "ours", "model": model, "parameters": sum(p.numel() for p in net.parameters()),
-            "samples_per_s": rate, "torch": torch.__version__}  # fmt: skip
+    rates = _timed(step, warmup, steps, s["batch_size"])
+    return {"side": "ours", "model": model, "parameters": sum(p.numel() for p in net.parameters()), **rates,
+            "torch": torch.__version__}  # fmt: skip
 
 
 def _their_decoder(s: dict, dim: int):
@@ -131,22 +144,30 @@ def _their_prior(s: dict, depth: int):
                           condition_on_text_encodings=True)  # fmt: skip
 
 
+def closest_size(count, sizes, target: int) -> int:
+    """The size in ascending ``sizes`` whose ``count(size)`` (increasing in size) is closest to ``target``;
+    stops counting at the first size past the target."""
+    best, best_gap = None, None
+    for size in sizes:
+        gap = count(size) - target
+        if best_gap is None or abs(gap) < abs(best_gap):
+            best, best_gap = size, gap
+        if gap >= 0:
+            break
+    return best
+
+
 def theirs(model: str, settings: dict, warmup: int, steps: int, target_params: int) -> dict:
     """Build DALLE2-pytorch's network closest to ``target_params`` and time its training step (in the venv)."""
     import torch
 
     s = settings
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    if model == "decoder":
-        candidates = [(abs(count(_their_decoder(s, d)) - target_params), d) for d in range(8, 257, 8)]
-        size = min(candidates)[1]
-        torch.manual_seed(0)
-        net = _their_decoder(s, size)
-    else:
-        candidates = [(abs(count(_their_prior(s, d)) - target_params), d) for d in range(1, 65)]
-        size = min(candidates)[1]
-        torch.manual_seed(0)
-        net = _their_prior(s, size)
+    build = functools.partial(_their_decoder if model == "decoder" else _their_prior, s)
+    sizes = range(8, 257, 8) if model == "decoder" else range(1, 65)
+    size = closest_size(lambda n: count(build(n)), sizes, target_params)
+    torch.manual_seed(0)
+    net = build(size)
     net.train()
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
     b, d, length = s["batch_size"], s["clip_dim"], s["text_len"]
@@ -170,8 +191,8 @@ def theirs(model: str, settings: dict, warmup: int, steps: int, target_params: i
         loss().backward()
         optimizer.step()
 
-    rate = _timed(step, warmup, steps, b)
-    return {"side": "theirs", "model": model, "parameters": count(net), "size": size, "samples_per_s": rate,
+    rates = _timed(step, warmup, steps, b)
+    return {"side": "theirs", "model": model, "parameters": count(net), "size": size, **rates,
             "torch": torch.__version__}  # fmt: skip
 
 
@@ -192,8 +213,10 @@ def ensure_venv(venv: Path, pip_args: list[str]) -> Path:
 def run_worker(python: str | Path, side: str, model: str, args: argparse.Namespace, target: int = 0) -> dict:
     """One measurement in a fresh process; returns its JSON result."""
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(args.threads))
-    if side == "theirs":
-        env.pop("PYTHONPATH", None)  # keep this project (and its torch) out of the other environment
+    if Path(python) != Path(sys.executable):
+        env.pop("PYTHONPATH", None)  # keep this project's environment (and its torch) out of the other one
+        if side == "ours":  # our code on the other environment's torch: import it from the source tree
+            env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
     command = [str(python), __file__, "--worker", side, "--models", model, "--threads", str(args.threads),
                "--warmup", str(args.warmup), "--steps", str(args.steps), "--target-params", str(target)]  # fmt: skip
     out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -207,42 +230,54 @@ def _measure(pythons: dict, model: str, args: argparse.Namespace, side: str, tar
 
 
 def compare(model: str, rounds: int, measure) -> dict:
-    """Alternate ``measure("ours"|"theirs", target_params)`` for ``rounds`` rounds; medians and their ratio."""
+    """Alternate ``measure("ours"|"theirs", target_params)`` for ``rounds`` rounds; medians and their ratio.
+
+    ``measure`` returns ``samples_per_s`` and ``parameters`` (and optionally ``samples_per_cpu_s``, ``size``,
+    ``torch``); the row holds the medians of both rates and their ratios ours/theirs."""
     first = measure("ours", 0)
     target = first["parameters"]
-    results = {"ours": [first["samples_per_s"]], "theirs": []}
-    info = {"ours": first}
+    runs = {"ours": [first], "theirs": []}
     for r in range(rounds):
         order = ("theirs", "ours") if r % 2 == 0 else ("ours", "theirs")
         for side in order:
             if side == "ours" and r == 0:
                 continue  # the first measurement of ours opened round 0
-            res = measure(side, target)
-            info[side] = res
-            results[side].append(res["samples_per_s"])
-    ours_rate, theirs_rate = statistics.median(results["ours"]), statistics.median(results["theirs"])
+            runs[side].append(measure(side, target))
+    med = {side: statistics.median(x["samples_per_s"] for x in v) for side, v in runs.items()}
+    cpu = {side: [x["samples_per_cpu_s"] for x in v if "samples_per_cpu_s" in x] for side, v in runs.items()}
+    cpu_med = {side: statistics.median(v) if v else None for side, v in cpu.items()}
+    last = {side: v[-1] for side, v in runs.items()}
     return {
         "model": model,
         "ours_parameters": target,
-        "theirs_parameters": info["theirs"]["parameters"],
-        "theirs_size": info["theirs"].get("size"),
-        "ours_samples_per_s": ours_rate,
-        "theirs_samples_per_s": theirs_rate,
-        "ratio": ours_rate / theirs_rate,
-        "runs": results,
+        "theirs_parameters": last["theirs"]["parameters"],
+        "theirs_size": last["theirs"].get("size"),
+        "ours_samples_per_s": med["ours"],
+        "theirs_samples_per_s": med["theirs"],
+        "ratio": med["ours"] / med["theirs"],
+        "ours_samples_per_cpu_s": cpu_med["ours"],
+        "theirs_samples_per_cpu_s": cpu_med["theirs"],
+        "cpu_ratio": cpu_med["ours"] / cpu_med["theirs"] if cpu_med["ours"] and cpu_med["theirs"] else None,
+        "torch": {side: last[side].get("torch") for side in runs},
+        "runs": {side: [x["samples_per_s"] for x in v] for side, v in runs.items()},
+        "cpu_runs": cpu,
         "settings": SETTINGS[model],
     }
 
 
 def format_table(rows: list[dict], threads: int) -> str:
+    """Markdown table of :func:`compare` rows: wall-clock rates and ratio, then the CPU-time ratio."""
     lines = [f"training throughput, CPU, {threads} thread(s); median samples/s over alternating runs",
-             "| model | params ours / theirs | batch | ours samples/s | DALLE2-pytorch samples/s | ratio |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+             "| model | params ours / theirs | batch | ours samples/s | DALLE2-pytorch samples/s | ratio | "
+             "ratio per CPU second | torch ours / theirs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in rows:
+        cpu = f"{r['cpu_ratio']:.2f}x" if r.get("cpu_ratio") else "n/a"
+        torch_versions = " / ".join(str(v) for v in r.get("torch", {}).values())
         lines.append(
             f"| {r['model']} | {r['ours_parameters'] / 1e6:.2f} M / {r['theirs_parameters'] / 1e6:.2f} M | "
             f"{r['settings']['batch_size']} | {r['ours_samples_per_s']:.2f} | {r['theirs_samples_per_s']:.2f} | "
-            f"{r['ratio']:.2f}x |"
+            f"{r['ratio']:.2f}x | {cpu} | {torch_versions} |"
         )
     return "\n".join(lines)
 
@@ -258,6 +293,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pip-args", default="", help="extra pip install arguments for the venv")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--ours-in-venv", action="store_true", help="run our side on the venv's torch too (same torch both sides)"
+    )
     parser.add_argument("--worker", choices=["ours", "theirs"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--target-params", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -274,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run(models[0], SETTINGS[models[0]], args.warmup, args.steps, *extra)))
         return
     their_python = ensure_venv(args.venv, args.pip_args.split())
-    pythons = {"ours": sys.executable, "theirs": their_python}
+    pythons = {"ours": their_python if args.ours_in_venv else sys.executable, "theirs": their_python}
     rows = []
     for model in models:
         measure = functools.partial(_measure, pythons, model, args)
@@ -282,7 +320,10 @@ def main(argv: list[str] | None = None) -> None:
         print(format_table(rows[-1:], args.threads).splitlines()[-1], file=sys.stderr)
     print(format_table(rows, args.threads))
     if args.json:
-        args.json.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=1) + "\n")
+        record = {"threads": args.threads, "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
+                  "ours_in_venv": args.ours_in_venv, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                  "load_average_1min_end": os.getloadavg()[0], "rows": rows}  # fmt: skip
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

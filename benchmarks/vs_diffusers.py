@@ -7,8 +7,10 @@ super-resolution ~5M at 256 px, as issue 6 asks; ``tiny``: the unit-test size) i
 ``save_pretrained`` and loaded by both libraries (ours: ``UnCLIPPipeline.from_pretrained`` on that directory,
 which imports it with sampler "unclip" and best-of 1). Both run the default 25/25/7 steps (``--steps N``: N for
 every stage) with guidance 4/8 from ``torch.Generator().manual_seed(seed)``, alternating, after one warm-up
-run each. Printed: per-stage and total wall time (median over repeats) and their ratio ours/diffusers, the
-peak resident-memory increase during a run, and the largest pixel difference between the two outputs.
+run each. Printed: per-stage and total wall time and CPU time (process time, all threads; less sensitive to
+other processes' load than wall time), medians over repeats, with their ratio ours/diffusers; the peak
+resident-memory increase during a run; the largest and mean pixel difference between the two outputs.
+``--json PATH`` writes all of it.
 
 Stage boundaries are taken at the first forward call of each stage's network (text+prior | decoder |
 super-resolution), so each stage includes its own scheduler arithmetic. Absolute times on a shared machine
@@ -22,6 +24,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -82,48 +85,57 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
+def _now() -> tuple[float, float]:
+    """(wall clock, CPU time of this process: all its threads), in seconds."""
+    return time.perf_counter(), time.process_time()
+
+
 def _stage_clock(modules: dict[str, list[torch.nn.Module]]):
     """Forward pre-hooks that record the first call time of each stage; returns (marks, remove)."""
-    marks: dict[str, float] = {}
+    marks: dict[str, tuple[float, float]] = {}
     handles = []
     for stage, mods in modules.items():
 
         def hook(*_, stage=stage) -> None:  # must return None: a returned value would replace the inputs
-            marks.setdefault(stage, time.perf_counter())
+            if stage not in marks:
+                marks[stage] = _now()
 
         handles += [m.register_forward_pre_hook(hook) for m in mods]
     return marks, lambda: [h.remove() for h in handles]
 
 
-def _split(marks: dict[str, float], start: float, end: float) -> dict[str, float]:
-    """Stage times: prior = start .. first decoder call, decoder = .. first SR call, SR = .. end."""
-    d, s = marks["decoder"], marks["super_res"]
-    return {"prior": d - start, "decoder": s - d, "super_res": end - s, "total": end - start}
+def _split(marks: dict[str, tuple[float, float]], start, end) -> dict[str, dict[str, float]]:
+    """Stage times, wall and CPU: prior = start .. first decoder call, decoder = .. first SR call, SR = .. end."""
+    out = {}
+    for i, clock in enumerate(("wall", "cpu")):
+        d, s = marks["decoder"][i], marks["super_res"][i]
+        out[clock] = {"prior": d - start[i], "decoder": s - d, "super_res": end[i] - s, "total": end[i] - start[i]}
+    return out
 
 
-def run_diffusers(pipe, steps, batch, seed) -> tuple[dict[str, float], np.ndarray, float]:
+def run_diffusers(pipe, steps, batch, seed) -> tuple[dict[str, dict[str, float]], np.ndarray, float]:
     marks, remove = _stage_clock({"decoder": [pipe.decoder], "super_res": [pipe.super_res_first, pipe.super_res_last]})
     with PeakRSS() as mem, torch.no_grad():
-        start = time.perf_counter()
+        start = _now()
         out = pipe(
             [PROMPT] * batch, generator=torch.Generator().manual_seed(seed), prior_num_inference_steps=steps[0],
             decoder_num_inference_steps=steps[1], super_res_num_inference_steps=steps[2], output_type="np",
         ).images  # fmt: skip
-        end = time.perf_counter()
+        end = _now()
     remove()
     return _split(marks, start, end), out, mem.increase_mib
 
 
-def run_ours(pipe, steps, batch, seed) -> tuple[dict[str, float], np.ndarray, float]:
+def run_ours(pipe, steps, batch, seed) -> tuple[dict[str, dict[str, float]], np.ndarray, float]:
     up = pipe.upsamplers[0]
     marks, remove = _stage_clock({"decoder": [pipe.decoder.model], "super_res": [up.model, up.last_step_model]})
     with PeakRSS() as mem:
-        start = time.perf_counter()
+        start = _now()
         out = pipe(
             [PROMPT] * batch, generator=torch.Generator().manual_seed(seed), prior_steps=steps[0],
             decoder_steps=steps[1], upsampler_steps=steps[2], sampler="unclip", best_of=1, output_type="np",
         )  # fmt: skip
-        end = time.perf_counter()
+        end = _now()
     remove()
     return _split(marks, start, end), out, mem.increase_mib
 
@@ -132,7 +144,7 @@ def count(*modules) -> float:
     return sum(p.numel() for m in modules for p in m.parameters()) / 1e6
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["small", "tiny"], default="small")
     parser.add_argument("--steps", type=int, default=None, help="steps for every stage (default 25/25/7)")
@@ -140,7 +152,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 2:
         parser.error("--steps must be >= 2 (UnCLIPScheduler)")
     torch.set_num_threads(args.threads)
@@ -158,18 +171,25 @@ def main() -> None:
         theirs = diffusers.UnCLIPPipeline.from_pretrained(str(directory))
         ours = UnCLIPPipeline.from_pretrained(directory)
     theirs.set_progress_bar_config(disable=True)
+    setup = {
+        "size": args.size, "prior_m": count(theirs.prior), "decoder_m": count(theirs.decoder, theirs.text_proj),
+        "decoder_px": theirs.decoder.config.sample_size, "super_res_m": count(theirs.super_res_first),
+        "super_res_px": theirs.super_res_first.config.sample_size, "steps": list(steps), "batch": args.batch,
+        "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+    }  # fmt: skip
     print(
-        f"size {args.size}: prior {count(theirs.prior):.2f}M, decoder {count(theirs.decoder, theirs.text_proj):.2f}M "
-        f"({theirs.decoder.config.sample_size} px), super-res {count(theirs.super_res_first):.2f}M x 2 "
-        f"({theirs.super_res_first.config.sample_size} px); steps {steps}; batch {args.batch}; "
-        f"threads {args.threads}; torch {torch.__version__}, diffusers {diffusers.__version__}"
+        f"size {args.size}: prior {setup['prior_m']:.2f}M, decoder {setup['decoder_m']:.2f}M "
+        f"({setup['decoder_px']} px), super-res {setup['super_res_m']:.2f}M x 2 ({setup['super_res_px']} px); "
+        f"steps {steps}; batch {args.batch}; threads {args.threads}; torch {torch.__version__}, "
+        f"diffusers {diffusers.__version__}"
     )
     warm = (2, 2, 2)
     run_diffusers(theirs, warm, args.batch, args.seed)
     run_ours(ours, warm, args.batch, args.seed)
-    times: dict[str, list[dict[str, float]]] = {"ours": [], "diffusers": []}
+    times: dict[str, list[dict[str, dict[str, float]]]] = {"ours": [], "diffusers": []}
     memory: dict[str, list[float]] = {"ours": [], "diffusers": []}
-    diff = 0.0
+    diff, mean_diff = 0.0, 0.0
     for _ in range(args.repeats):
         t_ref, ref, m_ref = run_diffusers(theirs, steps, args.batch, args.seed)
         t_ours, mine, m_ours = run_ours(ours, steps, args.batch, args.seed)
@@ -178,15 +198,41 @@ def main() -> None:
         memory["diffusers"].append(m_ref)
         memory["ours"].append(m_ours)
         diff = max(diff, float(np.abs(ref - mine).max()))
-    med = {k: {s: statistics.median(r[s] for r in v) for s in (*STAGES, "total")} for k, v in times.items()}
-    print(f"{'stage':<10} {'ours s':>9} {'diffusers s':>12} {'ratio':>7}")
-    for s in (*STAGES, "total"):
-        a, b = med["ours"][s], med["diffusers"][s]
-        print(f"{s:<10} {a:>9.3f} {b:>12.3f} {a / b:>7.3f}")
+        mean_diff = max(mean_diff, float(np.abs(ref - mine).mean()))
+    keys = (*STAGES, "total")
+    med = {
+        clock: {k: {s: statistics.median(r[clock][s] for r in v) for s in keys} for k, v in times.items()}
+        for clock in ("wall", "cpu")
+    }
+    ratio = {clock: {s: m["ours"][s] / m["diffusers"][s] for s in keys} for clock, m in med.items()}
+    header = ("stage", "ours s", "diffusers s", "ratio", "ours cpu s", "diff. cpu s", "ratio")
+    print("{:<10} {:>9} {:>12} {:>7} {:>11} {:>12} {:>7}".format(*header))
+    for s in keys:
+        w, c = med["wall"], med["cpu"]
+        print(
+            f"{s:<10} {w['ours'][s]:>9.3f} {w['diffusers'][s]:>12.3f} {ratio['wall'][s]:>7.3f} "
+            f"{c['ours'][s]:>11.3f} {c['diffusers'][s]:>12.3f} {ratio['cpu'][s]:>7.3f}"
+        )
     print(
         f"peak RSS increase (MiB): ours {max(memory['ours']):.1f}, diffusers {max(memory['diffusers']):.1f}; "
-        f"max |pixel difference| {diff:.2e}"
+        f"|pixel difference| max {diff:.2e}, mean {mean_diff:.2e}; load average {os.getloadavg()[0]:.1f}"
     )
+    result = {
+        **setup,
+        "median_wall_s": med["wall"],
+        "median_cpu_s": med["cpu"],
+        "ratio_wall": ratio["wall"],
+        "ratio_cpu": ratio["cpu"],
+        "runs_s": times,
+        "peak_rss_increase_mib": {k: max(v) for k, v in memory.items()},
+        "max_pixel_difference": diff,
+        "mean_pixel_difference": mean_diff,
+        "load_average_1min_end": os.getloadavg()[0],
+    }
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 if __name__ == "__main__":

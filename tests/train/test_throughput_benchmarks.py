@@ -53,3 +53,27 @@ def test_vs_dalle2_our_worker_trains_a_tiny_decoder():
     settings = {**vs_dalle2_pytorch.SETTINGS["decoder"], "preset": "tiny", "image_size": 16, "batch_size": 2}
     result = vs_dalle2_pytorch.ours("decoder", settings, warmup=1, steps=1)
     assert result["side"] == "ours" and result["samples_per_s"] > 0 and result["parameters"] > 1000
+
+
+def test_vs_dalle2_closest_size_stops_past_the_target():
+    counted = []
+
+    def count(size):
+        counted.append(size)
+        return 1000 * size
+
+    assert vs_dalle2_pytorch.closest_size(count, range(1, 100), 4400) == 4
+    assert vs_dalle2_pytorch.closest_size(count, range(1, 100), 4600) == 5
+    assert max(counted) == 5  # never counts past the first size above the target
+    assert vs_dalle2_pytorch.closest_size(count, range(1, 4), 10**9) == 3
+
+
+def test_vs_dalle2_table_reports_cpu_ratio_and_torch_versions():
+    def measure(side, target):
+        rate = 10.0 if side == "ours" else 4.0
+        return {"samples_per_s": rate, "samples_per_cpu_s": rate / 2 if side == "ours" else rate,
+                "parameters": 100, "torch": f"{side}-torch"}  # fmt: skip
+
+    row = vs_dalle2_pytorch.compare("prior", 2, measure)
+    assert row["ratio"] == 2.5 and row["cpu_ratio"] == 1.25
+    assert "| 2.50x | 1.25x | ours-torch / theirs-torch |" in vs_dalle2_pytorch.format_table([row], threads=1)
