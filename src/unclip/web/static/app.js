@@ -6,7 +6,7 @@ const HISTORY_KEY = "unclip-history";
 const HISTORY_MAX = 12;
 const DIFF_THETAS = [0, 0.1, 0.2, 0.3, 0.4, 0.5];
 const $ = (id) => document.getElementById(id);
-const state = { config: null, images: new Map(), a: null, b: null, diffSource: null, diffFrames: [], lastJob: null };
+const state = { config: null, images: new Map(), a: null, b: null, diffSource: null, diffFrames: [], active: [] };
 const FIELDS = [ // form input id -> request field, number parser
   ["prior-steps", "prior_steps", parseInt], ["decoder-steps", "decoder_steps", parseInt],
   ["upsampler-steps", "upsampler_steps", parseInt], ["prior-guidance", "prior_guidance_scale", parseFloat],
@@ -154,7 +154,7 @@ async function runJob(path, body, label, onDone) {
   try { job = await post(path, body); } catch (err) { announce(`${label}: ${err.message}`); showError(err.message); return null; }
   showError("");
   remember(path, body, label);
-  state.lastJob = job;
+  state.active.push(job.id);
   showCli(job.params);
   const text = el("span", { class: "job-text", text: "queued" });
   const bar = el("progress", { max: 1, value: 0, "aria-label": `Progress of ${label}` });
@@ -165,7 +165,7 @@ async function runJob(path, body, label, onDone) {
   announce(`${label}: queued.`);
   const finish = (message, keep) => {
     text.textContent = message; cancel.remove(); announce(`${label}: ${message}`);
-    if (state.lastJob && state.lastJob.id === job.id) state.lastJob = null;
+    state.active = state.active.filter((id) => id !== job.id);
     if (!keep) setTimeout(() => item.remove(), 1500);
   };
   const source = new EventSource(`${API}/jobs/${job.id}/events`);
@@ -349,7 +349,8 @@ document.addEventListener("DOMContentLoaded", async () => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("gen-form").requestSubmit(); }
   });
   document.addEventListener("keydown", (e) => {
-    if (e.key === "Escape" && state.lastJob) call(`/jobs/${state.lastJob.id}/cancel`, { method: "POST" }).catch(() => {});
+    const latest = state.active[state.active.length - 1];
+    if (e.key === "Escape" && latest) call(`/jobs/${latest}/cancel`, { method: "POST" }).catch(() => {});
   });
   $("reset-defaults").addEventListener("click", resetDefaults);
   $("interp-run").addEventListener("click", interpolate);
