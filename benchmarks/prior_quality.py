@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", required=True, help="shapes cache directory")
     parser.add_argument("--holdout", type=int, default=1000, help="trailing rows held out of training")
-    parser.add_argument("--rows", type=int, default=None, help="score only the first ROWS held-out rows")
+    parser.add_argument("--rows", type=int, default=None, help="score only ROWS held-out rows")
+    parser.add_argument(
+        "--row-offset", type=int, default=0, help="skip this many held-out rows first (e.g. a tuning part)"
+    )
     parser.add_argument("--diffusion", default=None, help="exported diffusion prior directory")
     parser.add_argument("--ar", default=None, help="exported AR prior directory")
     parser.add_argument("--clip", default=None, help="the cache's CLIP (default: the name in its meta.json)")
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         ar_dir=args.ar,
         clip=args.clip,
         rows=args.rows,
+        row_offset=args.row_offset,
         diffusion_kwargs=diffusion_kwargs,
         ar_kwargs=ar_kwargs,
         batch_size=args.batch_size,

@@ -112,6 +112,13 @@ def test_measure_prior_dirs_scores_the_heldout_rows(tmp_path):
     assert results[2].cos_image == pytest.approx(_np_cos(ref, zi).mean(), abs=1e-5)
     with pytest.raises(ValueError, match="holdout"):
         measure_prior_dirs(cache, 24, clip=clip)
+    # a report part after a tuning part: rows 19..21; the unconditional mean still uses the training rows only
+    later = measure_prior_dirs(cache, 8, clip=clip, rows=3, row_offset=3)
+    assert later[0].rows == 3
+    assert later[0].cos_image == pytest.approx(_np_cos(cache.text.pooled[19:22], cache.image_embedding[19:22]).mean())
+    assert later[1].cos_image == pytest.approx(_np_cos(mean.expand(3, -1), cache.image_embedding[19:22]).mean())
+    with pytest.raises(ValueError, match="row_offset"):
+        measure_prior_dirs(cache, 8, clip=clip, row_offset=8)
 
 
 def test_same_caption_references_match_a_direct_computation():

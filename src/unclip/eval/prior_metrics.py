@@ -238,8 +238,10 @@ def measure_prior_dirs(
     batch_size: int = 250,
     seed: int = 0,
     references: bool = False,
+    row_offset: int = 0,
 ) -> list[PriorQuality]:
-    """:func:`measure_priors` on the first ``rows`` (default all) of the last ``holdout`` rows of a cache.
+    """:func:`measure_priors` on ``rows`` (default all) of the last ``holdout`` rows of a cache, from the
+    ``row_offset``-th held-out row on (so that settings tuned on one part can be reported on another).
 
     Args:
         cache: a :class:`~unclip.train.shapes_cache.ShapesCache` or its directory.
@@ -261,7 +263,10 @@ def measure_prior_dirs(
         cache = ShapesCache.load(cache)
     if not 0 < holdout < len(cache):
         raise ValueError(f"holdout must be in [1, {len(cache) - 1}] for a cache of {len(cache)} rows, got {holdout}")
-    start = len(cache) - holdout
+    if not 0 <= row_offset < holdout:
+        raise ValueError(f"row_offset must be in [0, {holdout}), got {row_offset}")
+    first_heldout = len(cache) - holdout
+    start = first_heldout + row_offset
     stop = len(cache) if rows is None else min(len(cache), start + rows)
     if clip is None or isinstance(clip, (str, Path)):
         clip = load_clip(clip if clip is not None else cache.meta.get("clip", "shapes"))
@@ -280,7 +285,7 @@ def measure_prior_dirs(
         diffusion_prior=diffusion_prior,
         diffusion=diffusion,
         ar_prior=ar_prior,
-        train_mean=cache.image_embedding[:start].double().mean(0),
+        train_mean=cache.image_embedding[:first_heldout].double().mean(0),
         diffusion_kwargs=diffusion_kwargs,
         ar_kwargs=ar_kwargs,
         batch_size=batch_size,
@@ -292,7 +297,7 @@ def measure_prior_dirs(
             cache.captions,
             cache.image_embedding,
             cache.text.pooled,
-            start,
+            first_heldout,
             list(range(start, stop)),
             samples,
             seed=seed,
