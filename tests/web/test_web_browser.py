@@ -22,6 +22,7 @@ from PIL import Image
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
 expect = playwright_sync.expect
+expect.set_options(timeout=90_000)  # generous: CI's two cores are shared with other work
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip

@@ -259,7 +259,7 @@ function textDiff() {
   if (!to.trim()) { announce("Text diff: enter the “To” caption first."); $("diff-to").focus(); return; }
   const body = { image: { id: state.diffSource.id }, to_text: to, thetas: DIFF_THETAS };
   if ($("diff-from").value.trim()) body.from_text = $("diff-from").value;
-  runJob("/images/text-diff", body, "Text diff", (job) => {
+  runJob("/images/text-diff", body, `Text diff to “${to}”`, (job) => {
     state.diffFrames = job.images;
     const slider = $("theta");
     slider.disabled = false;
