@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from playwright import sync_api as playwright_sync  # in the dev extra
 
-playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
 expect = playwright_sync.expect
 expect.set_options(timeout=90_000)  # generous: CI's two cores are shared with other work
 

@@ -152,7 +152,11 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
             raise HTTPException(404, f"no job with id {job_id!r} (unknown or forgotten)")
         return job
 
-    queued = {202: {"model": JobInfo, "description": "Queued"}, 429: {"description": "Queue full (Retry-After)"}}
+    queued = {
+        202: {"model": JobInfo, "description": "Queued (with ?wait=true: 200 and the finished job)"},
+        413: {"description": "Request body too large"},
+        429: {"description": "Queue full: retry after Retry-After seconds"},
+    }
 
     # ------------------------------------------------------------------ service
 
@@ -284,10 +288,10 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
             start = int(request.headers.get("last-event-id", "-1")) + 1
         except ValueError:
             start = 0
-        streams["open"] += 1
 
         async def events():
             sent = max(0, start)
+            streams["open"] += 1  # counted here, so a stream that never starts is never counted
             try:
                 yield "retry: 1000\n\n"
                 while True:
@@ -314,7 +318,7 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
 
     # ------------------------------------------------------------------ page and docs
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
