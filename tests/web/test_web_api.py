@@ -328,3 +328,15 @@ def test_serve_command_defaults_to_loopback_and_reports_a_missing_model():
     assert {p.name: p.default for p in serve.params}["host"] == "127.0.0.1"
     result = CliRunner().invoke(cli, ["serve", "--model", "/no/such/model"])
     assert result.exit_code == 1 and "/no/such/model" in result.output
+
+
+def test_the_builtin_model_is_served_by_default():
+    from unclip import UnCLIPPipeline
+
+    assert ServeConfig().model == "shapes"
+    pipe = UnCLIPPipeline.from_pretrained("shapes")
+    with TestClient(create_app(pipe, ServeConfig())) as c:
+        config = c.get(f"{API}/config").json()
+        assert config["model"] == "shapes" and config["image_size"] == pipe.image_size
+        assert config["defaults"]["decoder_steps"] == pipe.defaults.decoder_steps
+        assert c.get("/").status_code == 200 and c.head("/").status_code == 200

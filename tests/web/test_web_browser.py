@@ -186,4 +186,7 @@ def test_api_docs_page_renders_locally(page, server):
     expect(page.locator(".op").first).to_be_visible()
     expect(page.locator(".op h2", has_text="/api/v1/images/text-diff")).to_have_count(1)
     assert page.locator("table caption", has_text="TextDiffRequest").count() == 1
+    page.evaluate(AXE.read_text())
+    results = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
+    assert [(v["id"], v["impact"]) for v in results["violations"]] == []
     assert page.problems == []
