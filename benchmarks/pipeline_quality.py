@@ -31,6 +31,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--skip", nargs="*", default=[], choices=["t2i", "two", "vary", "diff"])
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="Override a generation default (e.g. decoder_guidance_scale=5); repeatable.",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -39,6 +46,12 @@ def main() -> None:
     from unclip.eval.quality import text_diff_quality, text_to_image_quality, variation_quality
 
     pipe = UnCLIPPipeline.from_pretrained(args.model)
+    for item in args.set:
+        field, _, value = item.partition("=")
+        if not hasattr(pipe.defaults, field) or not value:
+            parser.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(vars(pipe.defaults))}")
+        kind = type(getattr(pipe.defaults, field))
+        setattr(pipe.defaults, field, kind(value))
     oracle = load_oracle()
     log = lambda m: print(f"  {m}", flush=True)  # noqa: E731
     results: dict = {"model": args.model, "seed": args.seed, "defaults": pipe.defaults.__dict__}
