@@ -187,6 +187,8 @@ def run(
     return {
         "model": model,
         "model_date": model_date(model),
+        "run_date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average_1min_end": os.getloadavg()[0],
         "seed": seed,
         "captions": captions,
         "images_per_caption": images_per_caption,
