@@ -224,19 +224,20 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['threads']} threads; prior once at the defaults ({result['prior_s']:.1f} s); FD reference: "
         f"{result['real_per_caption']} real renders per caption",
         "",
-        "| decoder sampler@steps | decoder s | decoder+upsampler s | speed-up vs "
+        "| decoder sampler@steps | decoder s | decoder s per step | decoder+upsampler s | speed-up vs "
         f"{base['sampler']}@{base['steps']} | specified-attribute accuracy | all right | oracle FD |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['sampler']}@{r['steps']} | {r['decoder_s']:.1f} | {r['decode_s']:.1f} | "
+            f"| {r['sampler']}@{r['steps']} | {r['decoder_s']:.1f} | {r['decoder_s'] / r['steps']:.2f} | "
+            f"{r['decode_s']:.1f} | "
             f"{base['decode_s'] / r['decode_s']:.2f}x | {r['mean_accuracy']:.3f} | {r['accuracy']['all']:.3f} | "
             f"{r['fd']:.2f} |"
         )
     real = result["real_renders"]
     lines.append(
-        f"| real renders (floor) | | | | {real['mean_accuracy']:.3f} | {real['accuracy']['all']:.3f} | "
+        f"| real renders (floor) | | | | | {real['mean_accuracy']:.3f} | {real['accuracy']['all']:.3f} | "
         f"{real['fd']:.2f} |"
     )
     return "\n".join(lines)
