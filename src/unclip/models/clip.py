@@ -197,12 +197,11 @@ class ImageTower(nn.Module):
             raise ValueError(f"images must be {self.image_size}×{self.image_size}, got {tuple(images.shape[-2:])}")
         # channels_last runs the convolutions ~3x faster on CPU (cpu_notes.md) and is harmless elsewhere.
         h = F.silu(self.stem(images.contiguous(memory_format=torch.channels_last)))
-        if not self.pooled:
-            return self.proj(self.norm(self.to_map(self.stages(h)).flatten(1)))
         first = self.stages[0](h)  # [B, C1, S/2, S/2]
-        summary = torch.cat([first.amax((2, 3)), first.mean((2, 3))], 1)  # [B, 2*C1], position-free
         flat = self.to_map(self.stages[1:](first)).flatten(1)
-        return self.proj(self.norm(torch.cat([flat, summary], 1)))
+        if self.pooled:  # + [B, 2*C1] position-free summary
+            flat = torch.cat([flat, first.amax((2, 3)), first.mean((2, 3))], 1)
+        return self.proj(self.norm(flat))
 
 
 # ---------------------------------------------------------------------------------------------- text
