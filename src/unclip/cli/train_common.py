@@ -82,7 +82,8 @@ def train_config(options: dict[str, Any]):
     """A validated TrainConfig from the options of :func:`train_options` (usage error naming a bad value)."""
     from unclip.train.config import TrainConfig
 
-    values = {k: options.get(k) for k in TRAIN_KEYS}  # commands without --init-from leave it None
+    values = {k: options[k] for k in TRAIN_KEYS if k != "init_from"}
+    values["init_from"] = options.get("init_from")  # commands without --init-from leave it None
     values["num_threads"] = values.pop("threads")
     values["warmup_steps"] = min(values["warmup_steps"], values["steps"])
     if values["batch_size"] % values["grad_accum"]:
