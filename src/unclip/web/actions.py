@@ -8,6 +8,7 @@ the same values on the command line (``unclip generate ... --seed S``) give the 
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from typing import Any
 
 from PIL import Image
@@ -17,6 +18,11 @@ from unclip.web.jobs import ProgressFn, RunFn
 from unclip.web.schemas import GenerateRequest, InterpolateRequest, TextDiffRequest, VariationsRequest
 
 SEED_RANGE = 2**31  # seeds the server draws (any seed up to 2**63 - 1 may be given)
+# GenerationDefaults fields a generate request may set (None: the model's default)
+GENERATE_SETTINGS = (
+    "sampler", "prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance_scale", "decoder_guidance_scale",
+    "best_of", "eta",
+)  # fmt: skip
 
 
 class FieldError(ValueError):
@@ -52,25 +58,15 @@ def _labelled(images: list[Image.Image], params: dict[str, Any], extra: list[dic
 
 def generate_job(pipe, req: GenerateRequest, model: str, max_steps: int, max_images: int) -> tuple[dict, RunFn]:
     """Text to image: resolved parameters and the run function."""
-    d: GenerationDefaults = pipe.defaults
+    given = {name: getattr(req, name) for name in GENERATE_SETTINGS}
+    resolved = replace(pipe.defaults, **{k: v for k, v in given.items() if v is not None})
     params = {
         "kind": "generate",
         "model": model,
         "prompt": req.prompt,
         "num_images_per_prompt": req.num_images_per_prompt,
         "seed": _seed(req.seed),
-        "sampler": req.sampler or d.sampler,
-        "prior_steps": req.prior_steps or d.prior_steps,
-        "decoder_steps": req.decoder_steps or d.decoder_steps,
-        "upsampler_steps": req.upsampler_steps or d.upsampler_steps,
-        "prior_guidance_scale": (
-            d.prior_guidance_scale if req.prior_guidance_scale is None else req.prior_guidance_scale
-        ),
-        "decoder_guidance_scale": (
-            d.decoder_guidance_scale if req.decoder_guidance_scale is None else req.decoder_guidance_scale
-        ),
-        "best_of": req.best_of or d.best_of,
-        "eta": d.eta if req.eta is None else req.eta,
+        **{name: getattr(resolved, name) for name in GENERATE_SETTINGS},
     }
     _check_count("num_images_per_prompt", req.num_images_per_prompt, max_images)
     _check_steps(params, ("prior_steps", "decoder_steps", "upsampler_steps"), max_steps)
@@ -80,15 +76,8 @@ def generate_job(pipe, req: GenerateRequest, model: str, max_steps: int, max_ima
             params["prompt"],
             num_images_per_prompt=params["num_images_per_prompt"],
             seed=params["seed"],
-            sampler=params["sampler"],
-            prior_steps=params["prior_steps"],
-            decoder_steps=params["decoder_steps"],
-            upsampler_steps=params["upsampler_steps"],
-            prior_guidance_scale=params["prior_guidance_scale"],
-            decoder_guidance_scale=params["decoder_guidance_scale"],
-            best_of=params["best_of"],
-            eta=params["eta"],
             progress=progress,
+            **{name: params[name] for name in GENERATE_SETTINGS},
         )
         return _labelled(images, params)
 
