@@ -247,3 +247,31 @@ def test_tiny_model_trains_with_hybrid_loss_without_nans() -> None:
         torch.set_num_threads(threads)
     assert mse1 < 0.8 * mse0, f"MSE did not go down: {mse0:.3f} -> {mse1:.3f}"
     assert vlb1 < vlb0, f"VLB did not go down: {vlb0:.4f} -> {vlb1:.4f}"
+
+
+@pytest.mark.parametrize("gamma", [1.0, 5.0])
+def test_min_snr_weighting_counts_every_parameterisation_as_min_snr_x0_error(gamma: float) -> None:
+    """A model whose x0 estimate is off by δ pays min(SNR, γ)·|δ|² (Min-SNR-γ, in x0 terms) whatever it predicts.
+
+    The eps and v outputs equivalent to the erroneous x0 estimate are computed here in float64 from the
+    definitions (x_t = √ᾱ x0 + √(1-ᾱ) ε, v = √ᾱ ε − √(1-ᾱ) x0), independently of the library's conversions."""
+    g = torch.Generator().manual_seed(3)
+    t = torch.tensor([0, 10, 150, 400, 700, 999])
+    x0 = torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64)
+    noise = torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64)
+    delta = 0.1 * torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64)
+    acp = BASE.alphas_cumprod[t].view(-1, 1, 1, 1)
+    a, s = acp.sqrt(), (1 - acp).sqrt()
+    x_t = a * x0 + s * noise
+    x0_hat = x0 + delta
+    eps_hat = (x_t - a * x0_hat) / s
+    outputs = {"x0": x0_hat, "eps": eps_hat, "v": a * eps_hat - s * x0_hat}
+    snr = (acp / (1 - acp)).view(-1)
+    expected = snr.clamp(max=gamma) * (delta**2).mean(dim=(1, 2, 3))
+    for prediction, out in outputs.items():
+        losses = training_losses(
+            lambda x, tt, out=out: out, x0, t, noise, schedule=BASE, param=Parameterization(prediction), snr_gamma=gamma
+        )
+        torch.testing.assert_close(losses["loss"].double(), expected, rtol=1e-4, atol=1e-12)
+    with pytest.raises(ValueError, match="gamma"):
+        training_losses(lambda x, tt: x, x0, t, noise, schedule=BASE, param=Parameterization("v"), snr_gamma=0.0)

@@ -52,6 +52,46 @@ def test_decoder_loss_uses_the_generator_only(cache_dir):
     assert torch.equal(a, b)
 
 
+def test_decoder_min_snr_weighting_and_norm_groups_reach_loss_and_network(cache_dir):
+    """snr_gamma reweights each sample's MSE by min_snr_weight (checked on the same draws); norm_groups
+    replaces the preset's GroupNorm groups."""
+    from unclip.diffusion import min_snr_weight
+
+    plain = DecoderTask(DecoderTaskConfig(cache=str(cache_dir), preset="tiny", holdout=8))
+    weighted = DecoderTask(DecoderTaskConfig(cache=str(cache_dir), preset="tiny", holdout=8, snr_gamma=2.0))
+    torch.manual_seed(0)
+    model = plain.build_model()
+    batch = plain.get_batch([0, 1, 2, 3], torch.device("cpu"))
+    captured = {}
+
+    def spy(task, key):
+        import unclip.train.decoder_task as mod
+
+        original = mod.training_losses
+
+        def wrapped(*args, **kwargs):
+            out = original(*args, **kwargs)
+            captured[key] = (out, args[2])  # per-sample losses and the drawn steps t
+            return out
+
+        mod.training_losses = wrapped
+        try:
+            task.loss(model, batch, torch.Generator().manual_seed(5))
+        finally:
+            mod.training_losses = original
+
+    spy(plain, "plain")
+    spy(weighted, "weighted")
+    (p_out, t), (w_out, t2) = captured["plain"], captured["weighted"]
+    assert torch.equal(t, t2) and torch.equal(p_out["mse"], w_out["mse"])
+    w = min_snr_weight(plain.schedule, t, "v", 2.0)
+    assert not torch.allclose(w, torch.ones_like(w))
+    torch.testing.assert_close(w_out["loss"] - w_out["vlb"] * 1.0, p_out["mse"] * w)
+    grouped = DecoderTask(DecoderTaskConfig(cache=str(cache_dir), preset="tiny", holdout=8, norm_groups=4))
+    norms = [m for m in grouped.build_model().modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == 4 for m in norms)
+
+
 def test_upsampler_trains_on_crops(cache_dir, tmp_path):
     task = UpsamplerTask(UpsamplerTaskConfig(cache=str(cache_dir), preset="tiny", holdout=8, eval_samples=2))
     seen = []

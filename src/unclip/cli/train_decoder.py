@@ -23,8 +23,14 @@ from unclip.cli.train_common import run_stage, train_options
 @click.option("--text-drop", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--prediction", type=click.Choice(["v", "eps", "x0"]), default="v", show_default=True,
               help="What the network predicts (v is robust for short training; Karlo uses eps).")  # fmt: skip
+@click.option("--snr-gamma", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Min-SNR-gamma weighting of the MSE term (e.g. 5); default: unweighted.")  # fmt: skip
+@click.option("--norm-groups", type=click.IntRange(min=1), default=None,
+              help="GroupNorm groups [default: the preset's].")  # fmt: skip
 @train_options(steps=6000, batch_size=32, lr=1e-3, warmup=200, ema=0.999, eval_every=1000)
-def command(cache, preset, holdout, prediction, use_text, image_drop, text_drop, **options) -> None:
+def command(
+    cache, preset, holdout, prediction, snr_gamma, norm_groups, use_text, image_drop, text_drop, **options
+) -> None:
     """Train the decoder U-Net (learned variance, hybrid loss) on a shapes cache."""
     from unclip.diffusion.stage_config import DiffusionConfig
     from unclip.train.decoder_task import DecoderTask, DecoderTaskConfig
@@ -34,6 +40,7 @@ def command(cache, preset, holdout, prediction, use_text, image_drop, text_drop,
             DecoderTaskConfig(
                 cache=cache, preset=preset, holdout=holdout, use_text=use_text, image_drop=image_drop,
                 text_drop=text_drop, diffusion=DiffusionConfig(prediction=prediction, variance="learned_range"),
+                snr_gamma=snr_gamma, norm_groups=norm_groups,
             )
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:

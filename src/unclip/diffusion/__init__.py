@@ -36,6 +36,7 @@ from unclip.diffusion.losses import (
     discretized_gaussian_log_likelihood,
     gaussian_log_likelihood,
     mean_flat,
+    min_snr_weight,
     normal_kl,
     sample_timesteps,
     training_losses,
@@ -94,4 +95,5 @@ __all__ = [
     "vlb_terms",
     "sample_timesteps",
     "training_losses",
+    "min_snr_weight",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "mean_flat",
     "vlb_terms",
     "sample_timesteps",
+    "min_snr_weight",
     "training_losses",
 ]
 
@@ -125,6 +126,30 @@ def sample_timesteps(
     return t.to(device) if device is not None else t
 
 
+def min_snr_weight(schedule: NoiseSchedule, t: Tensor, prediction: str, gamma: float) -> Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023) for the MSE on ``prediction``'s target: float32 [B].
+
+    Each step's MSE is reweighted so that, expressed as an x0 error, it counts ``min(SNR_t, γ)`` (SNR_t =
+    ᾱ_t / (1 - ᾱ_t)): the weight is ``min(SNR, γ)/SNR`` for eps, ``min(SNR, γ)`` for x0 and
+    ``min(SNR, γ)/(SNR + 1)`` for v. Nearly clean steps, which otherwise dominate the x0-equivalent loss,
+    stop crowding out the noisy ones where the layout and shapes are decided.
+    """
+    if not gamma > 0:
+        raise ValueError(f"min-SNR gamma must be > 0, got {gamma}")
+    acp = schedule.alphas_cumprod.to(t.device)[t]
+    snr = acp / (1.0 - acp)
+    clipped = snr.clamp(max=gamma)
+    if prediction == "eps":
+        weight = clipped / snr
+    elif prediction == "x0":
+        weight = clipped
+    elif prediction == "v":
+        weight = clipped / (snr + 1.0)
+    else:
+        raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+    return weight.float()
+
+
 def _straight_through_clamp(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
     """Forward: clamp(x, low, high); backward: identity (the gradient still points back into range)."""
     return x + (torch.maximum(torch.minimum(x, high), low) - x).detach()
@@ -143,6 +168,7 @@ def training_losses(
     generator: torch.Generator | None = None,
     vlb_bins: int | None = 256,
     stable_variance: bool = True,
+    snr_gamma: float | None = None,
 ) -> dict[str, Tensor]:
     """Per-sample training losses of one batch.
 
@@ -168,6 +194,7 @@ def training_losses(
             straight-through gradient, so a tiny network whose variance channels wander far out of range
             cannot overflow ``exp`` (DALLE2-pytorch issues #138/#311). Identical to improved DDPM while the
             variance channels stay in range.
+        snr_gamma: when set, the MSE term is weighted by :func:`min_snr_weight` (the VLB term is not).
 
     Returns:
         dict of float32 [B] tensors: ``"loss"`` (what to minimise after ``.mean()``), ``"mse"``, and
@@ -190,9 +217,10 @@ def training_losses(
 
     target = training_target(schedule, x0, t, noise, param.prediction)
     mse = mean_flat((mean_out.float() - target.float()) ** 2)
+    weighted_mse = mse if snr_gamma is None else mse * min_snr_weight(schedule, t, param.prediction, snr_gamma)
     losses = {"mse": mse}
     if not param.learned_variance:
-        losses["loss"] = mse
+        losses["loss"] = weighted_mse
         return losses
 
     with torch.autocast(device_type=x0.device.type, enabled=False):
@@ -208,5 +236,5 @@ def training_losses(
         vlb = vlb_terms(schedule, x0f, x_tf, t, model_mean, log_var, bins=vlb_bins)
     weight = len(schedule) / 1000.0 if lambda_vlb is None else float(lambda_vlb)
     losses["vlb"] = vlb
-    losses["loss"] = mse + weight * vlb
+    losses["loss"] = weighted_mse + weight * vlb
     return losses

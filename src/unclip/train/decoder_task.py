@@ -51,6 +51,8 @@ class DecoderTaskConfig:
         image_drop, text_drop: guidance dropout probabilities (override the preset's).
         eval_samples: held-out images decoded at each evaluation.
         eval_steps: sampler steps at evaluation.
+        snr_gamma: Min-SNR-γ weighting of the MSE term (None: unweighted, as Karlo and improved DDPM).
+        norm_groups: GroupNorm groups of the network (None: the preset's).
     """
 
     cache: str = "runs/shapes_cache"
@@ -64,6 +66,8 @@ class DecoderTaskConfig:
     text_drop: float = 0.5
     eval_samples: int = 16
     eval_steps: int = 25
+    snr_gamma: float | None = None
+    norm_groups: int | None = None
 
 
 @dataclass
@@ -135,6 +139,7 @@ class DecoderTask(_CacheTask):
             image_drop=config.image_drop,
             text_drop=config.text_drop,
             learn_sigma=self.param.learned_variance,
+            norm_groups=config.norm_groups or base.norm_groups,
         )
 
     def build_model(self) -> nn.Module:
@@ -164,8 +169,9 @@ class DecoderTask(_CacheTask):
         x0 = batch["x0"]
         t = sample_timesteps(x0.shape[0], len(self.schedule), generator, x0.device)
         losses = training_losses(
-            model, x0, t, schedule=self.schedule, param=self.param, model_kwargs=kwargs, generator=generator
-        )
+            model, x0, t, schedule=self.schedule, param=self.param, model_kwargs=kwargs, generator=generator,
+            snr_gamma=self.config.snr_gamma,
+        )  # fmt: skip
         metrics = {"mse": float(losses["mse"].detach().mean())}
         if "vlb" in losses:
             metrics["vlb"] = float(losses["vlb"].detach().mean())

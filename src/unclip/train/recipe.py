@@ -52,6 +52,8 @@ class Recipe:
         holdout: held-out cache rows (evaluation).
         world_seed: seed of the training world.
         defaults: generation defaults stored in the pipeline (a dict of GenerationDefaults fields).
+        decoder_options: extra :class:`~unclip.train.decoder_task.DecoderTaskConfig` fields of the decoder
+            stage (e.g. ``snr_gamma``).
     """
 
     name: str
@@ -64,6 +66,7 @@ class Recipe:
     holdout: int = 1000
     world_seed: int = 0
     defaults: dict = field(default_factory=dict)
+    decoder_options: dict = field(default_factory=dict)
 
 
 def _tc(steps: int, batch: int, lr: float, warmup: int, ema: float = 0.999, **kw) -> TrainConfig:
@@ -77,9 +80,10 @@ def _shapes() -> Recipe:
         name="shapes",
         clip=StagePlan("shapes", _tc(800, 128, 1e-3, 30, ema=0.995, weight_decay=0.05)),
         prior=StagePlan("shapes", _tc(600, 64, 1e-3, 30, ema=0.999, weight_decay=0.01)),
-        decoder=StagePlan("shapes", _tc(4000, 32, 1e-3, 150, ema=0.999)),
+        decoder=StagePlan("shapes", _tc(4500, 32, 1e-3, 150, ema=0.999)),
         upsampler=StagePlan("shapes", _tc(1500, 32, 5e-4, 100, ema=0.999)),
         defaults=dict(decoder_steps=25, prior_steps=25, upsampler_steps=7, decoder_guidance_scale=3.0),
+        decoder_options=dict(snr_gamma=5.0),
     )
 
 
@@ -217,7 +221,9 @@ def train_shapes(
         cache, null_text_for_cache(cache, clip), recipe.prior.preset, holdout=recipe.holdout, eval_rows=0
     )
     train("prior", prior_task, recipe.prior)
-    decoder_task = DecoderTask(DecoderTaskConfig(preset=recipe.decoder.preset, holdout=recipe.holdout), cache=cache)
+    decoder_task = DecoderTask(
+        DecoderTaskConfig(preset=recipe.decoder.preset, holdout=recipe.holdout, **recipe.decoder_options), cache=cache
+    )
     train("decoder", decoder_task, recipe.decoder)
     base_size = decoder_task.model_config.image_size
     upsampler_task = UpsamplerTask(
