@@ -1,6 +1,7 @@
 """The quality measurements against stand-in pipelines whose answers are known."""
 
 import numpy as np
+import pytest
 import torch
 
 from unclip.data.shapes import ShapesWorld, full_spec
@@ -92,3 +93,20 @@ def test_variation_and_text_diff_counts(monkeypatch):
 def test_held_out_captions_have_the_requested_object_count():
     assert all(len(s.scene.objects) == 2 for s in held_out_captions(3, 5, 2))
     assert full_spec(held_out_captions(3, 1, 1)[0].scene)["objects"]
+
+
+def test_matching_scenes_fit_the_caption_and_leave_the_rest_free():
+    """Scenes drawn for a caption show every attribute it names; the attributes it leaves free vary."""
+    rng = np.random.default_rng(0)
+    world = ShapesWorld(seed=3, two_object_prob=0.0)
+    for sample in held_out_captions(5, 6, 1):
+        scenes = quality.draw_matching_scenes(world, rng, sample.specified, 40)
+        records = [quality.scene_as_record(s) for s in scenes]
+        assert len(records) == 40 and all(quality.matches_spec(r, sample.specified) for r in records)
+        named = sample.specified["objects"][0]
+        for attr in ("size", "fill", "position"):
+            values = {r["objects"][0][attr] for r in records}
+            assert (len(values) == 1) == (attr in named), (sample.caption, attr, values)
+    spec = {"objects": [{"shape": "star", "colour": "red"}], "background": "red"}  # impossible: same colours
+    with pytest.raises(RuntimeError, match="no scene"):
+        quality.draw_matching_scenes(world, rng, spec, 1, max_draws=5000)
