@@ -108,3 +108,25 @@ def test_validation_errors() -> None:
         unclip_sample(Predictor(model, Parameterization("eps", "fixed_large")), BASE, 5, shape=(1, 2))
     with pytest.raises(ValueError, match="training schedule"):
         unclip_sample(pred, BASE.respace("10"), 5, shape=(1, 2))
+
+
+def test_learned_range_variance_channels_are_clamped_to_the_trained_range() -> None:
+    """Variance channels past ±1 (a drifted network) give σ² at the range's bound, as training's forward
+    pass evaluates them; unclamped they extrapolate σ² far past β_t and the sample explodes."""
+    schedule = make_schedule("cosine").respace("25")
+    param = Parameterization("v", "learned_range")
+
+    def drifted(x, t):  # v = 0 (x0 = sqrt(acp) x_t), variance channels far above +1
+        return torch.cat([torch.zeros_like(x), torch.full_like(x, 40.0)], dim=1)
+
+    def at_bound(x, t):
+        return torch.cat([torch.zeros_like(x), torch.ones_like(x)], dim=1)
+
+    def run(denoiser, **kw):
+        predictor = Predictor(denoiser, param, **kw)
+        return ddpm_sample(predictor, schedule, shape=(2, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+
+    clamped = run(drifted)
+    torch.testing.assert_close(clamped, run(at_bound))
+    raw = run(drifted, clamp_variance=False)
+    assert torch.isfinite(clamped).all() and not (torch.isfinite(raw).all() and raw.abs().max() < 1e3)

@@ -277,7 +277,7 @@ def _shapes() -> DecoderConfig:
         attention_ds=(4,),
         head_channels=32,
         dropout=0.0,
-        norm_groups=8,  # 32 groups on 32 channels would normalise every channel alone (instance norm)
+        norm_groups=32,
         clip_dim=128,
         clip_tokens=4,
         text_width=128,

@@ -86,6 +86,11 @@ class Predictor:
         clip_x0: clamp predicted x0 to [-c, c] (a float) or [lo, hi] (a pair); None: no clamp. Karlo's
             decoder/upsamplers use 1, its prior 10, diffusers' prior scheduler 5.
         threshold: dynamic thresholding ``(ratio, max_value)`` instead of a fixed clamp; None: off.
+        clamp_variance: for ``learned_range``, clamp the variance channels to [-1, 1] (σ² between β̃_t and
+            β_t), the range training evaluates them in (``training_losses(stable_variance=True)`` clamps its
+            forward pass the same way). A network whose channels drifted past a bound — the VLB optimum at
+            a bound pushes them on with nothing pulling back — would otherwise extrapolate σ² far outside
+            the range and blow up the sample. No-op for in-range outputs (Karlo's and diffusers').
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class Predictor:
         *,
         clip_x0: float | tuple[float, float] | None = None,
         threshold: tuple[float, float] | None = None,
+        clamp_variance: bool = True,
     ) -> None:
         if not callable(denoiser):
             raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
@@ -112,6 +118,7 @@ class Predictor:
         if threshold is not None:
             dynamic_threshold(torch.zeros(1, 1), *threshold)  # validates the arguments
         self.threshold = threshold
+        self.clamp_variance = bool(clamp_variance)
 
     def raw(self, x: Tensor, schedule: NoiseSchedule, index: int) -> Tensor:
         """The denoiser's raw output at step ``index`` of ``schedule`` (shape-checked, dtype of ``x``)."""
@@ -132,6 +139,8 @@ class Predictor:
     def from_raw(self, x: Tensor, schedule: NoiseSchedule, index: int, out: Tensor) -> Prediction:
         """Convert a raw output at step ``index`` into a :class:`Prediction`."""
         mean, var_values = self.param.split(out, x)
+        if var_values is not None and self.clamp_variance and self.param.variance == "learned_range":
+            var_values = var_values.clamp(-1.0, 1.0)
         x0, eps = prediction_to_x0_eps(schedule, x, index, mean, self.param.prediction)
         if self.threshold is not None or self.clip_x0 is not None:
             x0 = self.process_x0(x0)
