@@ -202,20 +202,32 @@ def test_binding_measures_on_known_records():
     )
     caption, spec = binding_caption(rec.record)
     assert spec["objects"][0]["colour"] in caption and spec["relation"] in caption
-    assert binding_measures(rec.record, spec) == {"count": True, "bound": True, "colour_swap": False, "relation": True}
+    assert binding_measures(rec.record, spec) == {
+        "count": True, "bound": True, "colours_bound": True, "colour_swap": False, "relation": True
+    }  # fmt: skip
     swapped = json.loads(json.dumps(rec.record))
     a, b = swapped["objects"]
     a["colour"], b["colour"] = b["colour"], a["colour"]
     out = binding_measures(swapped, spec)
-    assert out["colour_swap"] and not out["bound"] and out["count"]
+    assert out["colour_swap"] and not out["bound"] and not out["colours_bound"] and out["count"]
+    reshaped = json.loads(json.dumps(rec.record))
+    reshaped["objects"][0]["shape"] = "cross" if reshaped["objects"][0]["shape"] != "cross" else "star"
+    out = binding_measures(reshaped, spec)
+    assert out["colours_bound"] and not out["bound"]
     one = dict(swapped, objects=[a], num_objects=1, relation=None)
-    assert binding_measures(one, spec) == {"count": False, "bound": False, "colour_swap": False, "relation": False}
+    assert binding_measures(one, spec) == {
+        "count": False, "bound": False, "colours_bound": False, "colour_swap": False, "relation": False
+    }  # fmt: skip
 
 
 def test_matched_gap_interpolates_the_baseline():
     base = [(0.2, 0.9), (0.6, 0.5), (1.0, 0.1)]  # entropy = 1.1 - accuracy
     assert matched_gap([(0.4, 0.9), (0.8, 0.5)], base) == pytest.approx(((0.9 - 0.7) + (0.5 - 0.3)) / 2)
     assert matched_gap([(0.1, 0.9)], base) is None
+    # the baseline's points inside the model's range count too (model entropy = accuracy here)
+    assert matched_gap([(0.2, 0.2), (0.5, 0.5)], [(0.3, 0.6), (0.4, 0.6)]) == pytest.approx(
+        ((0.3 - 0.6) + (0.4 - 0.6)) / 2
+    )
 
 
 def test_comparison_decoders_condition_as_documented(world):

@@ -66,24 +66,29 @@ def binding_caption(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def binding_measures(pred: dict[str, Any], spec: dict[str, Any]) -> dict[str, bool]:
-    """``bound`` (both objects' colour and shape right), ``colour_swap``, ``relation`` and ``count`` for one
-    predicted record against a two-object spec (objects in caption order with a relation)."""
+    """``bound`` (both objects' colour and shape right), ``colours_bound`` (both objects' colours right,
+    shapes ignored), ``colour_swap``, ``relation`` and ``count`` for one predicted record against a two-object
+    spec (objects in caption order with a relation)."""
     from unclip.eval.oracle import canonical_objects, caption_slots
 
     slots, rel = caption_slots(spec)
     objects, p_rel = canonical_objects(pred)
     if len(objects) != 2:
-        return {"count": False, "bound": False, "colour_swap": False, "relation": False}
+        return {"count": False, "bound": False, "colours_bound": False, "colour_swap": False, "relation": False}
     named = spec["objects"]
     got = [objects[slots[k]] for k in range(2)]
     bound = all(got[k]["colour"] == named[k]["colour"] and got[k]["shape"] == named[k]["shape"] for k in range(2))
+    colours = all(got[k]["colour"] == named[k]["colour"] for k in range(2))
     swap = got[0]["colour"] == named[1]["colour"] and got[1]["colour"] == named[0]["colour"]
-    return {"count": True, "bound": bound, "colour_swap": swap, "relation": p_rel == rel}
+    return {"count": True, "bound": bound, "colours_bound": colours, "colour_swap": swap, "relation": p_rel == rel}
+
+
+MEASURES = ("count", "bound", "colours_bound", "colour_swap", "relation")
 
 
 def _rates(measures: list[dict[str, bool]]) -> dict[str, float]:
     n = len(measures)
-    out = {k: sum(m[k] for m in measures) / n for k in ("count", "bound", "colour_swap", "relation")}
+    out = {k: sum(m[k] for m in measures) / n for k in MEASURES}
     out["n"] = n
     return out
 
@@ -128,11 +133,11 @@ def run(ctx: ExperimentContext, s: BindingSettings) -> ExperimentResult:
         for g in s.guidances:
             res[m][f"{g:g}"] = progress.unit(
                 store,
-                f"{m}_g{g:g}_c{s.captions}x{s.per_caption}_s{s.steps}",
+                f"{m}_g{g:g}_c{s.captions}x{s.per_caption}_s{s.steps}_v2",
                 lambda m=m, g=g: gen_unit(m, g),
                 f"{m} at guidance {g:g}",
             )
-    recon = progress.unit(store, f"reconstructions_n{s.reconstructions}_s{s.steps}", recon_unit, "reconstructions")
+    recon = progress.unit(store, f"reconstructions_n{s.reconstructions}_s{s.steps}_v2", recon_unit, "reconstructions")
     gs = [f"{g:g}" for g in s.guidances]
     diffs = []
     for g in gs:
@@ -141,7 +146,9 @@ def run(ctx: ExperimentContext, s: BindingSettings) -> ExperimentResult:
     d, se = max(diffs, key=lambda x: abs(x[0]))
     held = True if d < -1.96 * se else (False if d > 1.96 * se else None)
     verdict = Verdict(held, "binding accuracy unCLIP − caption-only: " + ", ".join(
-        f"{x:+.3f} ± {e:.3f} (g={g})" for (x, e), g in zip(diffs, gs)) + f"; colour swaps unCLIP "
+        f"{x:+.3f} ± {e:.3f} (g={g})" for (x, e), g in zip(diffs, gs)) + f"; both colours on the right objects "
+        f"unCLIP {res['unclip'][gs[0]]['colours_bound']:.3f} vs {res['caption'][gs[0]]['colours_bound']:.3f}; "
+        f"colour swaps unCLIP "
         f"{res['unclip'][gs[0]]['colour_swap']:.3f} vs {res['caption'][gs[0]]['colour_swap']:.3f}; reconstructions "
         f"from z_i: bound {recon['decoded']['bound']:.3f}, swapped {recon['decoded']['colour_swap']:.3f} "
         f"(real renders {recon['real']['bound']:.3f}).")  # fmt: skip
@@ -150,24 +157,25 @@ def run(ctx: ExperimentContext, s: BindingSettings) -> ExperimentResult:
         "guidance",
         "two objects",
         "bound (colour+shape both right)",
+        "both colours right",
         "colours swapped",
         "relation",
         "n",
     ]
-    rows = [[SETTING_LABELS[m], g, *[res[m][g][k] for k in ("count", "bound", "colour_swap", "relation", "n")]]
+    rows = [[SETTING_LABELS[m], g, *[res[m][g][k] for k in (*MEASURES, "n")]]
             for m in COMPARED for g in gs]  # fmt: skip
     rows.append(
         [
             "unCLIP decoder on true z_i (reconstruction)",
             s.guidances[0],
-            *[recon["decoded"][k] for k in ("count", "bound", "colour_swap", "relation", "n")],
+            *[recon["decoded"][k] for k in (*MEASURES, "n")],
         ]
     )
     rows.append(
         [
             "real renders (oracle ceiling)",
             "—",
-            *[recon["real"][k] for k in ("count", "bound", "colour_swap", "relation", "n")],
+            *[recon["real"][k] for k in (*MEASURES, "n")],
         ]
     )
     fig, (ax,) = new_figure(1, width=7)

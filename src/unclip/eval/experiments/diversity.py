@@ -6,10 +6,11 @@ fill, colour, position, background), each model draws ``per_caption`` images per
 the accuracy of the attributes the caption names (mean over them) and the normalised entropy of those it
 leaves free (:func:`unclip.eval.oracle.unspecified_entropy`, averaged over attributes and captions).
 
-Verdict: at matched accuracy, unCLIP's entropy against the baseline's entropy linearly interpolated at the
-same accuracy (over the accuracy range both reach); held when unCLIP is higher by more than 0.05 on average,
-not held when lower by more than 0.05, else inconclusive. Without an overlapping accuracy range, held if
-unCLIP dominates (more accurate and more diverse at its most accurate point), not held if dominated.
+Verdict: at matched accuracy, unCLIP's entropy against the baseline's, each curve linearly interpolated in
+accuracy at the other curve's points (over the accuracy range both reach); held when unCLIP is higher by
+more than 0.05 on average, not held when lower by more than 0.05, else inconclusive. Without an overlapping
+accuracy range, held if unCLIP dominates (more accurate and more diverse at its most accurate point), not
+held if dominated.
 """
 
 from __future__ import annotations
@@ -73,12 +74,17 @@ def caption_unit(ctx: ExperimentContext, s: DiversitySettings, setting: str, gui
 
 
 def matched_gap(model: list[tuple[float, float]], base: list[tuple[float, float]]) -> float | None:
-    """Mean of ``H_model(a) - H_base(a)`` over the model's points whose accuracy a lies in the baseline's
-    accuracy range (baseline entropy linearly interpolated in accuracy); None without overlap.
+    """Mean entropy gap ``H_model(a) - H_base(a)`` at matched accuracy a, taken at every point of either
+    curve whose accuracy lies in the other curve's accuracy range (the other curve's entropy linearly
+    interpolated in accuracy); None when neither curve has a point in the other's range.
     Points are (accuracy, entropy)."""
-    base = sorted(base)
-    accs = [a for a, _ in base]
-    gaps = [h - float(np.interp(a, accs, [e for _, e in base])) for a, h in model if accs[0] <= a <= accs[-1]]
+
+    def at(points: list[tuple[float, float]], a: float) -> float:
+        return float(np.interp(a, [p[0] for p in points], [p[1] for p in points]))
+
+    model, base = sorted(model), sorted(base)
+    gaps = [h - at(base, a) for a, h in model if base[0][0] <= a <= base[-1][0]]
+    gaps += [at(model, a) - h for a, h in base if model[0][0] <= a <= model[-1][0]]
     return float(np.mean(gaps)) if gaps else None
 
 
