@@ -327,3 +327,28 @@ def test_specs_are_complete():
         assert set(spec.settings) == {"quick", "full"} and set(spec.cpu_budget) == {"quick", "full"}
         assert spec.command() == f"unclip experiment {name} --budget quick"
     assert replace(TEST_DECODERS, steps=3).steps == 3
+
+
+def test_missing_cache_is_built_like_the_recipe_from_a_clean_clone(tmp_path, monkeypatch):
+    """No `unclip train shapes` run: the cache is rendered and embedded with the pipeline's CLIP as the
+    recipe says (sizes shrunk here); a named --cache or a shapes run with its own CLIP is never rebuilt."""
+    import dataclasses
+
+    import unclip.train.recipe as recipe_mod
+
+    small = dataclasses.replace(recipe_mod.get_recipe("test"), cache_size=10, cache_image_size=16, world_seed=3)
+    monkeypatch.setattr(recipe_mod, "get_recipe", lambda name, device="auto": small)
+    logs: list[str] = []
+    ctx = ExperimentContext(run_root=tmp_path / "runs", out_dir=tmp_path / "docs", shapes_run=tmp_path / "shapes",
+                            holdout=2, log=logs.append, progress=False)  # fmt: skip
+    cache = ctx.get_cache()
+    assert len(cache) == 10 and cache.images.shape[1] == 16 and any("building it" in m for m in logs)
+    world = ShapesWorld(seed=3)
+    assert [world.sample(i).caption for i in range(10)] == list(cache.captions)
+    expected = ctx.get_pipeline().clip.embed_images(world.batch(range(10), 16)[0]).float()
+    torch.testing.assert_close(cache.image_embedding.float(), expected, atol=1e-4, rtol=1e-4)
+    (tmp_path / "other" / "clip").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="unclip train shapes"):
+        ExperimentContext(shapes_run=tmp_path / "other", holdout=2, log=logs.append).get_cache()
+    with pytest.raises(FileNotFoundError, match="--cache"):
+        ExperimentContext(cache=tmp_path / "nowhere", holdout=2, log=logs.append).get_cache()

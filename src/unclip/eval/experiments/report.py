@@ -34,8 +34,16 @@ these comparisons are read at the decoders' base resolution (no upsampler).
 
 Run one with `unclip experiment NAME [--budget quick|full] [-o docs/experiments]` (resumable: finished
 units are kept under `runs/experiments/NAME/`, keyed by a fingerprint of the inputs; trained baselines under
-`runs/experiments/_models/`). CPU
-budgets are for the 2-core reference machine. A claim that did not hold at our scale is reported as such.
+`runs/experiments/_models/`). CPU budgets are for the 2-core reference machine. A claim that did not hold
+at our scale is reported as such.
+
+**From a clean clone** no `unclip train shapes` run is needed: without `runs/shapes`, an experiment uses
+the built-in model and first renders and embeds the recipe's cache with its CLIP (30,000 samples of world
+seed 0 at 64 px into `runs/shapes/cache`, about 1 CPU-minute; the same rows as the training run, embedded
+by the fp16-stored CLIP), then trains the baselines it needs. The tables here were made with
+`--shapes-run runs/shapes4`, the run that produced the built-in model (its own fp32 CLIP's cache), so a
+clean-clone rerun retrains the `quick` baselines on slightly different embeddings and can differ within
+the sampling noise of each table. All numbers are read by the shipped oracle (`docs/oracle.md`).
 """
 
 
