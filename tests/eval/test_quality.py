@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from unclip.data.shapes import ShapesWorld, full_spec
+from unclip.data.shapes import ShapesWorld, full_spec, scene_record
 from unclip.eval import quality
+from unclip.eval.oracle import score_specified
 from unclip.eval.quality import held_out_captions, text_diff_quality, text_to_image_quality, variation_quality
 
 
@@ -101,8 +102,8 @@ def test_matching_scenes_fit_the_caption_and_leave_the_rest_free():
     world = ShapesWorld(seed=3, two_object_prob=0.0)
     for sample in held_out_captions(5, 6, 1):
         scenes = quality.draw_matching_scenes(world, rng, sample.specified, 40)
-        records = [quality.scene_as_record(s) for s in scenes]
-        assert len(records) == 40 and all(quality.matches_spec(r, sample.specified) for r in records)
+        records = [scene_record(s) for s in scenes]
+        assert len(records) == 40 and all(all(score_specified(r, sample.specified).values()) for r in records)
         named = sample.specified["objects"][0]
         for attr in ("size", "fill", "position"):
             values = {r["objects"][0][attr] for r in records}

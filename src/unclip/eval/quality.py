@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unclip.data.shapes import Scene, ShapeObject, ShapesWorld
+from unclip.data.shapes import Scene, ShapeObject, ShapesWorld, scene_record
 from unclip.eval.oracle import pooled_accuracy, predict, record_agreement, score_specified, unspecified_entropy
 
 Log = Callable[[str], None]
@@ -160,34 +160,16 @@ def _random_scene(rng: np.random.Generator, shape: str, colour: str, background:
     return Scene(background, [obj], None)
 
 
-def matches_spec(record: dict[str, Any], spec: dict[str, Any]) -> bool:
-    """Whether a one- or two-object scene record shows everything a caption specification names."""
-    if len(record["objects"]) != len(spec["objects"]):
-        return False
-    if spec.get("background") not in (None, record["background"]):
-        return False
-    if spec.get("relation") not in (None, record.get("relation")):
-        return False
-    return all(
-        all(obj[key] == value for key, value in named.items()) for named, obj in zip(spec["objects"], record["objects"])
-    )
-
-
-def scene_as_record(scene: Scene) -> dict[str, Any]:
-    """A scene's attributes as an oracle-style record (background, objects as dicts, relation)."""
-    return {"background": scene.background, "num_objects": len(scene.objects),
-            "objects": [vars(o) for o in scene.objects], "relation": scene.relation}  # fmt: skip
-
-
 def draw_matching_scenes(
     world: ShapesWorld, rng: np.random.Generator, spec: dict[str, Any], count: int, max_draws: int = 2_000_000
 ) -> list[Scene]:
     """``count`` scenes of ``world``'s distribution conditioned on a caption specification (rejection
-    sampling: draw scenes until every named attribute matches); raises if ``max_draws`` give none."""
+    sampling: draw scenes until :func:`score_specified` finds every named attribute); raises if
+    ``max_draws`` give none."""
     scenes: list[Scene] = []
     for _ in range(max_draws):
         scene = world.sample_scene(rng)
-        if matches_spec(scene_as_record(scene), spec):
+        if all(score_specified(scene_record(scene), spec).values()):
             scenes.append(scene)
             if len(scenes) == count:
                 return scenes
