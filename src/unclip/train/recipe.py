@@ -52,8 +52,6 @@ class Recipe:
         holdout: held-out cache rows (evaluation).
         world_seed: seed of the training world.
         defaults: generation defaults stored in the pipeline (a dict of GenerationDefaults fields).
-        decoder_options: extra :class:`~unclip.train.decoder_task.DecoderTaskConfig` fields of the decoder
-            stage (e.g. ``snr_gamma``).
     """
 
     name: str
@@ -66,7 +64,6 @@ class Recipe:
     holdout: int = 1000
     world_seed: int = 0
     defaults: dict = field(default_factory=dict)
-    decoder_options: dict = field(default_factory=dict)
 
 
 def _tc(steps: int, batch: int, lr: float, warmup: int, ema: float = 0.999, **kw) -> TrainConfig:
@@ -220,9 +217,7 @@ def train_shapes(
         cache, null_text_for_cache(cache, clip), recipe.prior.preset, holdout=recipe.holdout, eval_rows=0
     )
     train("prior", prior_task, recipe.prior)
-    decoder_task = DecoderTask(
-        DecoderTaskConfig(preset=recipe.decoder.preset, holdout=recipe.holdout, **recipe.decoder_options), cache=cache
-    )
+    decoder_task = DecoderTask(DecoderTaskConfig(preset=recipe.decoder.preset, holdout=recipe.holdout), cache=cache)
     train("decoder", decoder_task, recipe.decoder)
     base_size = decoder_task.model_config.image_size
     upsampler_task = UpsamplerTask(
