@@ -154,3 +154,31 @@ def test_cli_train_decoder_resumes(cache_dir, tmp_path):
     assert (tmp_path / "d" / "model" / "model.safetensors").read_bytes() == before
     bad = CliRunner().invoke(cli, ["train", "upsampler", "--cache", str(tmp_path / "none"), "-o", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "none" in bad.output
+
+
+def test_evaluation_reads_the_held_out_rows_not_training_rows(cache_dir, tmp_path, monkeypatch):
+    """Held-out rows are cache rows, not sample indices: indices wrap onto training rows, rows do not."""
+    import unclip.pipeline.stages as stages
+
+    task = DecoderTask(DecoderTaskConfig(cache=str(cache_dir), preset="tiny", holdout=8, eval_samples=3, eval_steps=1))
+    seen = {}
+
+    def fake_decoder(model, diffusion, image_embedding, text, **kw):
+        seen["z"] = image_embedding.clone()
+        return torch.zeros(image_embedding.shape[0], 3, 16, 16)
+
+    monkeypatch.setattr(stages, "sample_decoder", fake_decoder)
+    task.evaluate(task.build_model(), 1, tmp_path)
+    torch.testing.assert_close(seen["z"], task.cache.image_embedding[32:35].float())
+    assert not torch.equal(seen["z"], task.cache.image_embedding[0:3].float())  # what index wrapping gave
+
+    up = UpsamplerTask(UpsamplerTaskConfig(cache=str(cache_dir), preset="tiny", holdout=8, eval_samples=2))
+
+    def fake_upsampler(model, diffusion, low, **kw):
+        seen["low"] = low.clone()
+        return torch.zeros(low.shape[0], 3, up.model_config.image_size, up.model_config.image_size)
+
+    monkeypatch.setattr(stages, "sample_upsampler", fake_upsampler)
+    up.evaluate(up.build_model(), 1, tmp_path)
+    held_out = up.cache.pixels(torch.tensor([32, 33]), up.model_config.image_size)
+    torch.testing.assert_close(seen["low"], up.degrade(held_out, None))

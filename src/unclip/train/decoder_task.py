@@ -146,7 +146,10 @@ class DecoderTask(_CacheTask):
         return build_model("decoder", self.model_config)
 
     def get_batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-        rows = self.rows(indices)
+        return self.batch_of_rows(self.rows(indices), device)
+
+    def batch_of_rows(self, rows: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        """Cache rows (long [B], not sample indices) as a training batch: x0 [B, 3, S, S], z_i [B, D], text."""
         batch = {
             "x0": self.cache.pixels(rows, self.model_config.image_size),
             "image_embedding": self.cache.image_embedding[rows],
@@ -186,7 +189,7 @@ class DecoderTask(_CacheTask):
         if len(rows) == 0:
             return {}
         device = next(model.parameters()).device
-        batch = self.get_batch(rows.tolist(), device)
+        batch = self.batch_of_rows(rows, device)
         text = None
         if self.config.use_text:
             from unclip.encoders.base import TextEmbedding
@@ -233,7 +236,11 @@ class UpsamplerTask(_CacheTask):
         return build_model("upsampler", self.model_config)
 
     def get_batch(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
-        return {"high": self.cache.pixels(self.rows(indices), self.model_config.image_size).to(device)}
+        return self.batch_of_rows(self.rows(indices), device)
+
+    def batch_of_rows(self, rows: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        """Cache rows (long [B], not sample indices) as high-resolution targets [B, 3, S, S]."""
+        return {"high": self.cache.pixels(rows, self.model_config.image_size).to(device)}
 
     def degrade(self, high: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """High-res [B, 3, S, S] -> corrupted low-res [B, 3, s, s]."""
@@ -266,7 +273,7 @@ class UpsamplerTask(_CacheTask):
         if not rows:
             return {}
         device = next(model.parameters()).device
-        high = self.get_batch(rows, device)["high"]
+        high = self.batch_of_rows(torch.tensor(rows, dtype=torch.long), device)["high"]
         low = self.degrade(high, torch.Generator().manual_seed(step))
         generator = torch.Generator(device="cpu").manual_seed(step)
         out = sample_upsampler(model, self.diffusion, low, steps=self.config.eval_steps, generator=generator)
