@@ -76,10 +76,17 @@ def _shapes() -> Recipe:
     return Recipe(
         name="shapes",
         clip=StagePlan("shapes", _tc(800, 128, 1e-3, 30, ema=0.995, weight_decay=0.05)),
-        prior=StagePlan("shapes", _tc(600, 64, 1e-3, 30, ema=0.999, weight_decay=0.01)),
+        prior=StagePlan("shapes", _tc(1500, 64, 1e-3, 30, ema=0.999, weight_decay=0.01)),
         decoder=StagePlan("shapes", _tc(4000, 32, 1e-3, 150, ema=0.999)),
         upsampler=StagePlan("shapes", _tc(1500, 32, 5e-4, 100, ema=0.999)),
-        defaults=dict(decoder_steps=25, prior_steps=25, upsampler_steps=7, decoder_guidance_scale=3.0),
+        defaults=dict(
+            decoder_steps=25,
+            prior_steps=25,
+            upsampler_steps=7,
+            decoder_guidance_scale=3.0,
+            prior_guidance_scale=1.0,
+            best_of=1,
+        ),
     )
 
 
