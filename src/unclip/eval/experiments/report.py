@@ -41,9 +41,11 @@ at our scale is reported as such.
 the built-in model and first renders and embeds the recipe's cache with its CLIP (30,000 samples of world
 seed 0 at 64 px into `runs/shapes/cache`, about 1 CPU-minute; the same rows as the training run, embedded
 by the fp16-stored CLIP), then trains the baselines it needs. The tables here were made with
-`--shapes-run runs/shapes4`, the run that produced the built-in model (its own fp32 CLIP's cache), so a
-clean-clone rerun retrains the `quick` baselines on slightly different embeddings and can differ within
-the sampling noise of each table. All numbers are read by the shipped oracle (`docs/oracle.md`).
+`--shapes-run runs/shapes4`, the run that produced the built-in model (its own fp32 CLIP's cache; its
+600-step prior at guidance 4 / best-of-2, which the built-in model replaced on 2026-11-30 by a 1,500-step
+prior at guidance 1, docs/shapes_model.md), so a clean-clone rerun retrains the `quick` baselines on
+slightly different embeddings, samples z_i from the newer prior, and can differ from these tables. All
+numbers are read by the shipped oracle (`docs/oracle.md`).
 
 **Scale caveat.** Experiments 1, 2, 4 and 7 were run at the `quick` budget only: their decoders (0.48 M
 parameters, 1,000 steps) reach a specified-attribute accuracy of about 0.35 at 32 px and draw no
