@@ -111,3 +111,16 @@ def test_matching_scenes_fit_the_caption_and_leave_the_rest_free():
     spec = {"objects": [{"shape": "star", "colour": "red"}], "background": "red"}  # impossible: same colours
     with pytest.raises(RuntimeError, match="no scene"):
         quality.draw_matching_scenes(world, rng, spec, 1, max_draws=5000)
+
+
+def test_reference_entropy_of_real_renders_grows_toward_one_with_more_images():
+    """Real renders of held-out captions, read by the shipped oracle: free attributes are diverse, and the
+    plug-in entropy's low bias shrinks as the images per caption grow."""
+    from unclip.eval.oracle import load_oracle
+
+    oracle = load_oracle()
+    few = quality.reference_entropy(oracle, 999, 4, 4, size=32)
+    many = quality.reference_entropy(oracle, 999, 4, 24, size=32)
+    assert few["images"] == 16 and many["images"] == 96
+    assert 0.3 < few["mean_entropy"] < many["mean_entropy"] and many["mean_entropy"] > 0.8
+    assert set(many["entropy"]) <= {"background", "colour", "size", "fill", "position"}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unclip.data.shapes import Scene, ShapeObject, ShapesWorld, scene_record
+from unclip.data.shapes import Scene, ShapeObject, ShapesWorld, images_to_tensor, scene_record
 from unclip.eval.oracle import pooled_accuracy, predict, record_agreement, score_specified, unspecified_entropy
 
 Log = Callable[[str], None]
@@ -195,8 +195,7 @@ def reference_entropy(
     entropies: dict[str, list[float]] = {}
     for sample in held_out_captions(seed, num_captions, 1):
         scenes = draw_matching_scenes(world, rng, sample.specified, images_per_caption)
-        pixels = np.stack([world.render(s, size) for s in scenes])
-        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        images = images_to_tensor([world.render(s, size) for s in scenes])
         for key, value in unspecified_entropy(predict(oracle, images), sample.specified).items():
             entropies.setdefault(key.split("@")[0], []).append(value)
     entropy = {k: statistics.fmean(v) for k, v in entropies.items()}
