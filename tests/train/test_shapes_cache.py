@@ -48,3 +48,15 @@ def test_cache_resumes_and_refuses_other_settings(tmp_path, tiny_clip):
     assert json.loads((tmp_path / "meta.json").read_text())["num"] == CHUNK + 3
     with pytest.raises(ValueError, match="size"):
         build_shapes_cache(tmp_path, tiny_clip, num=4, world=world, size=32, progress=False)
+
+
+def test_parallel_rendering_writes_the_same_cache(tmp_path, tiny_clip):
+    world = ShapesWorld(seed=2)
+    build_shapes_cache(tmp_path / "serial", tiny_clip, num=7, world=world, size=16, progress=False)
+    build_shapes_cache(tmp_path / "pool", tiny_clip, num=7, world=world, size=16, progress=False, render_workers=3)
+    serial, pooled = ShapesCache.load(tmp_path / "serial"), ShapesCache.load(tmp_path / "pool")
+    assert torch.equal(serial.images, pooled.images)  # rows in index order, not in worker order
+    assert torch.equal(serial.image_embedding, pooled.image_embedding)
+    assert serial.captions == pooled.captions
+    with pytest.raises(ValueError, match="render_workers"):
+        build_shapes_cache(tmp_path / "bad", tiny_clip, num=2, world=world, size=16, render_workers=-1)
