@@ -27,6 +27,9 @@ def test_test_recipe_trains_every_stage_and_resumes(tmp_path):
     assert again.exit_code == 0, again.output
     assert (out / "decoder" / "model" / "model.safetensors").read_bytes() == weights  # resumed, not retrained
     assert json.loads((out / "recipe.json").read_text())["name"] == "test"
+    # the stages use the parameterisations docs/shapes_model.md states (v for decoder and upsampler)
+    for stage, prediction in (("decoder", "v"), ("upsampler_1", "v")):
+        assert json.loads((out / "pipeline" / stage / "diffusion.json").read_text())["prediction"] == prediction
 
     # a second run takes the first run's upsampler instead of training one (it depends on images only)
     second = tmp_path / "second"

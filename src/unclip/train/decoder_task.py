@@ -80,7 +80,8 @@ class UpsamplerTaskConfig:
         holdout: last rows kept for evaluation.
         degradation: "blur" (first stage: bicubic down + Gaussian blur) or "bsr" (second stage).
         crop_fraction: side of the training crops as a fraction of the target side (0.5 = 1/4 the area).
-        diffusion: schedule and parameterisation.
+        diffusion: schedule and parameterisation (v prediction by default, as ``unclip train upsampler``:
+            a briefly trained eps upsampler shifts colours and leaves grain; docs/shapes_model.md).
         image_size, low_res_size: override the preset's sizes (e.g. to chain after a decoder).
     """
 
@@ -90,7 +91,7 @@ class UpsamplerTaskConfig:
     degradation: str = "blur"
     crop_fraction: float = 0.5
     diffusion: DiffusionConfig = field(
-        default_factory=lambda: DiffusionConfig(prediction="eps", variance="fixed_small")
+        default_factory=lambda: DiffusionConfig(prediction="v", variance="fixed_small")
     )
     eval_samples: int = 8
     eval_steps: int = 7
