@@ -98,18 +98,13 @@ def build_shapes_cache(
     pool = ProcessPoolExecutor(render_workers, mp_context=get_context("spawn")) if render_workers > 0 else None
     try:
         for start in chunks:
-            _build_chunk(out_dir, world, clip, start, min(start + CHUNK, num), size, pool, render_workers)
+            _build_chunk(out_dir, world, clip, start, min(start + CHUNK, num), size, pool)
             bar.update(min(start + CHUNK, num) - start)
     finally:
         if pool is not None:
             pool.shutdown()
         bar.close()
     return out_dir
-
-
-def _render_indices(world: ShapesWorld, indices: list[int], size: int) -> np.ndarray:
-    """uint8 [n, size, size, 3] renders of samples ``indices`` (a pure function: safe in worker processes)."""
-    return np.stack([world.render(world.sample(i).scene, size) for i in indices])
 
 
 def _build_chunk(
@@ -120,7 +115,6 @@ def _build_chunk(
     stop: int,
     size: int,
     pool: ProcessPoolExecutor | None,
-    workers: int,
 ) -> None:
     """Write chunk ``start // CHUNK`` (samples ``start..stop-1``) unless a complete copy exists."""
     name = f"chunk_{start // CHUNK:05d}"
@@ -131,14 +125,11 @@ def _build_chunk(
             return
     indices = list(range(start, stop))
     samples = [world.sample(i) for i in indices]
+    scenes = [s.scene for s in samples]
     if pool is None:
-        images = _render_indices(world, indices, size)
-    else:
-        parts = [indices[i::workers] for i in range(workers)]
-        rendered = list(pool.map(_render_indices, [world] * len(parts), parts, [size] * len(parts)))
-        images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
-        for i, part in enumerate(rendered):
-            images[i :: len(rendered)] = part
+        images = np.stack([world.render(scene, size) for scene in scenes])
+    else:  # map keeps the input order; rendering is a pure function of the scene
+        images = np.stack(list(pool.map(world.render, scenes, [size] * len(scenes), chunksize=64)))
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     image_emb = clip.embed_images(pixels).float().cpu()
     text = clip.embed_text([s.caption for s in samples]).to("cpu")
