@@ -36,7 +36,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from unclip import UnCLIPPipeline
-    from unclip.eval.oracle import load_oracle, pooled_accuracy, predict, record_agreement
+    from unclip.eval.oracle import load_oracle
+    from unclip.eval.quality import reconstruction_quality
     from unclip.train.shapes_cache import ShapesCache
 
     pipe = UnCLIPPipeline.from_pretrained(args.model)
@@ -44,23 +45,18 @@ def main() -> None:
     oracle = load_oracle()
     settings = pipe._settings(decoder_guidance_scale=args.guidance, decoder_steps=args.steps)
     rows = list(range(len(cache) - args.rows, len(cache)))
-    results, t0 = [], time.time()
-    for start in range(0, len(rows), args.batch):
-        chunk = rows[start : start + args.batch]
-        z = cache.image_embedding[chunk]
-        images = pipe.decode(z, None, settings, torch.Generator().manual_seed(start))
-        for pred, row in zip(predict(oracle, images.float()), chunk):
-            results.append(record_agreement(pred, cache.records[row]))
-        print(f"  {start + len(chunk)}/{len(rows)}", flush=True)
-    acc = pooled_accuracy(results)
-    one = [r for r, row in zip(results, rows) if cache.records[row]["num_objects"] == 1]
+    t0 = time.time()
+    rec = reconstruction_quality(
+        pipe, oracle, cache, rows, args.batch, settings, log=lambda m: print("  " + m, flush=True)
+    )
+    acc = rec["all_rows"]
     out = {
         "rows": len(rows),
         "decoder_guidance": settings.decoder_guidance_scale,
         "decoder_steps": settings.decoder_steps,
         "sampler": settings.sampler,
         "agreement_all_rows": acc,
-        "agreement_one_object": pooled_accuracy(one),
+        "agreement_one_object": rec["one_object"],
         "wall_s": time.time() - t0,
     }
     print("| attribute | agreement (all rows) | one-object rows |\n|---|---|---|")

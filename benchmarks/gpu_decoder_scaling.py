@@ -72,26 +72,15 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-@torch.no_grad()
 def reconstruction(pipe, decoder_dir: Path | None, cache, rows: list[int], batch: int) -> dict:
-    """Oracle agreement of pipe.decode(z_i) with the sources' records (all rows and one-object rows)."""
-    from unclip.eval.oracle import load_oracle, pooled_accuracy, predict, record_agreement
+    """:func:`unclip.eval.quality.reconstruction_quality` of the pipeline with ``decoder_dir``'s weights swapped in."""
+    from unclip.eval.oracle import load_oracle
+    from unclip.eval.quality import reconstruction_quality
     from unclip.models.serialization import load_model
 
     if decoder_dir is not None:
-        trained = load_model("decoder", decoder_dir)
-        pipe.decoder.model.load_state_dict(trained.state_dict())
-    oracle = load_oracle(device=pipe.device)
-    settings = pipe._settings()
-    results = []
-    for start in range(0, len(rows), batch):
-        chunk = rows[start : start + batch]
-        z = cache.image_embedding[chunk].to(pipe.device, pipe.dtype)
-        images = pipe.decode(z, None, settings, torch.Generator().manual_seed(start))
-        for pred, row in zip(predict(oracle, images.float()), chunk):
-            results.append(record_agreement(pred, cache.records[row]))
-    one = [r for r, row in zip(results, rows) if cache.records[row]["num_objects"] == 1]
-    return {"all_rows": pooled_accuracy(results), "one_object": pooled_accuracy(one), "rows": len(rows)}
+        pipe.decoder.model.load_state_dict(load_model("decoder", decoder_dir).state_dict())
+    return reconstruction_quality(pipe, load_oracle(device=pipe.device), cache, rows, batch)
 
 
 def main() -> None:

@@ -124,3 +124,48 @@ def test_reference_entropy_of_real_renders_grows_toward_one_with_more_images():
     assert few["images"] == 16 and many["images"] == 96
     assert 0.3 < few["mean_entropy"] < many["mean_entropy"] and many["mean_entropy"] > 0.8
     assert set(many["entropy"]) <= {"background", "colour", "size", "fill", "position"}
+
+
+class _Cache:
+    """A stand-in shapes cache: row r's z_i holds r, its record is a sample of the world."""
+
+    def __init__(self, records):
+        self.records = records
+        self.image_embedding = torch.arange(len(records), dtype=torch.float32)[:, None].repeat(1, 4)
+
+
+class DecodingPipe:
+    """decode(z_i) returns images tagged with the record of row z_i[0] (``faithful``) or of another row."""
+
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def __init__(self, oracle, cache, faithful=True):
+        self.oracle, self.cache, self.faithful, self.calls = oracle, cache, faithful, []
+
+    def _settings(self):
+        return "default settings"
+
+    def decode(self, z, text, settings, generator):
+        assert text is None and settings == "default settings"
+        self.calls.append(int(generator.initial_seed()))
+        rows = [int(r) if self.faithful else (int(r) + 1) % len(self.cache.records) for r in z[:, 0]]
+        images = torch.zeros(len(rows), 3, 16, 16)
+        for i, row in enumerate(rows):
+            images[i, 0, 0, 0] = _tag(self.oracle, self.cache.records[row]) * 2 - 1  # decode returns [-1, 1]
+        return images
+
+
+def test_reconstruction_quality_compares_each_decode_with_its_own_row(monkeypatch):
+    oracle = PerfectOracle()
+    _patch_predict(monkeypatch, oracle)
+    world = ShapesWorld(seed=5, two_object_prob=0.5)
+    cache = _Cache([world.sample(i).record for i in range(12)])
+    rows = list(range(4, 12))
+    pipe = DecodingPipe(oracle, cache)
+    good = quality.reconstruction_quality(pipe, oracle, cache, rows, batch_size=3)
+    assert good["rows"] == 8 and good["all_rows"]["shape"] == 1.0 and good["one_object"]["colour"] == 1.0
+    assert pipe.calls == [0, 3, 6]  # one generator per batch, seeded by the batch's position
+    one_object = [r for r in rows if cache.records[r]["num_objects"] == 1]
+    assert 0 < len(one_object) < len(rows)
+    shifted = quality.reconstruction_quality(DecodingPipe(oracle, cache, faithful=False), oracle, cache, rows, 3)
+    assert shifted["all_rows"]["count"] < 1.0 or shifted["all_rows"]["shape"] < 1.0
