@@ -72,12 +72,9 @@ def main() -> None:
     rows = [("source | 5 variations (eta 1)", [s, *pipe.vary(s, num_images=5, seed=i)]) for i, s in enumerate(sources)]
     labelled_rows(rows, args.zoom).save(args.out / "variations.png")
 
-    circles = [i for i in range(200, 400) if world.sample(i).scene.objects[0].shape == "circle"]
-    reds = []
-    for i in circles:
-        scene = world.sample(i).scene
-        if scene.objects[0].colour == "red" and len(reds) < 3:
-            reds.append(Image.fromarray(world.render(scene, pipe.image_size)))
+    scenes = (world.sample(i).scene for i in range(200, 400))
+    reds = [Image.fromarray(world.render(sc, pipe.image_size)) for sc in scenes
+            if sc.objects[0].shape == "circle" and sc.objects[0].colour == "red"][:3]  # fmt: skip
     thetas = [0.0, 0.25, 0.5, 0.75]
     rows = [
         ("red circle -> blue circle\nsource | theta 0, 0.25, 0.5, 0.75",
