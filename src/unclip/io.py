@@ -16,16 +16,49 @@ from typing import Any
 import torch
 
 
+def _file_mode() -> int:
+    """0666 less the process umask: the mode a plain ``open(path, "w")`` gives a new file."""
+    try:  # Linux reports the umask without changing it (os.umask would, briefly, for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def remove_orphaned_tmp(directory: str | Path) -> list[Path]:
+    """Delete the temp files (``.NAME.XXXX.tmp``) that interrupted atomic writes left in ``directory``."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for tmp in directory.glob(f".*{TMP_SUFFIX}"):
+        if tmp.is_file():
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Call ``write(fileobj)`` on a temp file next to ``path``, fsync, then rename onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; a written file gets what open() would give it
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -1,0 +1,98 @@
+"""Resource bounds checked before anything is allocated (DESIGN.md §7).
+
+Sizes a user controls (batch, best-of, number of images, threads, network widths from a config) are compared
+with what this machine has, so that a typo such as ``--batch-size 1000000000`` is refused with a message naming
+the option, its limit and why, instead of growing memory until the kernel kills the process.
+
+All checks raise :class:`ResourceLimitError` (a ``ValueError``), which front ends show as one line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+GIB = 1024**3
+MEMORY_FRACTION = 0.8
+"""Share of the available memory one request may plan to take."""
+
+
+class ResourceLimitError(ValueError):
+    """A requested size exceeds what this machine can hold or run."""
+
+
+def _cgroup_memory_left() -> int | None:
+    """Bytes left under this process's cgroup-v2 memory limit, or None when there is no limit."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        return max(int(limit) - used, 0)
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory_bytes() -> int:
+    """Memory this process can still take: ``MemAvailable`` of /proc/meminfo, capped by a cgroup limit."""
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        available = None
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available = 16 * GIB  # unknown platform: assume a modest machine
+    cgroup = _cgroup_memory_left()
+    return min(available, cgroup) if cgroup is not None else available
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return max(os.cpu_count() or 1, 1)
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def check_memory(option: str, value: int, bytes_per_unit: float, fixed_bytes: float = 0.0) -> None:
+    """Refuse ``value`` units of ``bytes_per_unit`` each (plus ``fixed_bytes``) when they exceed the share of
+    available memory one request may take. ``option`` names the setting in the message ("--batch-size")."""
+    budget = available_memory_bytes() * MEMORY_FRACTION
+    needed = fixed_bytes + bytes_per_unit * value
+    if needed > budget:
+        fit = max(int((budget - fixed_bytes) // max(bytes_per_unit, 1.0)), 0)
+        raise ResourceLimitError(
+            f"{option} {value} needs about {_gib(needed)} of memory ({bytes_per_unit / 2**20:.1f} MiB each), but "
+            f"{_gib(budget)} of this machine's available memory may be used; at most {fit} fit"
+        )
+
+
+def check_threads(option: str, value: int | None) -> int | None:
+    """Refuse a thread count above this machine's CPUs (more only slows OpenMP; huge counts crash it)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ResourceLimitError(f"{option} must be a positive integer, got {value!r}")
+    limit = cpu_count()
+    if value > limit:
+        raise ResourceLimitError(
+            f"{option} {value} exceeds this machine's {limit} CPU(s); at most {limit} (more threads than CPUs "
+            "only slow the work down, and very large counts crash OpenMP)"
+        )
+    return value
+
+
+def check_count(option: str, value: int, limit: int, why: str) -> None:
+    """Refuse an integer setting above a fixed ``limit`` (``why`` says what the limit protects)."""
+    if value > limit:
+        raise ResourceLimitError(f"{option} {value} is above the limit of {limit} ({why})")
