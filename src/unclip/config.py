@@ -57,17 +57,91 @@ def _convert(tp: Any, value: Any) -> Any:
     return value
 
 
-def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuild a dataclass of type ``cls`` from a dict produced by :func:`config_to_dict`."""
+class ConfigTypeError(ValueError):
+    """A config value whose JSON type does not fit its field (the message names the field)."""
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check_type(tp: Any, value: Any, where: str) -> None:
+    """Raise :class:`ConfigTypeError` when a converted ``value`` cannot be of type ``tp`` (scalars, Literal,
+    tuples, lists, dicts, optionals; other types are not checked)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if value is None:
+        if tp is type(None) or type(None) in args or tp is Any:
+            return
+        raise ConfigTypeError(f"field {where!r} must be {_type_name(tp)}, got null")
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                _check_type(arg, value, where)
+                return
+            except ConfigTypeError as err:
+                errors.append(err)
+        raise ConfigTypeError(f"field {where!r} must be {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigTypeError(f"field {where!r} must be {_type_name(tp)}, got {value!r}")
+        return
+    expected = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+    if tp in expected:
+        if not isinstance(value, expected[tp]) or (tp is not bool and isinstance(value, bool)):
+            raise ConfigTypeError(f"field {where!r} must be {tp.__name__}, got {value!r}")
+        return
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            raise ConfigTypeError(f"field {where!r} must be a list, got {value!r}")
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise ConfigTypeError(f"field {where!r} must have {len(args)} entries, got {value!r}")
+            for i, (a, v) in enumerate(zip(args, value)):
+                _check_type(a, v, f"{where}[{i}]")
+        elif args:
+            for i, v in enumerate(value):
+                _check_type(args[0], v, f"{where}[{i}]")
+        return
+    if origin is dict and not isinstance(value, dict):
+        raise ConfigTypeError(f"field {where!r} must be an object, got {value!r}")
+    if dataclasses.is_dataclass(tp) and not dataclasses.is_dataclass(value):
+        raise ConfigTypeError(f"field {where!r} must be an object ({tp.__name__}), got {value!r}")
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], _where: str = "") -> T:
+    """Rebuild a dataclass of type ``cls`` from a dict produced by :func:`config_to_dict`.
+
+    Values are type-checked against the field hints; a wrong type raises :class:`ConfigTypeError` naming the
+    field (``decoder.channel_mult[1]``)."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
+    if not isinstance(data, dict):
+        raise ConfigTypeError(f"{_where or cls.__name__} must be an object, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown field(s) {unknown} for {cls.__name__}; expected a subset of {sorted(names)}")
-    kwargs = {k: _convert(hints[k], v) for k, v in data.items()}
-    return cls(**kwargs)
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{_where}.{key}" if _where else key
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            kwargs[key] = config_from_dict(hints[key], value, where)
+            continue
+        converted = _convert(hints[key], value)
+        _check_type(hints[key], converted, where)
+        kwargs[key] = converted
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:  # the dataclass's own checks (__post_init__)
+        if isinstance(err, ConfigTypeError):
+            raise
+        raise ConfigTypeError(f"{cls.__name__}: {err}") from None
 
 
 def save_config(config: Any, path: str | Path) -> None:
@@ -84,6 +158,11 @@ def load_config(cls: type[T], path: str | Path) -> T:
         raise FileNotFoundError(f"config file not found: {path}") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"config file {path} is not valid JSON: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {path} is not UTF-8 text: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a JSON object, got {type(data).__name__}")
-    return config_from_dict(cls, data)
+    try:
+        return config_from_dict(cls, data)
+    except ValueError as err:
+        raise type(err)(f"config file {path}: {err}") from None

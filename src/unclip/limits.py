@@ -96,3 +96,39 @@ def check_count(option: str, value: int, limit: int, why: str) -> None:
     """Refuse an integer setting above a fixed ``limit`` (``why`` says what the limit protects)."""
     if value > limit:
         raise ResourceLimitError(f"{option} {value} is above the limit of {limit} ({why})")
+
+
+def check_allocation(what: str, needed_bytes: float) -> None:
+    """Refuse one allocation of ``needed_bytes`` (e.g. a network's weights) that the available memory cannot
+    hold; ``what`` says what it is ("the decoder config in x/config.json")."""
+    budget = available_memory_bytes() * MEMORY_FRACTION
+    if needed_bytes > budget:
+        raise ResourceLimitError(
+            f"{what} needs {_gib(needed_bytes)} of memory, more than the {_gib(budget)} of this machine's available "
+            "memory that may be used; check its sizes (channels, widths, layers)"
+        )
+
+
+def check_device(option: str, name: object):
+    """Parse and check a torch device name ("cpu", "cuda", "cuda:1", "mps", ...): it must exist on this machine.
+    Returns the ``torch.device``; raises :class:`ResourceLimitError` naming the value otherwise."""
+    import torch
+
+    if not isinstance(name, (str, torch.device)):
+        raise ResourceLimitError(f"{option} must be a device name such as 'cpu' or 'cuda', got {name!r}")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ResourceLimitError(f"{option} {name!r} is not a torch device (cpu, cuda, cuda:N, mps, xpu)") from None
+    if device.type == "meta":
+        raise ResourceLimitError(f"{option} meta holds no data; use cpu, cuda, ...")
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None) if device.type != "mps" else torch.backends.mps
+    available = bool(backend is not None and getattr(backend, "is_available", lambda: False)())
+    if not available:
+        raise ResourceLimitError(f"{option} {name!r}: no {device.type} device is available on this machine")
+    count_fn = getattr(backend, "device_count", None)
+    if device.index is not None and count_fn is not None and device.index >= count_fn():
+        raise ResourceLimitError(f"{option} {name!r}: this machine has {count_fn()} {device.type} device(s)")
+    return device

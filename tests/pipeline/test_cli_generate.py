@@ -54,7 +54,7 @@ def test_manipulation_commands(model_dir, tmp_path):
     [
         (["generate", "", "-o", "x"], "empty"),
         (["generate", "a", "-n", "0", "-o", "x"], "-n"),
-        (["generate", "a", "-n", "2", "-o", "one.png"], "one PNG file"),
+        (["generate", "a", "-n", "2", "-o", "one.png"], "names one file"),
         (["generate", "a", "--model", "/no/such/model", "-o", "x"], "/no/such/model"),
         (["vary", "/no/such.png", "-o", "x"], "such.png"),
         (["edit", "img.png", "--to", "b", "--theta", "2", "-o", "x"], "theta"),

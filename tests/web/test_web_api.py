@@ -13,7 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from unclip.pipeline import GenerationDefaults
+from unclip.pipeline import GenerationDefaults, bounds
+from unclip.pipeline.options import MAX_PROMPT_CHARS
 from unclip.web.app import create_app
 from unclip.web.config import ServeConfig
 from unclip.web.store import read_png_params
@@ -59,7 +60,7 @@ def test_health_and_config(client, tiny_pipe):
     config = client.get(f"{API}/config").json()
     assert config["defaults"]["decoder_steps"] == tiny_pipe.defaults.decoder_steps == 2
     assert config["image_size"] == tiny_pipe.image_size == 32
-    assert config["limits"]["max_images"] == 4 and config["limits"]["theta_range"] == [0.0, 0.5]
+    assert config["limits"]["max_images"] == 4 and config["limits"]["theta_range"] == list(bounds.THETA_RANGE)
     assert set(config["samplers"]) == {"ddpm", "ddim", "dpm++", "unclip"}
 
 
@@ -165,7 +166,7 @@ def test_uploads_are_validated_like_the_cli(client):
     [
         ("generate", {"prompt": ""}, ["body", "prompt"]),
         ("generate", {"prompt": "   "}, ["body", "prompt"]),
-        ("generate", {"prompt": "x" * 1001}, ["body", "prompt"]),
+        ("generate", {"prompt": "x" * (MAX_PROMPT_CHARS + 1)}, ["body", "prompt"]),
         ("generate", {"prompt": 3}, ["body", "prompt"]),
         ("generate", {"prompt": "a", "num_images_per_prompt": 0}, ["body", "num_images_per_prompt"]),
         ("generate", {"prompt": "a", "num_images_per_prompt": 5}, ["body", "num_images_per_prompt"]),  # > server's 4
@@ -187,7 +188,7 @@ def test_uploads_are_validated_like_the_cli(client):
         ("interpolate", {"image_a": {"id": "x"}}, ["body", "image_b"]),
         ("interpolate", {"image_a": {"id": "x"}, "image_b": {"id": "y"}, "num_frames": 1}, ["body", "num_frames"]),
         ("interpolate", {"image_a": {"id": "x"}, "image_b": {"id": "y"}, "noise": "pink"}, ["body", "noise"]),
-        ("text-diff", {"image": {"id": "x"}, "to_text": "a", "thetas": [0.1, 0.6]}, ["body", "thetas", 1]),
+        ("text-diff", {"image": {"id": "x"}, "to_text": "a", "thetas": [0.1, 1.5]}, ["body", "thetas", 1]),
         ("text-diff", {"image": {"id": "x"}, "to_text": "a", "thetas": []}, ["body", "thetas"]),
         ("text-diff", {"image": {"id": "x"}, "to_text": ""}, ["body", "to_text"]),
     ],
@@ -199,8 +200,9 @@ def test_every_bad_field_is_a_422_naming_it(client, path, body, loc):
 
 
 def test_bad_json_and_unknown_resources(client):
-    bad = client.post(f"{API}/images/generate", content=b"{not json", headers={"content-type": "application/json"})
-    assert bad.status_code == 422
+    for body in (b"{not json", b"[1, 2]", b'"a prompt"', b"null", b"", b"\xff\xfe"):
+        bad = client.post(f"{API}/images/generate", content=body, headers={"content-type": "application/json"})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][0] == "body", (body, bad.text)
     assert client.get(f"{API}/images/0000").status_code == 404
     assert client.get(f"{API}/jobs/0000").status_code == 404
     assert client.get(f"{API}/jobs/0000/events").status_code == 404
@@ -310,7 +312,7 @@ def test_openapi_docs_and_page_are_local(client):
     fields = spec["components"]["schemas"]["GenerateRequest"]["properties"]
     assert {"prompt", "num_images_per_prompt", "seed", "decoder_guidance_scale"} <= set(fields)
     thetas = spec["components"]["schemas"]["TextDiffRequest"]["properties"]["thetas"]["items"]
-    assert (thetas["minimum"], thetas["maximum"]) == (0.0, 0.5)
+    assert (thetas["minimum"], thetas["maximum"]) == bounds.THETA_RANGE
     assert client.get("/redoc").status_code == 404  # FastAPI's CDN-based pages are off
     for url in ("/", "/docs", "/static/app.js", "/static/docs.js", "/static/app.css"):
         response = client.get(url)

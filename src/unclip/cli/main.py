@@ -75,13 +75,35 @@ def cli() -> None:
 cli.add_command(train)
 
 
+def one_line(message: object) -> str:
+    """A message flattened to one line (library errors sometimes span several)."""
+    return " ".join(str(message).split())
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every error is one line on stderr (``Error: ...``), exit code 2 for bad usage
+    and 1 otherwise; ``UNCLIP_DEBUG=1`` shows the traceback of unexpected errors instead."""
     try:
-        cli.main(args=argv, prog_name="unclip", standalone_mode=True)
+        code = cli.main(args=argv, prog_name="unclip", standalone_mode=False)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.UsageError as err:
+        command = err.ctx.command_path if err.ctx is not None else "unclip"
+        click.echo(f"Error: {one_line(err.format_message())} (see '{command} --help')", err=True)
+        sys.exit(err.exit_code)
+    except click.ClickException as err:
+        click.echo(f"Error: {one_line(err.format_message())}", err=True)
+        sys.exit(err.exit_code)
+    except Exception as err:  # noqa: BLE001 - the CLI's promise: one line, never a traceback
+        if os.environ.get("UNCLIP_DEBUG"):
+            raise
+        click.echo(f"Error: {one_line(err) or type(err).__name__} ({type(err).__name__})", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from unclip.pipeline import bounds
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -17,8 +19,10 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
               help="Jobs that may wait behind the running one; more get 429.")  # fmt: skip
 @click.option("--max-body-mb", type=click.FloatRange(0.01, 1024), default=8.0, show_default=True,
               help="Largest request body in MiB (uploads included); more gets 413.")  # fmt: skip
-@click.option("--max-images", type=click.IntRange(1, 16), default=8, show_default=True, help="Images per request.")
-@click.option("--max-steps", type=click.IntRange(1, 500), default=200, show_default=True, help="Steps per stage.")
+@click.option("--max-images", type=click.IntRange(1, bounds.MAX_IMAGES), default=8, show_default=True,
+              help="Images per request.")  # fmt: skip
+@click.option("--max-steps", type=click.IntRange(1, bounds.MAX_STEPS), default=200, show_default=True,
+              help="Steps per stage.")  # fmt: skip
 @click.option("--store-images", type=click.IntRange(min=1), default=256, show_default=True,
               help="Results kept in memory (oldest dropped first).")  # fmt: skip
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
@@ -34,9 +38,15 @@ def command(model, host, port, device, threads, max_queue, max_body_mb, max_imag
         raise click.ClickException(f"{err.name} is missing: pip install 'unclip[serve]'") from None
     import torch
 
+    from unclip.limits import check_device, check_threads
     from unclip.pipeline import UnCLIPPipeline
     from unclip.web.config import ServeConfig
 
+    try:
+        check_threads("--threads", threads)
+        check_device("--device", device)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
     if threads:
         torch.set_num_threads(threads)
     try:

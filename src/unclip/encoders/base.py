@@ -71,6 +71,10 @@ class ClipEncoder(Protocol):
     def embed_text(self, texts: list[str]) -> TextEmbedding:
         """Encode B captions. Never fails on unseen words; over-long captions are truncated."""
 
+    def text_warnings(self, text: str) -> list[str]:
+        """What :meth:`embed_text` loses of ``text`` (words cut by truncation, words it does not know), one
+        message each; empty when nothing is lost."""
+
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [-1, 1] (any H, W) -> [B, D] image embeddings z_i (not L2-normalised)."""
 

@@ -21,6 +21,7 @@ inside functions.
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from PIL import Image
 
 from unclip.encoders.base import TextEmbedding
 from unclip.encoders.own_clip import check_images, check_texts, pil_to_tensor
+from unclip.encoders.tokenizer import truncation_warning
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -102,6 +104,20 @@ def is_hf_clip_dir(directory: str | Path) -> bool:
     return isinstance(data, dict) and str(data.get("model_type", "")).startswith("clip")
 
 
+def _load_weights(model_cls: Any, directory: Path, kwargs: dict[str, Any]) -> Any:
+    """``model_cls.from_pretrained(directory)``, with a one-line error for weights that need full unpickling
+    (transformers loads ``pytorch_model.bin`` with ``weights_only=True``, as unclip loads everything)."""
+    try:
+        return model_cls.from_pretrained(str(directory), **kwargs)
+    except pickle.UnpicklingError as err:
+        detail = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), "")
+        raise ValueError(
+            f"the CLIP weights in {directory} need full unpickling, which can run code from the file; unclip loads "
+            "only safetensors and weights-only files. Re-save them as safetensors where you trust the file "
+            f"(transformers: model.save_pretrained(dir)). {detail}".strip()
+        ) from None
+
+
 class HFClipEncoder:
     """:class:`ClipEncoder` over transformers' CLIP towers.
 
@@ -146,6 +162,14 @@ class HFClipEncoder:
         self.batch_size = batch_size
 
     # ------------------------------------------------------------------ properties
+
+    def text_warnings(self, text: str) -> list[str]:
+        """The tokens cut by truncation to ``max_text_length`` (BPE knows every word)."""
+        ids = list(self.tokenizer(text, truncation=False)["input_ids"])
+        if len(ids) <= self._max_length:
+            return []
+        dropped = self.tokenizer.decode(ids[self._max_length - 1 : -1], skip_special_tokens=True)
+        return [truncation_warning(self._max_length, dropped)]
 
     @property
     def dim(self) -> int:
@@ -276,10 +300,10 @@ class HFClipEncoder:
                 "sub-folders, or a config.json with model_type 'clip')"
             )
         kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
-        text_model = tf.CLIPTextModelWithProjection.from_pretrained(str(text_dir), **kwargs)
+        text_model = _load_weights(tf.CLIPTextModelWithProjection, text_dir, kwargs)
         vision_model = None
         if vision_dir is not None:
-            vision_model = tf.CLIPVisionModelWithProjection.from_pretrained(str(vision_dir), **kwargs)
+            vision_model = _load_weights(tf.CLIPVisionModelWithProjection, vision_dir, kwargs)
         tokenizer = tf.CLIPTokenizer.from_pretrained(str(tok_dir))
         mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
         proc_file = proc_dir / "preprocessor_config.json"

@@ -143,6 +143,9 @@ class OwnClipEncoder:
         return ids.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
+    def text_warnings(self, text: str) -> list[str]:
+        return self.tokenizer.text_warnings(text)
+
     def embed_text(self, texts: str | Sequence[str]) -> TextEmbedding:
         """B captions -> TextEmbedding(pooled [B, D], tokens [B, L, W], mask [B, L]) in the encoder's dtype."""
         ids, mask = self.tokenize(texts)

@@ -46,6 +46,15 @@ def split_text(text: str) -> list[str]:
     return _PIECE.findall(unicodedata.normalize("NFKC", text).lower())
 
 
+def truncation_warning(budget: int, dropped: str, show: int = 120) -> str:
+    """The message for a prompt cut to ``budget`` tokens (the dropped text shortened to ``show`` characters)."""
+    dropped = dropped.strip()
+    shown = dropped if len(dropped) <= show else dropped[:show] + "..."
+    return (
+        f"prompt truncated to the {budget} tokens the text encoder reads; dropped {len(dropped)} characters: {shown!r}"
+    )
+
+
 class WordByteTokenizer:
     """Words from a fixed vocabulary, bytes for everything else.
 
@@ -88,6 +97,27 @@ class WordByteTokenizer:
                 ids.append(BYTES_ID)
                 ids.extend(BYTE_OFFSET + b for b in piece.encode("utf-8"))
         return ids
+
+    def text_warnings(self, text: str) -> list[str]:
+        """What encoding ``text`` loses: the words cut by truncation to ``max_length``, and the words outside the
+        vocabulary (spelled byte by byte, never seen as words in training). Empty when nothing is lost."""
+        kept, cut, unknown = 0, [], []
+        budget = self.max_length - 2
+        for piece in split_text(text):
+            known = piece in self._word_to_id
+            cost = 1 if known else 1 + len(piece.encode("utf-8"))
+            if not known and piece not in unknown:
+                unknown.append(piece)
+            if kept + cost <= budget and not cut:
+                kept += cost
+            else:
+                cut.append(piece)
+        warnings = []
+        if cut:
+            warnings.append(truncation_warning(budget, " ".join(cut)))
+        if unknown:
+            warnings.append(f"words the tokenizer does not know (spelled as bytes): {', '.join(unknown)}")
+        return warnings
 
     def __call__(self, texts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions -> (ids [B, L] int64, mask [B, L] bool; True on start, content and end tokens)."""

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from unclip.limits import check_allocation
+
 # kind -> (module, model class name). The module must define PRESETS: dict[str, Callable[[], Config]].
 MODEL_KINDS: dict[str, tuple[str, str]] = {
     "clip": ("unclip.models.clip", "SmallCLIP"),
@@ -50,6 +52,17 @@ def model_class(kind: str) -> type[nn.Module]:
     return _lookup(kind)[0]
 
 
+def model_bytes(cls: type[nn.Module], config: Any, dtype: torch.dtype | None = None) -> int:
+    """Bytes of the parameters and buffers of ``cls(config)``, counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = cls(config)
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        size = torch.empty((), dtype=dtype).element_size() if dtype is not None and tensor.is_floating_point() else None
+        total += tensor.numel() * (size or tensor.element_size())
+    return total
+
+
 def build_model(
     kind: str,
     preset: str | Any = "tiny",
@@ -60,7 +73,10 @@ def build_model(
     or a config dataclass. ``device="meta"`` builds it without allocating memory (e.g. ``karlo``)."""
     cls, _ = _lookup(kind)
     config = model_config(kind, preset) if isinstance(preset, str) else preset
-    with torch.device(device if device is not None else "cpu"):
+    target = torch.device(device if device is not None else "cpu")
+    if target.type != "meta":  # size the network without memory first: a typo in a config must not take the machine
+        check_allocation(f"the {kind} network of this config", model_bytes(cls, config, dtype))
+    with target:
         model = cls(config)
     if dtype is not None:
         model = model.to(dtype=dtype)

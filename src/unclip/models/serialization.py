@@ -14,6 +14,7 @@ from torch import nn
 
 from unclip.config import load_config, save_config
 from unclip.io import load_safetensors, save_safetensors
+from unclip.limits import ResourceLimitError
 from unclip.models.registry import build_model, model_class
 
 CONFIG_FILE = "config.json"
@@ -65,7 +66,10 @@ def load_model(
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory} is missing {name} (expected a {kind} saved by unclip)")
     config = load_config(config_class(kind), directory / CONFIG_FILE)
-    model = build_model(kind, config, device="cpu")
+    try:
+        model = build_model(kind, config, device="cpu")
+    except ResourceLimitError as err:
+        raise ResourceLimitError(f"{directory / CONFIG_FILE}: {err}") from None
     state = load_safetensors(directory / WEIGHTS_FILE)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))

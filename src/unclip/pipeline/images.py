@@ -7,13 +7,17 @@ or "pil" (list of RGB images).
 
 from __future__ import annotations
 
+import io
+import json
 import math
+import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 ImageInput = Image.Image | str | Path
 
@@ -21,20 +25,58 @@ MIN_IMAGE_SIDE = 8
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
+MAX_INPUT_PIXELS = 64 * 1024 * 1024
+"""Largest input image (pixels) read: more is refused before decoding (a decompression bomb needs only a
+small file)."""
+
+
+def open_image(source: Path | BinaryIO, name: str) -> Image.Image:
+    """Read an image file (a path or a binary file object) fully, refusing files that are not images and
+    images over :data:`MAX_INPUT_PIXELS` before their pixels are decoded. ``name`` names it in errors."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as opened:
+                w, h = opened.size
+                if w * h > MAX_INPUT_PIXELS:
+                    raise ValueError(
+                        f"image {name} is {w}x{h} pixels, more than the {MAX_INPUT_PIXELS} read at most "
+                        "(a decompression bomb, or far larger than any model here needs)"
+                    )
+                opened.load()
+                return opened.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ValueError(f"image {name} is too large to decode safely: {err}") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{name} is not a readable image (PNG, JPEG, WebP, ...): cannot identify the format") from None
+    except (OSError, SyntaxError) as err:  # truncated or corrupt files; PIL raises SyntaxError for some
+        raise ValueError(f"cannot read image {name}: {err}") from None
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Integer and float single-channel modes ("I;16", "I", "F") -> "L", keeping their tones: 16-bit values
+    are scaled by 255/65535 (PIL's own convert would clip them to 255), floats in [0, 1] by 255."""
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return image
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and array.max(initial=0) > 255):
+        array = array / 65535.0 * 255.0
+    elif image.mode == "F" and array.max(initial=0) <= 1.0:
+        array = array * 255.0
+    return Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8), mode="L")
+
+
 def load_image(image: ImageInput) -> Image.Image:
-    """A PIL image or a path -> an RGB PIL image (alpha composited on white, palettes expanded)."""
+    """A PIL image or a path -> an RGB PIL image (alpha composited on white, palettes expanded, 16-bit tones
+    scaled to 8 bits)."""
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"image not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                image = opened.copy()
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from None
+        image = open_image(path, str(path))
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image or a path, got {type(image).__name__}")
+    image = _to_8bit(image)
     if min(image.size) < MIN_IMAGE_SIDE:
         w, h = image.size
         raise ValueError(f"image is too small: {w}x{h} (need at least {MIN_IMAGE_SIDE} px a side)")
@@ -118,3 +160,29 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Te
     )
     norm = (1 - t) * na + t * nb
     return (direction * norm).to(a.dtype)
+
+
+PARAMS_KEY = "unclip"
+"""PNG text chunk holding a generated image's parameters as JSON (CLI and server alike)."""
+
+
+def encode_png(image: Image.Image, params: dict) -> bytes:
+    """An image -> PNG bytes carrying ``params`` as JSON in an iTXt chunk (plus ``prompt``/``to_text``/``seed``
+    chunks that image viewers show)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(PARAMS_KEY, json.dumps(params, sort_keys=True, default=str))
+    for key in ("prompt", "to_text", "seed"):
+        if params.get(key) is not None:
+            info.add_itxt(key, str(params[key]))
+    info.add_text("Software", "unclip")
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def read_png_params(png: bytes) -> dict:
+    """The parameters :func:`encode_png` wrote into a PNG (empty when it holds none)."""
+    with Image.open(io.BytesIO(png)) as opened:
+        opened.load()
+        text = getattr(opened, "text", {}).get(PARAMS_KEY)
+    return json.loads(text) if text else {}

@@ -6,12 +6,14 @@ about what it does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from unclip.diffusion.stage_config import DiffusionConfig
@@ -21,7 +23,28 @@ DIFFUSION_FILE = "diffusion.json"
 FORMAT = "unclip-pipeline"
 BUILTIN_MODELS = ("shapes",)
 STAGES = ("prior", "decoder", "upsampler")
-MAX_PROMPT_CHARS = 1000
+MAX_PROMPT_CHARS = 20_000
+"""A sanity bound on prompt length (tokenising costs time); text past the encoder's context is truncated with a
+:class:`PromptWarning` that says what was cut."""
+
+
+class PromptWarning(UserWarning):
+    """Part of a prompt the text encoder does not see: truncated words, words outside its vocabulary."""
+
+
+class NonFiniteError(ValueError):
+    """A stage produced NaN or infinite values; nothing is written."""
+
+
+def check_finite(stage: str, tensor: Tensor) -> Tensor:
+    """Return ``tensor`` [B, ...] if every value is finite, else raise :class:`NonFiniteError` naming ``stage``."""
+    bad = ~torch.isfinite(tensor.detach()).flatten(1).all(dim=1) if tensor.dim() > 1 else ~torch.isfinite(tensor)
+    if bool(bad.any()):
+        raise NonFiniteError(
+            f"the {stage} stage produced non-finite values (NaN or inf) in {int(bad.sum())} of {bad.numel()} "
+            "samples; nothing was written (check the model's weights and the sampling options)"
+        )
+    return tensor
 
 
 @dataclass
@@ -73,15 +96,20 @@ class Stage:
     last_step_model: nn.Module | None = None
 
 
-def _check_positive_int(name: str, value: Any) -> int:
+def _check_positive_int(name: str, value: Any, limit: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if limit is not None and value > limit:
+        raise ValueError(f"{name} must be at most {limit}, got {value!r}")
     return value
 
 
-def _check_scale(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+def _check_scale(name: str, value: Any, limit: float = math.inf) -> float:
+    """A finite number in [0, limit] (NaN and infinities refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if value > limit:
+        raise ValueError(f"{name} must be at most {limit:g}, got {value!r}")
     return float(value)
 
 
@@ -96,6 +124,12 @@ def check_prompts(prompt: str | Sequence[str]) -> list[str]:
             raise TypeError(f"prompts must be strings, got {type(p).__name__}: {p!r}")
         if not p.strip():
             raise ValueError("prompt is empty")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as err:  # lone surrogates: undecodable bytes in argv, or "\\ud800" from JSON
+            raise ValueError(
+                f"prompt is not valid UTF-8 text: {p[err.start : err.end]!r} at character {err.start} of {p!r}"
+            ) from None
         if len(p) > MAX_PROMPT_CHARS:
             raise ValueError(f"prompt is too long: {len(p)} characters (at most {MAX_PROMPT_CHARS})")
         out.append(p)
@@ -107,3 +141,23 @@ def builtin_model_dir(name: str) -> Path:
     if name not in BUILTIN_MODELS:
         raise ValueError(f"unknown built-in model {name!r}; choose one of {list(BUILTIN_MODELS)} or give a directory")
     return Path(str(resources.files("unclip") / "assets" / name))
+
+
+ACTIVATION_FACTOR = 48
+"""Activation bytes of a network forward per (position x base width x element size): ~25 measured on the shapes
+model's peak memory, doubled for safety."""
+
+
+def unet_bytes_per_sample(model: nn.Module, guided: bool) -> int:
+    """A conservative estimate of the memory one sample takes in a decoder/upsampler U-Net's sampling loop
+    (both guidance branches when ``guided``), from its config: image_size² x model_channels x element size."""
+    config = model.config
+    element = next(model.parameters()).element_size()
+    return (2 if guided else 1) * element * config.image_size**2 * config.model_channels * ACTIVATION_FACTOR
+
+
+def prior_bytes_per_sample(model: nn.Module, text_length: int) -> int:
+    """A conservative estimate of the memory one guided prior candidate takes: tokens x width x element size."""
+    element = next(model.parameters()).element_size()
+    width = getattr(model.config, "width", 1024)
+    return 2 * element * (text_length + 8) * width * ACTIVATION_FACTOR

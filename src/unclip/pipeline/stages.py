@@ -280,8 +280,8 @@ def unclip_sample_fp32(
     is then clamped by the predictor (``clip_x0``).
     """
     param: Parameterization = predictor.param
-    if param.variance not in ("fixed_small", "learned_range") or param.prediction not in ("eps", "x0"):
-        raise ValueError(f"the unclip sampler supports eps/x0 with fixed_small/learned_range, got {param}")
+    if param.variance not in ("fixed_small", "learned_range") or param.prediction not in ("eps", "x0", "v"):
+        raise ValueError(f"the unclip sampler supports eps/x0/v with fixed_small/learned_range, got {param}")
     if schedule.is_respaced:
         raise ValueError("the unclip sampler takes the training schedule; it respaces by itself")
     timesteps = unclip_timesteps(len(schedule), num_steps)
@@ -301,7 +301,12 @@ def unclip_sample_fp32(
             alpha = 1 - beta
         out = predictor.raw(x, schedule, t)
         mean, var_values = param.split(out, x)
-        x0 = (x - b_t**0.5 * mean) / a_t**0.5 if param.prediction == "eps" else mean
+        if param.prediction == "eps":
+            x0 = (x - b_t**0.5 * mean) / a_t**0.5
+        elif param.prediction == "v":  # v = sqrt(ᾱ) eps - sqrt(1 - ᾱ) x0  =>  x0 = sqrt(ᾱ) x - sqrt(1 - ᾱ) v
+            x0 = a_t**0.5 * x - b_t**0.5 * mean
+        else:
+            x0 = mean
         x0 = predictor.process_x0(x0)
         x_prev = (a_prev**0.5 * beta) / b_t * x0 + alpha**0.5 * b_prev / b_t * x
         if t > 0:

@@ -9,6 +9,7 @@ A pipeline directory (ours) holds ``model_index.json`` and one sub-directory per
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -21,7 +22,9 @@ from unclip.config import config_from_dict, config_to_dict, load_config, save_co
 from unclip.diffusion.stage_config import DiffusionConfig
 from unclip.encoders.base import ClipEncoder, TextEmbedding
 from unclip.io import atomic_write_text
+from unclip.limits import check_count, check_memory
 from unclip.models.serialization import load_model, save_model
+from unclip.pipeline import bounds
 from unclip.pipeline.images import ImageInput, load_image, pil_to_tensor, slerp, tensor_to_output
 from unclip.pipeline.options import (  # noqa: F401 - re-exported
     BUILTIN_MODELS,
@@ -32,12 +35,17 @@ from unclip.pipeline.options import (  # noqa: F401 - re-exported
     MAX_PROMPT_CHARS,
     STAGES,
     GenerationDefaults,
+    NonFiniteError,
+    PromptWarning,
     Stage,
     UnCLIPOutput,
     _check_positive_int,
     _check_scale,
     builtin_model_dir,
+    check_finite,
     check_prompts,
+    prior_bytes_per_sample,
+    unet_bytes_per_sample,
 )
 from unclip.pipeline.prior_sampling import sample_ar_prior, sample_prior
 from unclip.pipeline.stages import invert_decoder, sample_decoder, sample_prior_unclip, sample_upsampler
@@ -235,8 +243,14 @@ class UnCLIPPipeline:
             raise ValueError(f"sampler must be one of {SAMPLER_NAMES}, got {s.sampler!r}")
         for f in fields(s):
             value = getattr(s, f.name)
-            if f.name.endswith("_steps") or f.name == "best_of":
-                _check_positive_int(f.name, value)
+            if f.name.endswith("_steps"):
+                _check_positive_int(f.name, value, bounds.MAX_STEPS)
+            elif f.name == "best_of":
+                _check_positive_int(f.name, value, bounds.MAX_BEST_OF)
+            elif f.name.endswith("guidance_scale"):
+                _check_scale(f.name, value, bounds.MAX_GUIDANCE)
+            elif f.name == "eta":
+                _check_scale(f.name, value, bounds.MAX_ETA)
             elif f.name != "sampler":
                 _check_scale(f.name, value)
         if s.sampler == "unclip":
@@ -250,10 +264,27 @@ class UnCLIPPipeline:
         if generator is not None and seed is not None:
             raise ValueError("give either generator or seed, not both")
         if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-            return torch.Generator().manual_seed(seed)
+            return torch.Generator().manual_seed(bounds.check_seed(seed))
         return generator
+
+    def _warn_about_prompts(self, prompts: Sequence[str]) -> None:
+        """A :class:`PromptWarning` for each part of a prompt the text encoder does not see."""
+        for prompt in dict.fromkeys(prompts):
+            for message in self.clip.text_warnings(prompt):
+                warnings.warn(message, PromptWarning, stacklevel=3)
+
+    def check_batch(self, name: str, images: int, best_of: int = 1) -> None:
+        """Refuse ``images`` images (``best_of`` prior candidates each) that the available memory cannot hold,
+        before any work; ``name`` is the option the caller gave (``num_images_per_prompt``)."""
+        check_count(name, images, bounds.MAX_IMAGES, "images sampled in one call")
+        prior = self.prior.model if isinstance(self.prior, Stage) else self.prior
+        per_image = sum(
+            unet_bytes_per_sample(stage.model, guided=stage is self.decoder)
+            for stage in [self.decoder, *self.upsamplers]
+        )
+        if prior is not None:
+            per_image += best_of * prior_bytes_per_sample(prior, self.clip.max_text_length)
+        check_memory(name, images, per_image)
 
     def null_text(self) -> TextEmbedding:
         """CLIP's encoding of the empty caption (the prior's unconditional branch), cached."""
@@ -293,7 +324,7 @@ class UnCLIPPipeline:
                 "this pipeline has no prior (an image-variation pipeline): pass image_embeddings, or use vary()"
             )
         if isinstance(self.prior, Stage) and settings.sampler == "unclip":
-            return sample_prior_unclip(
+            return check_finite("prior", sample_prior_unclip(
                 self.prior.model,
                 text,
                 null_text,
@@ -304,9 +335,9 @@ class UnCLIPPipeline:
                 generator=generator,
                 diffusion=self.prior.diffusion,
                 progress=progress,
-            )
+            ))  # fmt: skip
         if isinstance(self.prior, Stage):
-            return sample_prior(
+            return check_finite("prior", sample_prior(
                 self.prior.model,
                 text,
                 null_text,
@@ -319,15 +350,15 @@ class UnCLIPPipeline:
                 eta=settings.eta,
                 diffusion=self.prior.diffusion,
                 progress=progress,
-            )
-        return sample_ar_prior(
+            ))  # fmt: skip
+        return check_finite("prior", sample_ar_prior(
             self.prior,
             text,
             null_text,
             guidance_scale=settings.prior_guidance_scale,
             best_of=settings.best_of,
             generator=generator,
-        )
+        ))  # fmt: skip
 
     def decode(
         self,
@@ -358,6 +389,7 @@ class UnCLIPPipeline:
             progress=progress,
             null_text=self._decoder_null_text(null_text),
         )
+        check_finite("decoder", image)
         for i, stage in enumerate(self.upsamplers, start=1):
             image = sample_upsampler(
                 stage.model,
@@ -371,6 +403,7 @@ class UnCLIPPipeline:
                 stage=f"upsampler_{i}",
                 last_step_model=stage.last_step_model,
             )
+            check_finite(f"upsampler_{i}", image)
         return image
 
     # ------------------------------------------------------------------ text to image
@@ -406,7 +439,7 @@ class UnCLIPPipeline:
             prompt-major (all images of prompt 0 first); with ``return_embeddings`` an :class:`UnCLIPOutput`.
         """
         prompts = check_prompts(prompt)
-        n = _check_positive_int("num_images_per_prompt", num_images_per_prompt)
+        n = _check_positive_int("num_images_per_prompt", num_images_per_prompt, bounds.MAX_IMAGES)
         settings = self._settings(
             sampler=sampler,
             prior_steps=prior_steps,
@@ -417,7 +450,9 @@ class UnCLIPPipeline:
             best_of=best_of,
             eta=eta,
         )
+        self.check_batch("num_images_per_prompt", len(prompts) * n, settings.best_of if image_embeddings is None else 0)
         generator = self._generator(generator, seed)
+        self._warn_about_prompts(prompts)
         # each prompt encoded once, then repeated; the null caption encoded once per prompt (diffusers' batches,
         # so that the text features, and with them the images, match diffusers' bit for bit)
         unique = self.embed_prompts(prompts)
@@ -476,8 +511,9 @@ class UnCLIPPipeline:
         progress: ProgressFn | None = None,
     ):
         """Variations of ``image``: its z_i and DDIM-inverted x_T decoded with DDIM at ``eta`` > 0."""
-        n = _check_positive_int("num_images", num_images)
-        eta = _check_scale("eta", eta)
+        n = _check_positive_int("num_images", num_images, bounds.MAX_IMAGES)
+        eta = _check_scale("eta", eta, bounds.MAX_ETA)
+        self.check_batch("num_images", n)
         generator = self._generator(generator, seed)
         settings = self._ddim_settings(decoder_guidance_scale, decoder_steps)
         z_i, x_T = self.invert(image, settings.decoder_steps, progress)
@@ -507,8 +543,9 @@ class UnCLIPPipeline:
         images' DDIM inversions (frames 0 and 1 then reconstruct the inputs).
         """
         frames = _check_positive_int("num_frames", num_frames)
-        if frames < 2:
-            raise ValueError(f"num_frames must be >= 2, got {frames}")
+        if not bounds.MIN_FRAMES <= frames <= bounds.MAX_FRAMES:
+            raise ValueError(f"num_frames must be in [{bounds.MIN_FRAMES}, {bounds.MAX_FRAMES}], got {frames}")
+        self.check_batch("num_frames", frames)
         if noise not in ("fixed", "slerp"):
             raise ValueError(f"noise must be 'fixed' or 'slerp', got {noise!r}")
         generator = self._generator(generator, seed)
@@ -550,11 +587,14 @@ class UnCLIPPipeline:
         to_text = check_prompts(to_text)[0]
         if from_text is not None and not isinstance(from_text, str):
             raise TypeError(f"from_text must be a string, got {type(from_text).__name__}")
-        thetas = [float(t) for t in thetas]
-        if not thetas or any(not 0.0 <= t <= 1.0 for t in thetas):
-            raise ValueError(
-                f"thetas must be a non-empty list of numbers in [0, 1] (0 to 0.5 is typical), got {thetas}"
-            )
+        low, high = bounds.THETA_RANGE
+        if isinstance(thetas, (str, bytes)) or not isinstance(thetas, Sequence):
+            raise TypeError(f"thetas must be a list of numbers, got {thetas!r}")
+        thetas = [bounds.check_range("theta", t, low, high) for t in thetas]
+        if not 1 <= len(thetas) <= bounds.MAX_THETAS:
+            raise ValueError(f"thetas must hold 1 to {bounds.MAX_THETAS} values, got {len(thetas)}")
+        self.check_batch("thetas", len(thetas))
+        self._warn_about_prompts([to_text, *([from_text] if from_text else [])])
         settings = self._ddim_settings(decoder_guidance_scale, decoder_steps)
         z_i, x_T = self.invert(image, settings.decoder_steps, progress)
         text = self.clip.embed_text([to_text, from_text or ""]).pooled.to(z_i)

@@ -1,5 +1,7 @@
 """Requests -> resolved parameters and the pipeline calls that run them (on the worker thread).
 
+The request models already apply the server's limits (counts, step fields, ranges); what is checked here is
+what they cannot judge alone: the model's defaults against the server's step limit, the sampler's needs.
 Every parameter is resolved before the job is queued (the model's defaults filled in, a seed drawn when
 none was given), so the job, its events and its PNGs all carry the exact values that made the images;
 the same values on the command line (``unclip generate ... --seed S``) give the same pixels.
@@ -17,7 +19,7 @@ from unclip.pipeline.options import GenerationDefaults
 from unclip.web.jobs import ProgressFn, RunFn
 from unclip.web.schemas import GenerateRequest, InterpolateRequest, TextDiffRequest, VariationsRequest
 
-SEED_RANGE = 2**31  # seeds the server draws (any seed up to 2**63 - 1 may be given)
+SEED_RANGE = 2**31  # seeds the server draws (any seed up to bounds.MAX_SEED = 2**64 - 1 may be given)
 # GenerationDefaults fields a generate request may set (None: the model's default)
 GENERATE_SETTINGS = (
     "sampler", "prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance_scale", "decoder_guidance_scale",
@@ -47,16 +49,11 @@ def _check_steps(params: dict[str, Any], names: tuple[str, ...], max_steps: int)
                 raise FieldError((name,), f"{name} must be >= 2 with sampler 'unclip', got {params[name]}")
 
 
-def _check_count(name: str, value: int, max_images: int) -> None:
-    if value > max_images:
-        raise FieldError((name,), f"{name} = {value} is above this server's limit of {max_images} images")
-
-
 def _labelled(images: list[Image.Image], params: dict[str, Any], extra: list[dict[str, Any]] | None = None):
     return [(image, {**params, "index": i, **(extra[i] if extra else {})}) for i, image in enumerate(images)]
 
 
-def generate_job(pipe, req: GenerateRequest, model: str, max_steps: int, max_images: int) -> tuple[dict, RunFn]:
+def generate_job(pipe, req: GenerateRequest, model: str, max_steps: int) -> tuple[dict, RunFn]:
     """Text to image: resolved parameters and the run function."""
     given = {name: getattr(req, name) for name in GENERATE_SETTINGS}
     resolved = replace(pipe.defaults, **{k: v for k, v in given.items() if v is not None})
@@ -68,7 +65,6 @@ def generate_job(pipe, req: GenerateRequest, model: str, max_steps: int, max_ima
         "seed": _seed(req.seed),
         **{name: getattr(resolved, name) for name in GENERATE_SETTINGS},
     }
-    _check_count("num_images_per_prompt", req.num_images_per_prompt, max_images)
     _check_steps(params, ("prior_steps", "decoder_steps", "upsampler_steps"), max_steps)
 
     def run(progress: ProgressFn):
@@ -101,12 +97,11 @@ def _decoder_params(pipe, req, kind: str, model: str, max_steps: int) -> dict[st
 
 
 def variations_job(
-    pipe, req: VariationsRequest, image: Image.Image, source: dict, model: str, max_steps: int, max_images: int
+    pipe, req: VariationsRequest, image: Image.Image, source: dict, model: str, max_steps: int
 ) -> tuple[dict, RunFn]:
     """Variations of ``image`` (``source`` describes it: {"image_id": ...} or {"image": "upload"})."""
     params = {**_decoder_params(pipe, req, "variations", model, max_steps), **source}
     params.update(num_images=req.num_images, eta=req.eta)
-    _check_count("num_images", req.num_images, max_images)
 
     def run(progress: ProgressFn):
         images = pipe.vary(
@@ -120,13 +115,11 @@ def variations_job(
 
 
 def interpolate_job(
-    pipe, req: InterpolateRequest, images: tuple[Image.Image, Image.Image], sources: dict, model: str,
-    max_steps: int, max_images: int,
-) -> tuple[dict, RunFn]:  # fmt: skip
+    pipe, req: InterpolateRequest, images: tuple[Image.Image, Image.Image], sources: dict, model: str, max_steps: int
+) -> tuple[dict, RunFn]:
     """Frames between two images; each frame's PNG records its θ = index / (num_frames - 1)."""
     params = {**_decoder_params(pipe, req, "interpolate", model, max_steps), **sources}
     params.update(num_frames=req.num_frames, noise=req.noise)
-    _check_count("num_frames", req.num_frames, max(max_images, 2))
     frames = req.num_frames
 
     def run(progress: ProgressFn):
@@ -141,7 +134,7 @@ def interpolate_job(
 
 
 def text_diff_job(
-    pipe, req: TextDiffRequest, image: Image.Image, source: dict, model: str, max_steps: int, max_images: int
+    pipe, req: TextDiffRequest, image: Image.Image, source: dict, model: str, max_steps: int
 ) -> tuple[dict, RunFn]:
     """Text diff of ``image`` for each θ in ``req.thetas`` (each frame's PNG records its θ)."""
     params = {**_decoder_params(pipe, req, "text-diff", model, max_steps), **source}

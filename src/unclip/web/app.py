@@ -1,13 +1,16 @@
 """The FastAPI application: ``create_app(pipe, config)``. API under ``/api/v1``, the page at ``/``, API docs at
 ``/docs`` (a local page that renders the OpenAPI document; nothing is fetched from elsewhere).
+
+The request models are built per application from its :class:`ServeConfig` (:func:`request_models`), so the
+limits a server applies are the ones its OpenAPI document, ``/docs`` and ``/api/v1/config`` show.
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: the endpoints' body types are this application's own models
 import asyncio
 import base64
 import binascii
 import json
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -18,34 +21,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from starlette.types import Receive, Scope, Send
 
 from unclip.config import config_to_dict
-from unclip.pipeline.options import MAX_PROMPT_CHARS
 from unclip.samplers.run import SAMPLER_NAMES
-from unclip.web import actions
-from unclip.web.config import (
-    MAX_BEST_OF,
-    MAX_ETA,
-    MAX_FRAMES,
-    MAX_GUIDANCE,
-    MAX_THETA,
-    MAX_THETAS,
-    MAX_UPLOAD_SIDE,
-    ServeConfig,
-)
+from unclip.web import actions, errors
+from unclip.web.config import MAX_UPLOAD_SIDE, ServeConfig
 from unclip.web.jobs import Job, JobManager, QueueFull
 from unclip.web.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
-from unclip.web.schemas import (
-    GenerateRequest,
-    Health,
-    ImageInfo,
-    ImageRef,
-    InterpolateRequest,
-    JobInfo,
-    ServerConfigInfo,
-    TextDiffRequest,
-    VariationsRequest,
-)
+from unclip.web.schemas import Health, ImageInfo, ImageRef, JobInfo, ServerConfigInfo, request_models
 from unclip.web.store import ImageStore, StoredImage, decode_upload
 
 API = "/api/v1"
@@ -78,9 +62,25 @@ def _field_error(loc: tuple, message: str, kind: str = "value_error") -> HTTPExc
     return HTTPException(422, detail=[{"type": kind, "loc": list(loc), "msg": message}])
 
 
+class CountedStream(StreamingResponse):
+    """A streaming response that calls ``release`` once it has ended: finished, failed or disconnected."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
 def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
     """The server around a loaded :class:`~unclip.pipeline.UnCLIPPipeline` (one job computes at a time)."""
     config = config or ServeConfig()
+    limits = config.limits
+    models = request_models(limits)
     store = ImageStore(config.store_images, config.store_bytes)
     manager = JobManager(store, config.max_queue, config.keep_jobs, describe=job_info)
     streams = {"open": 0}
@@ -101,6 +101,7 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.manager, app.state.store, app.state.config, app.state.pipe = manager, store, config, pipe
+    errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
     api = APIRouter(prefix=API)
@@ -119,7 +120,7 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
         except (binascii.Error, ValueError):
             raise _field_error(("body", field, "data"), "data is not valid base64") from None
         try:
-            image = await run_in_threadpool(decode_upload, raw)
+            image = await run_in_threadpool(decode_upload, raw, MAX_UPLOAD_SIDE, f"{field}.data")
         except ValueError as err:
             raise _field_error(("body", field, "data"), str(err)) from None
         return image, {f"{field}_id": None}
@@ -169,57 +170,57 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
     @api.get("/config", response_model=ServerConfigInfo, tags=["service"])
     def server_config() -> dict[str, Any]:
         """The model's default settings and this server's limits."""
-        limits = {
-            "max_images": config.max_images, "max_frames": max(2, min(MAX_FRAMES, config.max_images)),
-            "max_thetas": MAX_THETAS, "max_steps": config.max_steps, "max_guidance": MAX_GUIDANCE, "max_eta": MAX_ETA,
-            "max_best_of": MAX_BEST_OF, "max_prompt_chars": MAX_PROMPT_CHARS, "theta_range": (0.0, MAX_THETA),
-            "max_body_bytes": config.max_body_bytes, "max_queue": config.max_queue, "max_upload_side": MAX_UPLOAD_SIDE,
+        shown = {
+            "max_images": limits.max_images, "max_frames": limits.max_frames, "max_thetas": limits.max_thetas,
+            "max_steps": limits.max_steps, "max_guidance": limits.max_guidance, "max_eta": limits.max_eta,
+            "max_best_of": limits.max_best_of, "max_prompt_chars": limits.max_prompt_chars,
+            "max_seed": limits.max_seed, "theta_range": limits.theta_range, "max_body_bytes": config.max_body_bytes,
+            "max_queue": config.max_queue, "max_upload_side": MAX_UPLOAD_SIDE, "max_streams": config.max_streams,
         }  # fmt: skip
         return {"model": config.model, "image_size": pipe.image_size, "samplers": list(SAMPLER_NAMES),
-                "defaults": config_to_dict(pipe.defaults), "limits": limits}  # fmt: skip
+                "defaults": config_to_dict(pipe.defaults), "limits": shown}  # fmt: skip
 
     # ------------------------------------------------------------------ images
 
     @api.post("/images/generate", status_code=202, response_model=JobInfo, responses=queued, tags=["images"])
-    async def generate(body: GenerateRequest, request: Request, wait: WaitQuery = False) -> Response:
+    async def generate(body: models.generate, request: Request, wait: WaitQuery = False) -> Response:
         """Text to image (``pipe(prompt, num_images_per_prompt, seed, ...)``)."""
 
         def build():
-            return actions.generate_job(pipe, body, config.model, config.max_steps, config.max_images)
+            return actions.generate_job(pipe, body, config.model, config.max_steps)
 
         return await submit(request, "generate", build, wait)
 
     @api.post("/images/variations", status_code=202, response_model=JobInfo, responses=queued, tags=["images"])
-    async def variations(body: VariationsRequest, request: Request, wait: WaitQuery = False) -> Response:
+    async def variations(body: models.variations, request: Request, wait: WaitQuery = False) -> Response:
         """Variations of an image (``pipe.vary``): an earlier result or upload by id, or the image itself."""
         image, source = await resolve(body.image, "image")
 
         def build():
-            return actions.variations_job(pipe, body, image, source, config.model, config.max_steps, config.max_images)
+            return actions.variations_job(pipe, body, image, source, config.model, config.max_steps)
 
         return await submit(request, "variations", build, wait)
 
     @api.post("/images/interpolate", status_code=202, response_model=JobInfo, responses=queued, tags=["images"])
-    async def interpolate(body: InterpolateRequest, request: Request, wait: WaitQuery = False) -> Response:
+    async def interpolate(body: models.interpolate, request: Request, wait: WaitQuery = False) -> Response:
         """Frames between two images (``pipe.interpolate``)."""
         image_a, source_a = await resolve(body.image_a, "image_a")
         image_b, source_b = await resolve(body.image_b, "image_b")
 
         def build():
             return actions.interpolate_job(
-                pipe, body, (image_a, image_b), {**source_a, **source_b}, config.model, config.max_steps,
-                config.max_images,
-            )  # fmt: skip
+                pipe, body, (image_a, image_b), {**source_a, **source_b}, config.model, config.max_steps
+            )
 
         return await submit(request, "interpolate", build, wait)
 
     @api.post("/images/text-diff", status_code=202, response_model=JobInfo, responses=queued, tags=["images"])
-    async def text_diff(body: TextDiffRequest, request: Request, wait: WaitQuery = False) -> Response:
-        """Text diff (``pipe.edit``): one image per θ in ``thetas`` (each in [0, 0.5])."""
+    async def text_diff(body: models.text_diff, request: Request, wait: WaitQuery = False) -> Response:
+        """Text diff (``pipe.edit``): one image per θ in ``thetas`` (each in ``theta_range``, 0 to 1)."""
         image, source = await resolve(body.image, "image")
 
         def build():
-            return actions.text_diff_job(pipe, body, image, source, config.model, config.max_steps, config.max_images)
+            return actions.text_diff_job(pipe, body, image, source, config.model, config.max_steps)
 
         return await submit(request, "text-diff", build, wait)
 
@@ -228,7 +229,7 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
         """Store an image (validated as the CLI validates images) for use by id in the image requests."""
         data = await file.read()
         try:
-            image = await run_in_threadpool(decode_upload, data)
+            image = await run_in_threadpool(decode_upload, data, MAX_UPLOAD_SIDE, f"upload {file.filename!r}")
         except ValueError as err:
             raise _field_error(("body", "file"), str(err)) from None
         item = await run_in_threadpool(store.add, image, "upload", {"kind": "upload", "filename": file.filename})
@@ -282,16 +283,26 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
         """Server-sent events: ``queued`` {position}, ``started``, ``progress`` {stage, step, total}, then ``done``
         {job}, ``error`` {message} or ``cancelled``. Every event has an id; ``Last-Event-ID`` resumes after it."""
         job = get_job(job_id)
-        if streams["open"] >= config.max_streams:
-            return JSONResponse({"detail": "too many open event streams"}, 429, headers={"Retry-After": "5"})
         try:
             start = int(request.headers.get("last-event-id", "-1")) + 1
         except ValueError:
             start = 0
+        # checked and counted in one step (no await between): concurrent opens cannot all pass the check
+        if streams["open"] >= config.max_streams:
+            return JSONResponse(
+                {"detail": f"too many open event streams (at most {config.max_streams}); retry later"},
+                429, headers={"Retry-After": "5"},
+            )  # fmt: skip
+        streams["open"] += 1
+        slot = {"held": True}
 
-        async def events():
+        def release() -> None:  # once, whichever of the stream's end and the response's end comes first
+            if slot["held"]:
+                slot["held"] = False
+                streams["open"] -= 1
+
+        async def events() -> AsyncIterator[str]:
             sent = max(0, start)
-            streams["open"] += 1  # counted here, so a stream that never starts is never counted
             try:
                 yield "retry: 1000\n\n"
                 while True:
@@ -308,11 +319,12 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
                     if len(job.events) == before and not job.terminal:
                         yield ": keepalive\n\n"
             finally:
-                streams["open"] -= 1
+                release()
 
-        return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
+        return CountedStream(
+            events(), release, media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )  # fmt: skip
 
     app.include_router(api)
 

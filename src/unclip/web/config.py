@@ -4,17 +4,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Hard ceilings of the request schemas (the OpenAPI document shows them); a server may set lower limits.
-MAX_IMAGES = 16
-MAX_STEPS = 500
-MAX_GUIDANCE = 100.0
-MAX_ETA = 10.0
-MAX_BEST_OF = 16
-MAX_FRAMES = 32
-MAX_THETAS = 11
-MAX_THETA = 0.5
-MAX_SEED = 2**63 - 1
+from unclip.pipeline.bounds import (
+    MAX_BEST_OF,
+    MAX_ETA,
+    MAX_FRAMES,
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_THETAS,
+    MIN_FRAMES,
+    THETA_RANGE,
+)
+from unclip.pipeline.options import MAX_PROMPT_CHARS
+
+# The hard ceilings are unclip.pipeline.bounds (re-exported here); a server applies lower ones (RequestLimits).
+MAX_THETA = THETA_RANGE[1]
 MAX_UPLOAD_SIDE = 4096
+
+__all__ = [
+    "MAX_BEST_OF", "MAX_ETA", "MAX_FRAMES", "MAX_GUIDANCE", "MAX_IMAGES", "MAX_PROMPT_CHARS", "MAX_SEED", "MAX_STEPS",
+    "MAX_THETA", "MAX_THETAS", "MAX_UPLOAD_SIDE", "MIN_FRAMES", "THETA_RANGE", "RequestLimits", "ServeConfig",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The limits one server applies to requests: its request schemas, ``/docs`` and ``/api/v1/config`` show them.
+
+    The defaults are the hard ceilings of :mod:`unclip.pipeline.bounds`; :attr:`ServeConfig.limits` lowers
+    ``max_images`` (which also bounds frames and thetas, each an image) and ``max_steps``.
+    """
+
+    max_images: int = MAX_IMAGES
+    max_frames: int = MAX_FRAMES
+    max_thetas: int = MAX_THETAS
+    max_steps: int = MAX_STEPS
+    max_guidance: float = MAX_GUIDANCE
+    max_eta: float = MAX_ETA
+    max_best_of: int = MAX_BEST_OF
+    max_seed: int = MAX_SEED
+    max_prompt_chars: int = MAX_PROMPT_CHARS
+    min_frames: int = MIN_FRAMES
+    theta_range: tuple[float, float] = THETA_RANGE
 
 
 @dataclass
@@ -63,3 +95,13 @@ class ServeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+    @property
+    def limits(self) -> RequestLimits:
+        """What this server accepts: the hard ceilings, with ``max_images`` and ``max_steps`` applied."""
+        return RequestLimits(
+            max_images=self.max_images,
+            max_frames=max(MIN_FRAMES, min(MAX_FRAMES, self.max_images)),
+            max_thetas=min(MAX_THETAS, self.max_images),
+            max_steps=self.max_steps,
+        )

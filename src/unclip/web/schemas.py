@@ -4,15 +4,19 @@ Field names follow the Python API (DESIGN.md §8): ``prompt``, ``num_images_per_
 ``prior_steps``, ``decoder_guidance_scale``, ``num_images``, ``num_frames``, ``to_text``, ``thetas`` ...
 A field left out (or null) takes the model's default. Unknown fields are refused (422 naming them), so a
 typo never silently falls back to a default.
+
+The module's request models carry the hard ceilings (:mod:`unclip.pipeline.bounds`);
+:func:`request_models` derives the models of one server from its :class:`~unclip.web.config.RequestLimits`,
+so its validation, its OpenAPI document and its ``/docs`` page show the limits it applies.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
-from unclip.pipeline.options import MAX_PROMPT_CHARS
 from unclip.samplers.run import SAMPLER_NAMES
 from unclip.web.config import (
     MAX_BEST_OF,
@@ -20,10 +24,13 @@ from unclip.web.config import (
     MAX_FRAMES,
     MAX_GUIDANCE,
     MAX_IMAGES,
+    MAX_PROMPT_CHARS,
     MAX_SEED,
     MAX_STEPS,
-    MAX_THETA,
     MAX_THETAS,
+    MIN_FRAMES,
+    THETA_RANGE,
+    RequestLimits,
 )
 
 Sampler = Literal[SAMPLER_NAMES]  # type: ignore[valid-type]
@@ -33,7 +40,10 @@ JobStatus = Literal["queued", "running", "done", "error", "cancelled"]
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 Steps = Field(default=None, ge=1, le=MAX_STEPS, description="Sampling steps (default: the model's).")
 Guidance = Field(default=None, ge=0.0, le=MAX_GUIDANCE, description="Classifier-free guidance scale.")
-SeedField = Field(default=None, ge=0, le=MAX_SEED, description="Random seed (default: drawn by the server).")
+SeedField = Field(
+    default=None, ge=0, le=MAX_SEED, description="Random seed, 0 to 2**64 - 1 (default: drawn by the server)."
+)
+Theta = Annotated[float, Field(ge=THETA_RANGE[0], le=THETA_RANGE[1])]
 
 
 def _text(value: str, name: str) -> str:
@@ -70,7 +80,7 @@ class GenerateRequest(BaseModel):
 
     model_config = _STRICT
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="The caption.")
-    num_images_per_prompt: int = Field(default=4, ge=1, le=MAX_IMAGES)
+    num_images_per_prompt: int = Field(default=4, ge=1, le=MAX_IMAGES, description="Images to make.")
     seed: int | None = SeedField
     sampler: Sampler | None = Field(default=None, description="Sampler for every stage.")
     prior_steps: int | None = Steps
@@ -91,7 +101,7 @@ class VariationsRequest(DecoderOptions):
     """Variations of an image (``pipe.vary``): its CLIP embedding kept, the details resampled."""
 
     image: ImageRef
-    num_images: int = Field(default=4, ge=1, le=MAX_IMAGES)
+    num_images: int = Field(default=4, ge=1, le=MAX_IMAGES, description="Variations to make.")
     eta: float = Field(default=1.0, ge=0.0, le=MAX_ETA, description="DDIM eta (> 0 varies).")
 
 
@@ -100,7 +110,7 @@ class InterpolateRequest(DecoderOptions):
 
     image_a: ImageRef
     image_b: ImageRef
-    num_frames: int = Field(default=8, ge=2, le=MAX_FRAMES)
+    num_frames: int = Field(default=8, ge=MIN_FRAMES, le=MAX_FRAMES, description="Frames, both ends included.")
     noise: Literal["fixed", "slerp"] = "fixed"
 
 
@@ -110,14 +120,55 @@ class TextDiffRequest(DecoderOptions):
     image: ImageRef
     to_text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Caption of the target.")
     from_text: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS, description="Caption of the source.")
-    thetas: list[Annotated[float, Field(ge=0.0, le=MAX_THETA)]] = Field(
-        default=[0.0, 0.25, 0.5], min_length=1, max_length=MAX_THETAS, description="Edit strengths in [0, 0.5]."
-    )
+    thetas: list[Theta] = Field(
+        default=[0.0, 0.25, 0.5], min_length=1, max_length=MAX_THETAS,
+        description=f"Edit strengths, each in [{THETA_RANGE[0]:g}, {THETA_RANGE[1]:g}]; one image each.",
+    )  # fmt: skip
 
     @field_validator("to_text")
     @classmethod
     def _to(cls, v: str) -> str:
         return _text(v, "to_text")
+
+
+class RequestModels(NamedTuple):
+    """The request models of one server (subclasses of the module's, with its limits)."""
+
+    generate: type[GenerateRequest]
+    variations: type[VariationsRequest]
+    interpolate: type[InterpolateRequest]
+    text_diff: type[TextDiffRequest]
+
+
+def _bounded(info: FieldInfo, **constraints: Any) -> FieldInfo:
+    """``info`` (default, description) with other numeric or length constraints."""
+    return Field(default=info.default, description=info.description, **constraints)
+
+
+def _with_limits(base: type[BaseModel], limits: dict[str, dict[str, Any]]) -> type[BaseModel]:
+    """A subclass of ``base`` (same name, so the OpenAPI document keeps it) whose fields have ``limits``."""
+    fields = base.model_fields
+    overrides = {name: (fields[name].annotation, _bounded(fields[name], **c)) for name, c in limits.items()}
+    return create_model(base.__name__, __base__=base, __module__=base.__module__, __doc__=base.__doc__, **overrides)
+
+
+def request_models(limits: RequestLimits) -> RequestModels:
+    """The request models that apply ``limits`` (their schemas show them)."""
+    steps = {"ge": 1, "le": limits.max_steps}
+    decoder = {"decoder_steps": steps}
+    return RequestModels(
+        generate=_with_limits(GenerateRequest, {
+            "num_images_per_prompt": {"ge": 1, "le": limits.max_images},
+            "prior_steps": steps, "decoder_steps": steps, "upsampler_steps": steps,
+        }),
+        variations=_with_limits(VariationsRequest, {**decoder, "num_images": {"ge": 1, "le": limits.max_images}}),
+        interpolate=_with_limits(InterpolateRequest, {
+            **decoder, "num_frames": {"ge": limits.min_frames, "le": limits.max_frames},
+        }),
+        text_diff=_with_limits(TextDiffRequest, {
+            **decoder, "thetas": {"min_length": 1, "max_length": limits.max_thetas},
+        }),
+    )  # fmt: skip
 
 
 class ImageInfo(BaseModel):
@@ -179,6 +230,8 @@ class Health(BaseModel):
 
 
 class ServerLimits(BaseModel):
+    """This server's limits (the request schemas apply the same ones)."""
+
     max_images: int
     max_frames: int
     max_thetas: int
@@ -187,10 +240,12 @@ class ServerLimits(BaseModel):
     max_eta: float
     max_best_of: int
     max_prompt_chars: int
+    max_seed: int
     theta_range: tuple[float, float]
     max_body_bytes: int
     max_queue: int
     max_upload_side: int
+    max_streams: int
 
 
 class ServerConfigInfo(BaseModel):

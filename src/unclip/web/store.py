@@ -1,15 +1,15 @@
 """A bounded in-memory store of PNG images (results and uploads) with their parameters.
 
-Results are lossless PNGs whose parameters (seed included) are written into PNG text chunks: an
-``unclip`` iTXt chunk holds them all as JSON, and ``prompt`` / ``seed`` chunks repeat the common ones
-for tools that show plain text chunks. The oldest images are dropped first when the store holds more
-than ``max_images`` images or ``max_bytes`` PNG bytes.
+Results are lossless PNGs whose parameters (seed included) are written into PNG text chunks, as the CLI writes
+them (:func:`unclip.pipeline.images.encode_png`): an ``unclip`` iTXt chunk holds them all as JSON, and
+``prompt`` / ``seed`` chunks repeat the common ones for tools that show plain text chunks. The oldest images
+are dropped first when the store holds more than ``max_images`` images or ``max_bytes`` PNG bytes.
 """
 
 from __future__ import annotations
 
 import io
-import json
+import re
 import secrets
 import threading
 import time
@@ -17,12 +17,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image, PngImagePlugin
+from PIL import Image, UnidentifiedImageError
 
-from unclip.pipeline.images import load_image
+from unclip.pipeline.images import PARAMS_KEY, encode_png, load_image, read_png_params
 from unclip.web.config import MAX_UPLOAD_SIDE
 
-PARAMS_KEY = "unclip"
+__all__ = ["PARAMS_KEY", "ImageStore", "StoredImage", "decode_upload", "encode_png", "read_png_params"]
+READABLE = "PNG, JPEG, WebP, GIF, BMP, TIFF, ..."
 
 
 @dataclass
@@ -44,47 +45,39 @@ class StoredImage:
         return seed if isinstance(seed, int) else None
 
 
-def encode_png(image: Image.Image, params: dict[str, Any]) -> bytes:
-    """An RGB image -> PNG bytes with ``params`` as JSON in an iTXt chunk (plus ``prompt``/``seed`` chunks)."""
-    info = PngImagePlugin.PngInfo()
-    info.add_itxt(PARAMS_KEY, json.dumps(params, sort_keys=True))
-    for key in ("prompt", "to_text", "seed"):
-        if params.get(key) is not None:
-            info.add_itxt(key, str(params[key]))
-    info.add_text("Software", "unclip")
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="PNG", pnginfo=info)
-    return buf.getvalue()
+def _reason(err: Exception) -> str:
+    """PIL's message without object reprs (``<_io.BytesIO object at 0x...>``)."""
+    text = re.sub(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>", "", str(err)).strip()
+    return text or type(err).__name__
 
 
-def read_png_params(png: bytes) -> dict[str, Any]:
-    """The parameters :func:`encode_png` wrote into a PNG."""
-    with Image.open(io.BytesIO(png)) as image:
-        image.load()
-        return json.loads(image.text[PARAMS_KEY])
-
-
-def decode_upload(data: bytes, max_side: int = MAX_UPLOAD_SIDE) -> Image.Image:
+def decode_upload(data: bytes, max_side: int = MAX_UPLOAD_SIDE, what: str = "the image") -> Image.Image:
     """Bytes of an image file -> an RGB PIL image, validated as the CLI validates images.
 
-    Raises ValueError naming the problem (not an image, too large, too small).
+    Raises ValueError naming ``what`` (the field or the upload's file name) and the problem (not an image,
+    too large, too small).
     """
     if not data:
-        raise ValueError("the image is empty (0 bytes)")
+        raise ValueError(f"{what} is empty (0 bytes)")
     try:
         opened = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError(f"{what} is not a readable image ({READABLE}): cannot identify the image format") from None
     except Exception as err:  # PIL raises several types for garbage
-        raise ValueError(f"cannot read the image: {err}") from None
+        raise ValueError(f"{what} is not a readable image ({READABLE}): {_reason(err)}") from None
     with opened:
         w, h = opened.size
         if max(w, h) > max_side:
-            raise ValueError(f"image is too large: {w}x{h} (at most {max_side} px a side)")
+            raise ValueError(f"{what} is too large: {w}x{h} (at most {max_side} px a side)")
         try:
             opened.load()
         except Exception as err:
-            raise ValueError(f"cannot decode the image: {err}") from None
+            raise ValueError(f"{what} cannot be decoded ({opened.format or 'unknown'} file): {_reason(err)}") from None
         image = opened.copy()
-    return load_image(image)
+    try:
+        return load_image(image)
+    except ValueError as err:
+        raise ValueError(f"{what}: {_reason(err)}") from None
 
 
 class ImageStore:

@@ -4,7 +4,7 @@
 const API = "/api/v1";
 const HISTORY_KEY = "unclip-history";
 const HISTORY_MAX = 12;
-const DIFF_THETAS = [0, 0.1, 0.2, 0.3, 0.4, 0.5];
+const DIFF_THETAS = [0, 0.1, 0.2, 0.3, 0.4, 0.5]; // the paper's range; cut to the server's limits (diffThetas)
 const $ = (id) => document.getElementById(id);
 const state = { config: null, images: new Map(), a: null, b: null, diffSource: null, diffFrames: [], active: [] };
 const FIELDS = [ // form input id -> request field, number parser
@@ -46,8 +46,12 @@ async function call(path, options = {}) {
   return body;
 }
 
+// A seed is kept as its digits and sent as a JSON number of any size: a JS number is exact only up to 2**53,
+// seeds go up to 2**64 - 1. (Inside JSON strings every quote is escaped, so only the key itself can match.)
+const toJSON = (data) => JSON.stringify(data).replace(/"seed":"(\d+)"/g, '"seed":$1');
+
 const post = (path, data) => call(path, {
-  method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(data),
+  method: "POST", headers: { "Content-Type": "application/json" }, body: toJSON(data),
 });
 
 // ---------------------------------------------------------------- config and form
@@ -62,7 +66,17 @@ async function loadConfig() {
   $("frames").max = config.limits.max_frames;
   for (const [id] of FIELDS) $(id).max = id.endsWith("steps") ? config.limits.max_steps : config.limits.max_guidance;
   resetDefaults();
-  $("theta").max = config.limits.theta_range[1];
+  const thetas = diffThetas();
+  $("theta").max = thetas[thetas.length - 1];
+}
+
+// The θ values of a text diff: DIFF_THETAS within the server's theta_range, at most max_thetas of them.
+function diffThetas() {
+  const { theta_range: [low, high], max_thetas: most } = state.config.limits;
+  const inside = DIFF_THETAS.filter((t) => t >= low && t <= high);
+  if (inside.length <= most) return inside;
+  if (most === 1) return [inside[inside.length - 1]];
+  return Array.from({ length: most }, (_, i) => inside[Math.round((i * (inside.length - 1)) / (most - 1))]);
 }
 
 function resetDefaults() {
@@ -79,7 +93,7 @@ function readForm() {
   const seed = $("seed").value.trim();
   if (seed !== "") {
     if (!/^\d+$/.test(seed)) throw new Error("Seed: enter a whole number of at least 0, or leave it empty.");
-    body.seed = Number(seed);
+    body.seed = seed.replace(/^0+(?=\d)/, ""); // digits, sent exactly (toJSON); the server checks the range
   }
   const d = state.config.defaults;
   if ($("sampler").value !== d.sampler) body.sampler = $("sampler").value;
@@ -257,13 +271,14 @@ function chooseDiff(image) {
 function textDiff() {
   const to = $("diff-to").value;
   if (!to.trim()) { announce("Text diff: enter the “To” caption first."); $("diff-to").focus(); return; }
-  const body = { image: { id: state.diffSource.id }, to_text: to, thetas: DIFF_THETAS };
+  const thetas = diffThetas();
+  const body = { image: { id: state.diffSource.id }, to_text: to, thetas };
   if ($("diff-from").value.trim()) body.from_text = $("diff-from").value;
   runJob("/images/text-diff", body, `Text diff to “${to}”`, (job) => {
     state.diffFrames = job.images;
     const slider = $("theta");
     slider.disabled = false;
-    slider.value = DIFF_THETAS[DIFF_THETAS.length - 1];
+    slider.value = thetas[thetas.length - 1];
     showDiffFrame();
   });
 }
