@@ -1,4 +1,4 @@
-"""Resource bounds checked before anything is allocated (DESIGN.md §7).
+"""Resource bounds checked before anything is allocated.
 
 Sizes a user controls (batch, best-of, number of images, threads, network widths from a config) are compared
 with what this machine has, so that a typo such as ``--batch-size 1000000000`` is refused with a message naming

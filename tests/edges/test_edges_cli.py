@@ -322,3 +322,21 @@ def test_unclip_sampler_v_matches_ddpm_on_the_respaced_schedule(variance):
     as_eps = ddpm_sample(Predictor(lambda x, t: denoiser(x.double(), t).double(), Parameterization("eps", variance)),
                          schedule.respace("10"), x_T.double(), generator=torch.Generator().manual_seed(1))  # fmt: skip
     assert (ours.double() - as_eps).abs().max() > 0.05
+
+
+def test_front_ends_share_one_source_for_samplers_and_ranges():
+    """issue 15 item 8: θ was 0-1 on the CLI and 0-0.5 in the API; the CLI kept its own sampler list."""
+    from unclip.cli.generate_cmds import edit, generate
+    from unclip.pipeline import bounds
+    from unclip.samplers.run import SAMPLER_NAMES
+    from unclip.web.config import ServeConfig
+    from unclip.web.schemas import request_models
+
+    options = {p.name: p for p in generate.params}
+    assert tuple(options["sampler"].type.choices) == SAMPLER_NAMES
+    assert (options["num_images"].type.min, options["num_images"].type.max) == (1, bounds.MAX_IMAGES)
+    theta = next(p for p in edit.params if p.name == "thetas").type
+    assert (theta.low, theta.high) == bounds.THETA_RANGE
+    schema = request_models(ServeConfig().limits).text_diff.model_json_schema()
+    item = schema["properties"]["thetas"]["items"]
+    assert (item["minimum"], item["maximum"]) == bounds.THETA_RANGE

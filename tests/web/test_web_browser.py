@@ -1,8 +1,9 @@
 """End to end: ``unclip serve`` in a subprocess, the page driven in Debian's Chromium (headless) by Playwright.
 
-Chromium is the system package (``apt-get install chromium``; .ci/run installs it); Playwright's own browser
-download is never used. Set ``UNCLIP_WEB_TEST_MODEL=shapes`` to drive the built-in model instead of the tiny
-test model, and ``UNCLIP_WEB_SCREENSHOT=docs/serve_screenshot.png`` to keep the screenshot there.
+Chromium is the system package (``apt-get install chromium``; the README's test command runs
+scripts/install_test_browser.sh); Playwright's own browser download is never used. Set
+``UNCLIP_WEB_TEST_MODEL=shapes`` to drive the built-in model instead of the tiny test model, and
+``UNCLIP_WEB_SCREENSHOT=docs/serve_screenshot.png`` to keep the screenshot there.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def chromium_path() -> str:
     for candidate in (os.environ.get("UNCLIP_CHROMIUM"), "chromium", "chromium-browser"):
         if candidate and shutil.which(candidate):
             return shutil.which(candidate)
-    pytest.fail("Chromium is not installed: apt-get install -y chromium (.ci/run does it)")
+    pytest.fail("Chromium is not installed: bash scripts/install_test_browser.sh (or apt-get install -y chromium)")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""``unclip generate | vary | interpolate | edit``: the generating commands (DESIGN.md §8).
+"""``unclip generate | vary | interpolate | edit``: the generating commands.
 
 ``-o x.png`` writes one image (several images: an error unless the path is a directory); any other
 ``-o`` is a directory that gets ``0000.png, 0001.png, ...`` and ``grid.png``. Files are written atomically.
@@ -19,7 +19,8 @@ import click
 from unclip.cli.outputs import OutputTarget, plan_output, write_images
 from unclip.pipeline import bounds
 
-SAMPLERS = ("ddpm", "ddim", "dpm++", "unclip")  # unclip.samplers.run.SAMPLER_NAMES (checked by a test)
+SAMPLERS = ("ddpm", "ddim", "dpm++", "unclip")
+"""unclip.samplers.run.SAMPLER_NAMES, kept here so that `unclip --help` does not import torch (a test checks)."""
 DEFAULT_IMAGES = 4
 """Images a directory ``-o`` gets without ``-n`` (a file ``-o`` gets one)."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-# Must happen before torch is imported anywhere (DESIGN.md §6): with OpenMP's default spin policy
+# Must happen before torch is imported anywhere: with OpenMP's default spin policy
 # small workloads on 2 cores run many times slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

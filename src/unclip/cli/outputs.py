@@ -1,4 +1,4 @@
-"""Where the generating commands write, checked before any work (DESIGN.md §8), and how.
+"""Where the generating commands write, checked before any work, and how.
 
 ``-o x.png`` (or ``.jpg``/``.jpeg``) is one image file; an existing directory, or a path without an image suffix,
 is a directory that gets ``0000.png, 0001.png, ...`` and ``grid.png``. The target is checked for writability

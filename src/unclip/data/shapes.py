@@ -1,4 +1,4 @@
-"""The shapes world: a procedural captioned image domain with ground-truth attributes (DESIGN.md §4).
+"""The shapes world: a procedural captioned image domain with ground-truth attributes (docs/shapes_world.md).
 
 Sample ``i`` of ``ShapesWorld(seed)`` is a pure function of ``(seed, i)`` (its random numbers come from
 ``np.random.default_rng([seed, i])``), so training code addresses data by global index and resumes

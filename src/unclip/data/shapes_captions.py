@@ -1,4 +1,4 @@
-"""Caption grammar of the shapes world (DESIGN.md §4): build a caption from the attributes it names,
+"""Caption grammar of the shapes world (docs/shapes_world.md): build a caption from the attributes it names,
 and parse a caption back into them.
 
 Grammar (fixed word order, every bracketed part optional)::

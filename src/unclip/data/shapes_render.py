@@ -1,4 +1,4 @@
-"""Geometry and antialiased rasterisation of the shapes world (DESIGN.md §4).
+"""Geometry and antialiased rasterisation of the shapes world (docs/shapes_world.md).
 
 Coordinates are screen coordinates: x grows to the right, y grows downwards, and angles are measured
 counter-clockwise *on screen* from +x, so a vertex at angle ``a`` on the circle of radius ``r`` around
@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-# Spec constants (DESIGN.md §4).
+# Spec constants (docs/shapes_world.md).
 STAR_INNER_RATIO = 0.45  # star: 10 vertices alternating r and 0.45 r, the first at 90 degrees
 CROSS_HALF_WIDTH = 0.3  # cross: union of two 2r x 0.6r bars
 OUTLINE_INNER_RATIO = 0.6  # outlined = shape(r) minus shape(0.6 r)

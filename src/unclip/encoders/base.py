@@ -1,4 +1,4 @@
-"""The one narrow CLIP interface every stage uses (DESIGN.md §1, codebases.md §3 rule 7).
+"""The one narrow CLIP interface every stage uses.
 
 Any CLIP (our small one, transformers' OpenAI ViT-L/14, ...) is wrapped as a :class:`ClipEncoder`.
 Images given to :meth:`ClipEncoder.embed_images` are float tensors in [-1, 1], shape [B, 3, H, W], of any

@@ -28,7 +28,7 @@ FIRST_WORD_ID = BYTE_OFFSET + 256
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_FORMAT = "unclip.word_byte_tokenizer"
 
-# Every word the shapes-world captions use (DESIGN.md §4), plus common punctuation.
+# Every word the shapes-world captions use, plus common punctuation.
 SHAPES_WORDS: tuple[str, ...] = (
     "a", "an", "the", "small", "large", "solid", "outlined",
     "red", "orange", "yellow", "green", "blue", "purple", "white", "black",

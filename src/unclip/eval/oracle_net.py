@@ -1,4 +1,4 @@
-"""``ShapesOracle``: a small CNN that reads every attribute of a shapes-world image (DESIGN.md §5).
+"""``ShapesOracle``: a small CNN that reads every attribute of a shapes-world image (docs/oracle.md).
 
 It predicts the number of objects, the background colour, and for two *slots* (A, B) the shape, colour,
 size, fill and 3x3 position of an object, plus the relation of A to B. Slot order is canonical (see

@@ -195,7 +195,7 @@ class ImageTower(nn.Module):
             raise ValueError(f"images must be [B, 3, S, S], got shape {tuple(images.shape)}")
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             raise ValueError(f"images must be {self.image_size}×{self.image_size}, got {tuple(images.shape[-2:])}")
-        # channels_last runs the convolutions ~3x faster on CPU (cpu_notes.md) and is harmless elsewhere.
+        # channels_last runs the convolutions ~3x faster on CPU and is harmless elsewhere.
         h = F.silu(self.stem(images.contiguous(memory_format=torch.channels_last)))
         first = self.stages[0](h)  # [B, C1, S/2, S/2]
         flat = self.to_map(self.stages[1:](first)).flatten(1)

@@ -1,6 +1,6 @@
 """Save and load one network as a directory: ``config.json`` (its config dataclass) + ``model.safetensors``.
 
-This is the per-part layout of a pipeline directory (DESIGN.md §3). Loading never unpickles anything,
+This is the per-part layout of a pipeline directory. Loading never unpickles anything,
 checks that the weights fit the config (missing / unexpected keys, shapes) and names what is wrong.
 """
 

@@ -4,7 +4,7 @@ Each function binds a network's conditioning into a denoiser, wraps classifier-f
 (:func:`unclip.samplers.classifier_free_guidance`), reads the output through the stage's
 :class:`~unclip.diffusion.stage_config.DiffusionConfig`, and runs a sampler from :mod:`unclip.samplers`.
 
-Decoder guidance follows DESIGN.md §1 and the decoder's training dropout: the unconditional branch has
+Decoder guidance follows the paper and the decoder's training dropout: the unconditional branch has
 z_i replaced by the learned null embedding and the caption dropped (an all-False text mask and a zero
 pooled text embedding, which is what :func:`unclip.models.decoder_unet.condition_dropout` trains). Decoders
 trained Karlo's way (imported from Karlo or diffusers) instead take ``null_text``, CLIP's encoding of ``""``:

@@ -1,5 +1,5 @@
 """``UnCLIPPipeline``: text -> CLIP -> prior -> z_i -> decoder -> upsamplers, and the manipulations of
-the same latent space (variations, interpolations, text diffs). DESIGN.md §1, §3 and §8.
+the same latent space (variations, interpolations, text diffs).
 
 A pipeline directory (ours) holds ``model_index.json`` and one sub-directory per part: ``clip/``,
 ``prior/``, ``decoder/``, ``upsampler_1/``, ... Each diffusion part has ``config.json`` +
@@ -181,7 +181,7 @@ class UnCLIPPipeline:
         return cls(clip, prior, decoder, upsamplers, defaults, decoder_uncond=index.get("decoder_uncond", "masked"))
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write the pipeline in our layout (DESIGN.md §3); weights cast to ``dtype`` if given (e.g. fp16)."""
+        """Write the pipeline in our layout; weights cast to ``dtype`` if given (e.g. fp16)."""
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
         save_clip = getattr(self.clip, "save_pretrained", None)

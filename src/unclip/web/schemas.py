@@ -1,6 +1,6 @@
 """Request and response models of the HTTP API (the OpenAPI schema is generated from them).
 
-Field names follow the Python API (DESIGN.md §8): ``prompt``, ``num_images_per_prompt``, ``seed``,
+Field names follow the Python API: ``prompt``, ``num_images_per_prompt``, ``seed``,
 ``prior_steps``, ``decoder_guidance_scale``, ``num_images``, ``num_frames``, ``to_text``, ``thetas`` ...
 A field left out (or null) takes the model's default. Unknown fields are refused (422 naming them), so a
 typo never silently falls back to a default.
