@@ -1,4 +1,4 @@
-"""Atomic file writes and safe weight loading (DESIGN.md §3, §7).
+"""Atomic file writes and safe weight loading.
 
 Writes go to a temporary file in the same directory, are fsynced, then renamed over the target, so a
 crash never leaves a half-written file. Loading never unpickles arbitrary objects.
@@ -92,21 +92,59 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def safe_torch_load(path: str | Path, map_location: Any = "cpu", trust_pickle: bool = False) -> Any:
-    """Load a torch file with ``weights_only=True``; full unpickling only when the caller opts in."""
+def _first_line(err: BaseException) -> str:
+    """The most telling non-empty line of an exception's message (torch's weights_only errors put the reason
+    on a "WeightsUnpickler error:" line), or the exception's type name."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            return line.split(". ")[0]
+    if not lines:
+        return type(err).__name__
+    line = lines[0].split(". ")[0] if len(lines[0]) > 120 else lines[0]
+    return line if isinstance(err, RuntimeError) else f"{type(err).__name__}: {line}"
+
+
+def safe_torch_load(
+    path: str | Path,
+    map_location: Any = "cpu",
+    trust_pickle: bool = False,
+    pickle_hint: str | None = "trust_pickle=True (on the command line: `unclip convert --trust-pickle`)",
+) -> Any:
+    """Load a torch file with ``weights_only=True``; full unpickling only when the caller opts in.
+
+    Every failure is a one-line ``ValueError`` (``FileNotFoundError`` for a missing file): an empty file, a
+    truncated or corrupt one, or one that needs full unpickling. ``pickle_hint`` says how the caller's user opts
+    in (by default ``trust_pickle=True``, or ``unclip convert --trust-pickle``, the one command with that option);
+    ``None`` where there is no way to opt in, so the message suggests none.
+    """
+    import pickle
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): an interrupted write or copy; it holds no checkpoint")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the reason
-        if trust_pickle:
+    except Exception as err:  # noqa: BLE001 - re-raised as one line with the reason
+        needs_pickle = isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in str(err)
+        reason = _first_line(err)
+    if trust_pickle:
+        try:
             return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as err:  # noqa: BLE001
+            needs_pickle, reason = False, _first_line(err)
+    if needs_pickle:
+        opt_in = (
+            f"; opt in with {pickle_hint} only if you trust its source" if pickle_hint else ", so it is refused here"
+        )
         raise ValueError(
-            f"{path} cannot be loaded safely (weights_only=True failed: {str(err).splitlines()[0]}). "
-            "It needs full unpickling, which can run code from the file; pass --trust-pickle "
-            "(trust_pickle=True) only if you trust its source."
-        ) from None
+            f"{path} cannot be loaded safely (weights_only=True failed: {reason}). "
+            f"It needs full unpickling, which can run code from the file{opt_in}."
+        )
+    raise ValueError(f"{path} is truncated, corrupt or not a torch checkpoint ({size} bytes; {reason})")
 
 
 def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -64,6 +64,14 @@ def _gib(n: float) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
+def _size(n: float) -> str:
+    """Bytes in the largest unit that keeps the number >= 1 (B, KiB, MiB, GiB)."""
+    for unit, scale in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
 def check_memory(option: str, value: int, bytes_per_unit: float, fixed_bytes: float = 0.0) -> None:
     """Refuse ``value`` units of ``bytes_per_unit`` each (plus ``fixed_bytes``) when they exceed the share of
     available memory one request may take. ``option`` names the setting in the message ("--batch-size")."""
@@ -72,7 +80,7 @@ def check_memory(option: str, value: int, bytes_per_unit: float, fixed_bytes: fl
     if needed > budget:
         fit = max(int((budget - fixed_bytes) // max(bytes_per_unit, 1.0)), 0)
         raise ResourceLimitError(
-            f"{option} {value} needs about {_gib(needed)} of memory ({bytes_per_unit / 2**20:.1f} MiB each), but "
+            f"{option} {value} needs about {_gib(needed)} of memory ({_size(bytes_per_unit)} each), but "
             f"{_gib(budget)} of this machine's available memory may be used; at most {fit} fit"
         )
 

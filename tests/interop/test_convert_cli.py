@@ -50,5 +50,5 @@ def test_convert_errors(t2i_dir, tmp_path):
     assert result.exit_code == 1 and "not found" in result.output and "Traceback" not in result.output
     result = runner.invoke(cli, ["convert", "--from", "diffusers", str(tmp_path / "full"), str(tmp_path / "o2")])
     assert result.exit_code == 1 and "model_index.json" in result.output
-    result = runner.invoke(cli, ["convert", "--from", "unclip", str(t2i_dir), str(tmp_path / "o3")])
-    assert result.exit_code == 2 and "--to diffusers" in result.output
+    result = runner.invoke(cli, ["convert", "--from", "unclip", "--clip", "c", str(t2i_dir), str(tmp_path / "o3")])
+    assert result.exit_code == 2 and "--clip only applies" in result.output

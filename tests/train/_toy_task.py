@@ -32,6 +32,10 @@ class ToyTask:
         self.delay = delay  # seconds of sleep per batch, to make a run slow enough to kill mid-way
         self.evaluated: list[int] = []
 
+    def result_settings(self) -> dict:
+        """What changes the result (``delay`` only slows a run down)."""
+        return {"hidden": self.hidden, "noise": self.noise, "dropout": self.dropout, "linear": self.linear}
+
     def build_model(self) -> nn.Module:
         if self.linear:
             return nn.Linear(IN, OUT)

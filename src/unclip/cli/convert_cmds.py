@@ -1,5 +1,8 @@
 """``unclip convert --from diffusers|karlo SRC DST``: import released weights into our pipeline layout, and
-``--to diffusers`` to export one of our pipelines to diffusers' ``UnCLIPPipeline`` layout.
+``--to diffusers`` to export one of our pipelines to diffusers' ``UnCLIPPipeline`` layout. With ``--from unclip``
+SRC may be a built-in model's name: ``unclip convert --from unclip --to unclip shapes my_shapes/ --dtype fp32``
+copies the built-in model (cast) into a directory to fine-tune or edit; ``--to diffusers`` needs a pipeline whose
+CLIP is a transformers CLIP (the built-in model's own CLIP has no diffusers counterpart).
 
 Errors are one line on stderr with exit code 1 (bad files) or 2 (bad options).
 """
@@ -41,16 +44,22 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 def convert(
     source: str, target: str, dtype: str | None, trust_pickle: bool, clip_dir: Path | None, src: Path, dst: Path
 ) -> None:
-    """Convert the pipeline in SRC and write it to DST."""
+    """Convert the pipeline in SRC (a directory, or with --from unclip a built-in model name) and write it to DST."""
     import torch
 
-    if source == "unclip" and target == "unclip":
-        raise click.UsageError("--from unclip needs --to diffusers or --to diffusers-variation")
+    from unclip.pipeline.options import BUILTIN_MODELS, INDEX_FILE, builtin_model_dir
+
     if clip_dir is not None and source != "karlo":
         raise click.UsageError("--clip only applies to --from karlo")
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise click.UsageError(f"{dst} exists and is not an empty directory")
     cast = getattr(torch, DTYPES[dtype]) if dtype else None
+    if source == "unclip" and not src.exists() and str(src) in BUILTIN_MODELS:  # a built-in model's name
+        name, src = str(src), builtin_model_dir(str(src))
+        if not (src / INDEX_FILE).is_file():
+            raise click.ClickException(
+                f"the built-in model {name!r} is not in this installation ({src}); train it with `unclip train shapes`"
+            )
     try:
         if source == "diffusers":
             from unclip.interop.diffusers_import import load_diffusers_pipeline

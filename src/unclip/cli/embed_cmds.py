@@ -82,10 +82,14 @@ def embed(clip_name, data, out, fmt, size, crop, flip, min_size, caption_column,
     """Embed the captioned images of DATA with CLIP into the cache OUT (resumable, sharded)."""
     import torch
 
-    from unclip.data.embed_cache import build_embedding_cache
+    from unclip.cli.train_common import check_threads_option
+    from unclip.data.embed_cache import build_embedding_cache, resolved_clip_name
     from unclip.data.transforms import ImageTransform
     from unclip.encoders.loading import load_clip
+    from unclip.limits import ResourceLimitError
+    from unclip.train.bounds import check_embed_batch
 
+    check_threads_option(threads)
     if threads is not None:
         torch.set_num_threads(threads)
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
@@ -99,11 +103,14 @@ def embed(clip_name, data, out, fmt, size, crop, flip, min_size, caption_column,
     try:
         transform = ImageTransform(size=size, crop=crop, flip=flip, min_size=min_size)
         source = _source(data, fmt, caption_column, part_size, transform.min_size)
-        clip_path = Path(clip_name)
-        recorded = str(clip_path.resolve()) if clip_path.is_dir() else clip_name
+        recorded = resolved_clip_name(clip_name)
         clip = load_clip(clip_name, device=device, dtype=torch.float16 if half else None)
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from None
+    try:
+        check_embed_batch(batch_size, clip.image_size, size)
+    except ResourceLimitError as err:
+        raise click.UsageError(str(err)) from None
     try:
         report = build_embedding_cache(
             source, clip, out, transform=transform, clip_name=recorded, batch_size=batch_size, rank=rank,

@@ -92,7 +92,7 @@ def command(
     """Train the small CLIP contrastively on the shapes world; export EMA weights to OUT/model."""
     import torch
 
-    from unclip.cli.train_common import train_config
+    from unclip.cli.train_common import check_batch_option, train_config
     from unclip.encoders.own_clip import OwnClipEncoder
     from unclip.io import atomic_write_text
     from unclip.models.clip import PRESETS
@@ -121,6 +121,7 @@ def command(
         eval_pairs=eval_pairs,
         export_dtype=getattr(torch, _DTYPES[export_dtype]),
     )
+    check_batch_option(task, config)
     out = Path(out_dir)
     t0 = time.monotonic()
     try:

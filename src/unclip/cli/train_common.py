@@ -78,10 +78,32 @@ TRAIN_KEYS = (
 )  # fmt: skip
 
 
+def check_threads_option(threads: int | None, option: str = "--threads") -> None:
+    """Usage error when ``--threads`` exceeds this machine's CPUs (checked before torch.set_num_threads)."""
+    from unclip.limits import ResourceLimitError, check_threads
+
+    try:
+        check_threads(option, threads)
+    except ResourceLimitError as err:
+        raise click.UsageError(str(err)) from None
+
+
+def check_batch_option(task: Any, config: Any, option: str = "--batch-size") -> None:
+    """Usage error when one step of ``task`` at ``config.batch_size`` would not fit this machine's memory."""
+    from unclip.limits import ResourceLimitError
+    from unclip.train.bounds import check_train_batch
+
+    try:
+        check_train_batch(task, config, option)
+    except ResourceLimitError as err:
+        raise click.UsageError(str(err)) from None
+
+
 def train_config(options: dict[str, Any]):
     """A validated TrainConfig from the options of :func:`train_options` (usage error naming a bad value)."""
     from unclip.train.config import TrainConfig
 
+    check_threads_option(options.get("threads"))
     values = {k: options[k] for k in TRAIN_KEYS if k != "init_from"}
     values["init_from"] = options.get("init_from")  # commands without --init-from leave it None
     values["num_threads"] = values.pop("threads")
@@ -103,6 +125,7 @@ def run_stage(task: Any, options: dict[str, Any]):
     from unclip.train.loop import run_training
 
     config = train_config(options)
+    check_batch_option(task, config)
     try:
         return run_training(
             task, config, Path(options["out_dir"]), resume=options["resume"], progress=options["progress"]

@@ -77,11 +77,13 @@ def command(steps: int, batch_size: int, lr: float, warmup_steps: int, weight_de
             fresh: bool,
             out: Path) -> None:  # fmt: skip
     """Train the shapes oracle (attribute classifier and Fréchet feature network)."""
+    from unclip.cli.train_common import check_batch_option, check_threads_option
     from unclip.eval.oracle_net import PRESETS
     from unclip.train.config import TrainConfig
     from unclip.train.loop import run_training
     from unclip.train.oracle_task import OracleTask, OracleTaskConfig
 
+    check_threads_option(threads)
     try:
         config = TrainConfig(
             steps=steps,
@@ -102,5 +104,9 @@ def command(steps: int, batch_size: int, lr: float, warmup_steps: int, weight_de
         task = OracleTask(PRESETS[preset](), OracleTaskConfig(data_seed=data_seed, two_object_prob=two_object_prob))
     except ValueError as err:
         raise click.UsageError(str(err)) from None
-    result = run_training(task, config, out, resume=not fresh)
+    check_batch_option(task, config)
+    try:
+        result = run_training(task, config, out, resume=not fresh)
+    except ValueError as err:  # e.g. a corrupt checkpoint or a changed setting on resume
+        raise click.ClickException(str(err)) from None
     click.echo(f"oracle: {result.step} steps ({result.stop_reason}); exported to {out / 'model'}")

@@ -96,7 +96,7 @@ def command(
     """Train a prior (--kind diffusion | ar) on a shapes cache; export EMA weights to OUT/model."""
     import torch
 
-    from unclip.cli.train_common import train_config
+    from unclip.cli.train_common import check_batch_option, check_threads_option, train_config
     from unclip.encoders.loading import load_clip
     from unclip.eval.prior_metrics import format_table, measure_prior_dirs, results_to_json
     from unclip.io import atomic_write_text
@@ -104,6 +104,7 @@ def command(
     from unclip.train.prior_task import ARPriorTask, DiffusionPriorTask, null_text_for_cache
     from unclip.train.shapes_cache import ShapesCache
 
+    check_threads_option(threads)
     if threads is not None:
         torch.set_num_threads(threads)
     config = train_config(
@@ -147,6 +148,7 @@ def command(
             )
     except ValueError as err:
         raise click.ClickException(str(err)) from None
+    check_batch_option(task, config)
     out = Path(out_dir)
     t0 = time.monotonic()
     try:

@@ -31,8 +31,10 @@ import click
 def command(recipe_name: str, out_dir: str, device: str, threads: int | None, install: bool, progress,
             reuse_upsampler: str | None) -> None:  # fmt: skip
     """Train CLIP, cache, prior, decoder and upsampler of the shapes model, then assemble the pipeline."""
+    from unclip.cli.train_common import check_threads_option
     from unclip.train.recipe import get_recipe, train_shapes
 
+    check_threads_option(threads)
     try:
         recipe = get_recipe(recipe_name, device)
         path = train_shapes(

@@ -5,7 +5,8 @@ text embedding z_t and token states. :func:`build_embedding_cache` runs CLIP onc
 :class:`~unclip.data.image_folder.ImageFolderSource`, a :class:`~unclip.data.webdataset_source.WebDatasetSource`,
 anything with ``num_parts``, ``iter_part`` and ``describe``) and writes one directory per source part::
 
-    OUT/settings.json           build settings (checked on resume: another size/CLIP/source is refused)
+    OUT/settings.json           build settings (checked on resume: another size/CLIP/source is refused; paths
+                                are recorded resolved, and the CLIP by its weights' fingerprint too)
     OUT/part_00000/             a complete part (built in a temporary directory, then renamed)
         images.npy              uint8 [n, S, S, 3]
         image_embedding.npy     float32 [n, D]       z_i
@@ -29,10 +30,12 @@ shapes-world layout written by :func:`unclip.train.shapes_cache.build_shapes_cac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +54,69 @@ FORMAT = "unclip-embedding-cache"
 VERSION = 1
 FIELDS = ("images", "image_embedding", "text_pooled", "text_tokens", "text_mask")
 # Settings that must agree for a resumed build to add parts to an existing cache.
-_SETTING_KEYS = ("format", "version", "size", "crop", "flip", "clip", "clip_dim", "token_width",
+_SETTING_KEYS = ("format", "version", "size", "crop", "flip", "clip", "clip_sha256", "clip_dim", "token_width",
                  "max_text_length", "source", "num_parts")  # fmt: skip
+
+
+def clip_fingerprint(clip: ClipEncoder) -> str:
+    """sha256 of a CLIP's weights (every network the encoder holds, float32 values in key order): the same
+    weights give the same fingerprint whatever their file, directory or runtime dtype."""
+    from torch import nn
+
+    h = hashlib.sha256()
+    modules = sorted((k, v) for k, v in vars(clip).items() if isinstance(v, nn.Module))
+    for name, module in modules:
+        for key, tensor in sorted(module.state_dict().items()):
+            t = tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype).contiguous()
+            h.update(f"{name}.{key}:{t.dtype}{tuple(t.shape)}|".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def resolved_location(value: str | Path, names: tuple[str, ...] = ()) -> str:
+    """A local path as an absolute, resolved one (``photos`` and ``./photos/`` are the same directory); the
+    built-in ``names`` (e.g. the CLIP ``"shapes"``), what does not exist, ``pipe:`` commands and URLs unchanged."""
+    value = str(value)
+    if value in names or value.startswith("pipe:") or "://" in value or not Path(value).exists():
+        return value
+    return str(Path(value).resolve())
+
+
+def resolved_clip_name(clip_name: str | Path) -> str:
+    """A CLIP's name as recorded in a cache: a built-in name as is, a directory resolved."""
+    from unclip.encoders.loading import BUILTIN_NAMES
+
+    return resolved_location(clip_name, tuple(BUILTIN_NAMES))
+
+
+def _resolved_source(description: dict[str, Any]) -> dict[str, Any]:
+    out = dict(description)
+    if isinstance(out.get("root"), str):
+        out["root"] = resolved_location(out["root"])
+    if isinstance(out.get("shards"), list):
+        out["shards"] = [resolved_location(str(s)) for s in out["shards"]]
+    return out
+
+
+def setting_differences(old: dict[str, Any], new: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
+    """Keys whose values differ between a cache's recorded settings and a build's (or a reuse's).
+
+    Two CLIPs with the same weight fingerprint are the same CLIP wherever they live, so then ``clip`` (its name
+    or directory) is not compared. A cache recorded before fingerprints existed is accepted with a warning.
+    """
+    same_weights = bool(old.get("clip_sha256")) and old.get("clip_sha256") == new.get("clip_sha256")
+    diff = []
+    for k in keys:
+        if (k == "clip" and same_weights) or (k == "clip_sha256" and k not in old):
+            continue
+        if old.get(k) != new.get(k):
+            diff.append(k)
+    if "clip_sha256" not in old and "clip_sha256" in new:
+        warnings.warn(
+            "the cache does not record which CLIP weights built it (an older unclip); not checked", stacklevel=3
+        )
+    return diff
 
 
 class CaptionedSource(Protocol):
@@ -407,6 +471,16 @@ class _PartWriter:
         return n
 
 
+def describe_differences(old: dict[str, Any], new: dict[str, Any], keys: list[str]) -> str:
+    """``key: cache has X, now Y`` for each differing key, values shortened."""
+
+    def short(value: Any) -> str:
+        text = json.dumps(value, default=str)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return "; ".join(f"{k}: cache has {short(old.get(k))}, now {short(new.get(k))}" for k in keys)
+
+
 def build_settings(source: CaptionedSource, clip: ClipEncoder, transform: ImageTransform, clip_name: str) -> dict:
     """The settings a cache records (and a resumed build must match)."""
     return {
@@ -415,11 +489,12 @@ def build_settings(source: CaptionedSource, clip: ClipEncoder, transform: ImageT
         "size": transform.size,
         "crop": transform.crop,
         "flip": transform.flip,
-        "clip": clip_name,
+        "clip": resolved_clip_name(clip_name),
+        "clip_sha256": clip_fingerprint(clip),
         "clip_dim": clip.dim,
         "token_width": clip.token_width,
         "max_text_length": clip.max_text_length,
-        "source": source.describe(),
+        "source": _resolved_source(source.describe()),
         "num_parts": source.num_parts,
     }
 
@@ -466,10 +541,11 @@ def build_embedding_cache(
     settings_path = out_dir / "settings.json"
     if settings_path.exists():
         old = json.loads(settings_path.read_text())
-        diff = [k for k in _SETTING_KEYS if old.get(k) != settings[k]]
+        diff = setting_differences(old, settings, _SETTING_KEYS)
         if diff:
             raise ValueError(
-                f"{out_dir} holds a cache built with other settings ({', '.join(diff)}); use another directory"
+                f"{out_dir} holds a cache built with other settings ({describe_differences(old, settings, diff)}); "
+                "use another directory"
             )
     else:
         atomic_write_text(settings_path, json.dumps(settings, indent=1) + "\n")

@@ -16,13 +16,22 @@ with ``torch.load(weights_only=True)``::
     world_size    processes that wrote it
     elapsed_s     training wall time so far, over all resumes
     config        the TrainConfig as a dict
+    task_settings the task's result-changing settings, flattened (see ``unclip.train.settings``)
+    sha256        checksum of everything above (:func:`content_sha256`), verified on every load
+
+The checksum covers the *content* (every key, value, tensor dtype, shape and byte), not the file's bytes,
+so a checkpoint stays a plain dict that ``torch.load(weights_only=True)`` reads, and any change to a value
+or a tensor's bytes (a flipped bit on disk, a bad copy) is refused on load with a one-line error.
+Checkpoints written before checksums existed (no ``sha256``) load with a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import random
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +43,36 @@ from unclip.io import atomic_torch_save, atomic_write_text, safe_torch_load
 
 FORMAT = "unclip.train/1"
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKSUM_KEY = "sha256"
+
+
+def _hash_into(h: Any, value: Any) -> None:
+    """Feed ``value`` to the hash ``h`` in a canonical form (type tags, sorted dict keys, raw tensor bytes)."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}|".encode())
+        for key in sorted(value, key=lambda k: (type(k).__name__, repr(k))):
+            _hash_into(h, key)
+            _hash_into(h, value[key])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"L{len(value)}|".encode())
+        for item in value:
+            _hash_into(h, item)
+    elif value is None or isinstance(value, (bool, int, float, str, bytes)):
+        h.update(f"{type(value).__name__}:{value!r}|".encode())
+    else:
+        raise TypeError(f"cannot checksum a {type(value).__name__} in a training checkpoint")
+
+
+def content_sha256(state: dict[str, Any]) -> str:
+    """sha256 over the content of a checkpoint dict, leaving out its own ``sha256`` entry."""
+    h = hashlib.sha256()
+    _hash_into(h, {k: v for k, v in state.items() if k != CHECKSUM_KEY})
+    return h.hexdigest()
 
 
 def derive_seed(*parts: int) -> int:
@@ -102,17 +141,35 @@ def save_checkpoint(state: dict[str, Any], out_dir: Path, config_dict: dict[str,
     A crash during the write leaves the previous checkpoint intact.
     """
     path = Path(out_dir) / CHECKPOINT_NAME
-    atomic_torch_save({"format": FORMAT, **state, "config": config_dict}, path)
+    payload = {"format": FORMAT, **state, "config": config_dict}
+    payload[CHECKSUM_KEY] = content_sha256(payload)
+    atomic_torch_save(payload, path)
     atomic_write_text(Path(out_dir) / "config.json", json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
     return path
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a training checkpoint with ``weights_only=True`` and check its format."""
-    ckpt = safe_torch_load(path, map_location="cpu")
+    """Load a training checkpoint with ``weights_only=True``, check its format and verify its checksum."""
+    ckpt = safe_torch_load(path, map_location="cpu", pickle_hint=None)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not an unclip training checkpoint (format {found!r}, expected {FORMAT!r})")
+    saved = ckpt.get(CHECKSUM_KEY)
+    if saved is None:
+        warnings.warn(
+            f"{path} has no checksum (written by an older unclip); its content cannot be verified",
+            stacklevel=2,
+        )
+    else:
+        try:
+            actual = content_sha256(ckpt)
+        except TypeError as err:
+            raise ValueError(f"{path} is corrupt: {err}") from None
+        if actual != saved:
+            raise ValueError(
+                f"{path} is corrupt: its checksum does not match its content (sha256 {actual[:16]}..., "
+                f"recorded {str(saved)[:16]}...): it was damaged after it was written"
+            )
     missing = [k for k in ("task", "step", "data_position", "model", "ema", "optimizer", "config") if k not in ckpt]
     if missing:
         raise ValueError(f"training checkpoint {path} lacks {missing}; it is corrupt or from another version")

@@ -120,6 +120,8 @@ class ClipTask:
     """
 
     name = "clip"
+    # Settings outside the ClipConfig that change training (checked on resume, unclip.train.settings).
+    setting_attributes = ("data_seed", "hard_negatives", "world")
 
     def __init__(
         self,

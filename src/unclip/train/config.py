@@ -15,25 +15,21 @@ import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-# Fields whose change alters the trained weights: resuming with a different value is refused.
-# (Logging/checkpoint/eval cadence, device, threads, the wall budget, DDP/FSDP and gradient checkpointing
-# only change how the same computation is carried out.)
-RESULT_FIELDS = (
-    "steps",
-    "batch_size",
-    "grad_accum",
-    "lr",
-    "min_lr_ratio",
-    "warmup_steps",
-    "weight_decay",
-    "betas",
-    "adam_eps",
-    "grad_clip",
-    "ema_decay",
-    "ema_warmup",
-    "precision",
-    "seed",
-    "init_from",
+# Fields that only change how the same computation is carried out (cadence of logs, checkpoints and evaluation;
+# device, threads, the wall budget, DDP/FSDP and gradient checkpointing): a resume may change them. Every other
+# field of TrainConfig alters the trained weights (see RESULT_FIELDS, derived below the class).
+NON_RESULT_FIELDS = frozenset(
+    {
+        "log_every",
+        "ckpt_every",
+        "eval_every",
+        "device",
+        "num_threads",
+        "max_minutes",
+        "ddp_find_unused_parameters",
+        "fsdp",
+        "grad_checkpointing",
+    }
 )
 
 
@@ -172,6 +168,10 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in NON_RESULT_FIELDS)
+"""TrainConfig fields whose change alters the result: resuming with a different value is refused."""
 
 
 def result_field_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -4,7 +4,7 @@ Both read a :class:`~unclip.train.shapes_cache.ShapesCache` (images with their C
 never runs during training. Rows ``[0, len - holdout)`` are trained on; the last ``holdout`` rows are
 kept for evaluation. Global sample index ``i`` maps to training row ``i mod (len - holdout)``.
 
-Decoder (DESIGN.md §1): learned-range variance and the hybrid MSE + VLB loss on the 1000-step cosine
+Decoder (the paper's setup): learned-range variance and the hybrid MSE + VLB loss on the 1000-step cosine
 schedule; condition dropout for guidance (z_i -> learned null 10%, text dropped 50%). Upsampler:
 fixed-small variance, trained on random crops of 1/4 the target area with the low-resolution input
 corrupted (Gaussian blur, or BSR-style degradation for a second stage).
@@ -90,9 +90,7 @@ class UpsamplerTaskConfig:
     holdout: int = 1000
     degradation: str = "blur"
     crop_fraction: float = 0.5
-    diffusion: DiffusionConfig = field(
-        default_factory=lambda: DiffusionConfig(prediction="v", variance="fixed_small")
-    )
+    diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(prediction="v", variance="fixed_small"))
     eval_samples: int = 8
     eval_steps: int = 7
     image_size: int | None = None

@@ -26,16 +26,24 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from unclip.config import config_to_dict
+from unclip.io import remove_orphaned_tmp
+from unclip.limits import check_memory, check_threads
 from unclip.train import checkpoint as ckpt_lib
 from unclip.train import parallel
 from unclip.train.config import TrainConfig, result_field_differences
 from unclip.train.dist import DistInfo, all_reduce_, barrier, cleanup, gather_objects, init_distributed, shard_indices
 from unclip.train.ema import ema_decay_at, make_ema, update_ema
 from unclip.train.lr_schedule import lr_at, schedule_state, set_lr
+from unclip.train.settings import setting_differences, task_settings
 from unclip.train.task import TrainTask
 
 # Keys the loop writes into a metrics line; a task metric with the same name is logged as "task/<name>".
 _LOOP_KEYS = {"step", "loss", "lr", "samples_per_s", "grad_norm", "time_s"}
+# Host bytes per sample index of one optimizer step (the index lists shard_indices builds: a Python int and
+# list slots, ~36 bytes and a copy); checked before any list is built, whatever the task.
+INDEX_BYTES = 96
+# Run-directory folders whose files are written atomically (temp file + rename) and may hold orphaned temps.
+_ATOMIC_DIRS = (".", "model", "eval")
 
 
 @dataclass
@@ -172,7 +180,9 @@ def _loss_value(task: TrainTask, out: Any) -> tuple[torch.Tensor, dict[str, floa
     return loss.reshape(()), metrics
 
 
-def _resume_state(task: TrainTask, config: TrainConfig, out_dir: Path, info: DistInfo) -> dict[str, Any] | None:
+def _resume_state(
+    task: TrainTask, config: TrainConfig, out_dir: Path, info: DistInfo, settings: dict[str, Any]
+) -> dict[str, Any] | None:
     path = out_dir / ckpt_lib.CHECKPOINT_NAME
     if not path.exists():
         return None
@@ -180,11 +190,27 @@ def _resume_state(task: TrainTask, config: TrainConfig, out_dir: Path, info: Dis
     if ckpt["task"] != task.name:
         raise ValueError(f"{path} belongs to task {ckpt['task']!r}, not {task.name!r}; use another out_dir")
     diffs = result_field_differences(ckpt["config"], config_to_dict(config))
+    saved_settings = ckpt.get("task_settings")
+    if isinstance(saved_settings, dict):
+        diffs += setting_differences(saved_settings, settings)
+    elif settings and info.is_main:
+        print(
+            f"[{task.name}] warning: {path} does not record the task's settings (written by an older unclip); "
+            "they cannot be checked on this resume",
+            file=sys.stderr,
+            flush=True,
+        )
     if diffs:
-        text = "; ".join(f"{name}: checkpoint has {a!r}, now {b!r}" for name, a, b in diffs)
+        shown, seen = [], set()
+        for name, a, b in diffs:  # one setting seen through several objects (config.x, model_config.x): once
+            key = (name.rsplit(".", 1)[-1], repr(a), repr(b))
+            if key not in seen:
+                seen.add(key)
+                shown.append(f"{name}: checkpoint has {a!r}, now {b!r}")
+        text = "; ".join(shown)
         raise ValueError(
-            f"cannot resume from {path}: the config differs in field(s) that change the result ({text}). "
-            "Restore those values, or pass resume=False / use a new out_dir to start over."
+            f"cannot resume from {path}: settings that change the result differ ({text}). "
+            "Restore those values, or start over in a new output directory."
         )
     return ckpt
 
@@ -230,6 +256,8 @@ def run_training(
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     config.validate()
+    check_threads("num_threads", config.num_threads)
+    check_memory("batch_size", config.batch_size, INDEX_BYTES)  # before any per-sample list or tensor exists
     out_dir = Path(out_dir)
     threads_before = torch.get_num_threads()
     if config.num_threads is not None:
@@ -241,8 +269,11 @@ def run_training(
         shard_indices(0, config.batch_size, 0, info.world_size, config.grad_accum)  # validates divisibility
         device = info.device
         amp_dtype, use_scaler = resolve_precision(config.precision, device)
+        removed: list[Path] = []
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
+            for sub in _ATOMIC_DIRS:  # temp files of writes a kill interrupted
+                removed += remove_orphaned_tmp(out_dir / sub)
 
         # Identical initial weights on every rank; then per-rank global streams (e.g. dropout).
         ckpt_lib.seed_everything(config.seed)
@@ -268,7 +299,8 @@ def run_training(
         scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
         step, position, ema_updates, elapsed_before, saved_world = 0, 0, 0, 0.0, info.world_size
-        ckpt = _resume_state(task, config, out_dir, info) if resume else None
+        settings = task_settings(task)
+        ckpt = _resume_state(task, config, out_dir, info, settings) if resume else None
         if ckpt is not None:
             try:
                 if sharded:
@@ -301,6 +333,9 @@ def run_training(
         barrier(info)
 
         reporter = _Reporter(task.name, config, out_dir, info, step, progress)
+        if removed:
+            names = ", ".join(str(p.relative_to(out_dir)) for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
+            reporter.say(f"removed {len(removed)} temporary file(s) left by interrupted writes: {names}")
         if step > 0:
             reporter.say(f"resumed from step {step} (sample {position})")
         if saved_world != info.world_size:
@@ -363,6 +398,7 @@ def run_training(
                     "rng": rng_states,
                     "world_size": info.world_size,
                     "elapsed_s": elapsed(),
+                    "task_settings": settings,
                 }
                 ckpt_lib.save_checkpoint(state, out_dir, config_to_dict(config))
 

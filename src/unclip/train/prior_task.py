@@ -98,6 +98,8 @@ class _CachePriorTask:
     """Shared data handling: training/held-out split, epoch permutations, batches, held-out sampling."""
 
     name = "prior"
+    # Settings outside the config dataclasses that change training (checked on resume, unclip.train.settings).
+    setting_attributes = ("holdout", "data_seed")
 
     def __init__(
         self,
@@ -128,6 +130,7 @@ class _CachePriorTask:
                 f"match the cache (D={d}, L={length}, W={width})"
             )
         self.num_rows = len(cache)
+        self.cache_meta = dict(cache.meta)  # the cache's identity, checked on resume (unclip.train.settings)
         self.holdout = holdout
         self.num_train = self.num_rows - holdout
         self.image_embedding = cache.image_embedding.float()

@@ -226,7 +226,7 @@ def train_shapes(
     cpus = os.cpu_count() or 1
     build_shapes_cache(
         out / "cache", clip, recipe.cache_size, world, recipe.cache_image_size, progress=progress,
-        render_workers=0 if cpus <= 2 else min(16, cpus - 1),
+        render_workers=0 if cpus <= 2 else min(16, cpus - 1), clip_name=str(out / "clip" / "model"),
     )  # fmt: skip
     timings["cache"] = time.monotonic() - t0
     cache = ShapesCache.load(out / "cache")

@@ -9,7 +9,9 @@ atomically, so an interrupted build resumes where it stopped). ``ShapesCache.loa
 
 Layout of a cache directory::
 
-    meta.json                 num, size, world seed and probabilities, clip name, chunk size, dims
+    meta.json                 num, size, world seed and probabilities, the CLIP (its name or resolved directory
+                              and the sha256 of its weights: a cache built by another CLIP is not reused),
+                              chunk size, dims
     chunk_00000.safetensors   images uint8 [n, S, S, 3], image_embedding f32 [n, D], text_pooled f32 [n, D],
                               text_tokens f16 [n, L, W], text_mask uint8 [n, L]
     chunk_00000.jsonl         one JSON object per sample: index, caption, record, specified
@@ -27,10 +29,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unclip.data.embed_cache import EmbeddingCache
+from unclip.data.embed_cache import (
+    EmbeddingCache,
+    clip_fingerprint,
+    describe_differences,
+    resolved_clip_name,
+    setting_differences,
+)
 from unclip.data.shapes import ShapesWorld
 from unclip.encoders.base import ClipEncoder
-from unclip.io import atomic_write_text, load_safetensors, save_safetensors
+from unclip.io import atomic_write_text, load_safetensors, remove_orphaned_tmp, save_safetensors
 
 CHUNK = 1024
 
@@ -43,7 +51,8 @@ def _meta(world: ShapesWorld, num: int, size: int, clip_name: str, clip: ClipEnc
         "two_object_prob": world.two_object_prob,
         "caption_drop_prob": world.caption_drop_prob,
         "full_caption_prob": world.full_caption_prob,
-        "clip": clip_name,
+        "clip": resolved_clip_name(clip_name),
+        "clip_sha256": clip_fingerprint(clip),
         "clip_dim": clip.dim,
         "token_width": clip.token_width,
         "max_text_length": clip.max_text_length,
@@ -70,7 +79,8 @@ def build_shapes_cache(
         num: number of samples (> 0).
         world: the shapes world (default ``ShapesWorld(seed=0)``).
         size: image side stored in the cache.
-        clip_name: a name for the CLIP, recorded in ``meta.json`` and checked on resume.
+        clip_name: the CLIP's name or directory, recorded in ``meta.json``; on resume the CLIP must have the
+            same weights (their sha256 is recorded too), or the cache is refused.
         progress: show a progress bar (default: when stderr is a terminal).
         render_workers: processes that render in parallel (0 = render in this process). Rendering is
             pure numpy at ~0.5 ms per 64-px image, so on a GPU machine it, not CLIP, bounds the build.
@@ -84,13 +94,19 @@ def build_shapes_cache(
     world = world or ShapesWorld(seed=0)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_tmp(out_dir)  # temp files of chunk writes a kill interrupted
     meta = _meta(world, num, size, clip_name, clip)
     meta_path = out_dir / "meta.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        diff = sorted(k for k in meta if k != "num" and old.get(k) != meta[k])
+        diff = setting_differences(old, meta, tuple(sorted(k for k in meta if k != "num")))
         if diff:
-            raise ValueError(f"{out_dir} holds a cache built with other settings ({diff}); use another directory")
+            raise ValueError(
+                f"{out_dir} holds a cache built with other settings ({describe_differences(old, meta, diff)}); "
+                "use another directory, or delete it to rebuild"
+            )
+        if "clip_sha256" not in old:  # an older cache: do not claim a CLIP it was not checked against
+            meta.pop("clip_sha256")
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     chunks = range(0, num, CHUNK)
     bar = tqdm(total=num, desc="shapes cache", unit="img", disable=not _show(progress))

@@ -97,7 +97,7 @@ def row_sweep_unit(
         atomic_torch_save(oracle_features(oracle, images).float(), feats_path)
         found = store.put(key, {"setting": setting, "guidance": guidance, "rows": len(rows), "steps": steps,
                                 "scores": scores})  # fmt: skip
-    found["features"] = safe_torch_load(feats_path)
+    found["features"] = safe_torch_load(feats_path, pickle_hint=None)
     return found
 
 
