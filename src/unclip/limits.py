@@ -72,16 +72,25 @@ def _size(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def check_memory(option: str, value: int, bytes_per_unit: float, fixed_bytes: float = 0.0) -> None:
-    """Refuse ``value`` units of ``bytes_per_unit`` each (plus ``fixed_bytes``) when they exceed the share of
-    available memory one request may take. ``option`` names the setting in the message ("--batch-size")."""
-    budget = available_memory_bytes() * MEMORY_FRACTION
+def check_memory(
+    option: str,
+    value: int,
+    bytes_per_unit: float,
+    fixed_bytes: float = 0.0,
+    budget: float | None = None,
+    where: str = "this machine's available memory",
+) -> None:
+    """Refuse ``value`` units of ``bytes_per_unit`` each (plus ``fixed_bytes``) when they exceed ``budget`` (default:
+    the share of available host memory one request may take; ``where`` names it). ``option`` names the setting in
+    the message ("--batch-size")."""
+    if budget is None:
+        budget = available_memory_bytes() * MEMORY_FRACTION
     needed = fixed_bytes + bytes_per_unit * value
     if needed > budget:
         fit = max(int((budget - fixed_bytes) // max(bytes_per_unit, 1.0)), 0)
         raise ResourceLimitError(
             f"{option} {value} needs about {_gib(needed)} of memory ({_size(bytes_per_unit)} each), but "
-            f"{_gib(budget)} of this machine's available memory may be used; at most {fit} fit"
+            f"{_gib(budget)} of {where} may be used; at most {fit} fit"
         )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from unclip.limits import GIB, ResourceLimitError, check_memory
+from unclip.limits import check_memory
 
 __all__ = ["check_embed_batch", "check_train_batch", "probe_sample_bytes"]
 
@@ -75,14 +75,8 @@ def probe_sample_bytes(task: Any) -> tuple[float, float, int]:
 def _check_device_memory(option: str, value: int, bytes_per_unit: float, fixed_bytes: float, device: str) -> None:
     """:func:`unclip.limits.check_memory` against a CUDA device's free memory."""
     free, _ = torch.cuda.mem_get_info(torch.device(device))
-    budget = free * DEVICE_FRACTION
-    needed = fixed_bytes + bytes_per_unit * value
-    if needed > budget:
-        fit = max(int((budget - fixed_bytes) // max(bytes_per_unit, 1.0)), 0)
-        raise ResourceLimitError(
-            f"{option} {value} needs about {needed / GIB:.1f} GiB on {device} ({bytes_per_unit / 2**20:.1f} MiB per "
-            f"sample), but {budget / GIB:.1f} GiB of its free memory may be used; at most {fit} fit"
-        )
+    check_memory(option, value, bytes_per_unit, fixed_bytes, budget=free * DEVICE_FRACTION,
+                 where=f"the free memory of {device}")  # fmt: skip
 
 
 def _resolve_device(device: str) -> str:
