@@ -73,9 +73,9 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def reconstruction(pipe, decoder_dir: Path | None, cache, rows: list[int], batch: int) -> dict:
-    """:func:`unclip.eval.quality.reconstruction_quality` of the pipeline with ``decoder_dir``'s weights swapped in."""
-    from unclip.eval.oracle import load_oracle
-    from unclip.eval.quality import reconstruction_quality
+    """:func:`unclip.measure.quality.reconstruction_quality` of the pipeline with ``decoder_dir``'s weights swapped in."""
+    from unclip.measure.oracle import load_oracle
+    from unclip.measure.quality import reconstruction_quality
     from unclip.models.serialization import load_model
 
     if decoder_dir is not None:
@@ -111,7 +111,7 @@ def main() -> None:
 
     from unclip.data.shapes import ShapesWorld
     from unclip.encoders.loading import load_clip
-    from unclip.train.shapes_cache import ShapesCache, build_shapes_cache
+    from unclip.data.shapes_cache import ShapesCache, build_shapes_cache
 
     cache_dir = args.out / "cache"
     clip = load_clip("shapes", device=args.device)

@@ -42,8 +42,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from unclip import UnCLIPPipeline
-    from unclip.eval.oracle import load_oracle
-    from unclip.eval.quality import reference_entropy, text_diff_quality, text_to_image_quality, variation_quality
+    from unclip.measure.oracle import load_oracle
+    from unclip.measure.quality import reference_entropy, text_diff_quality, text_to_image_quality, variation_quality
 
     pipe = UnCLIPPipeline.from_pretrained(args.model)
     for item in args.set:

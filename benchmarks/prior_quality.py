@@ -3,7 +3,7 @@
 For the last ``--holdout`` rows of a shapes cache (never trained on), the mean cosine similarity of sampled
 image embeddings to the true image embedding of the caption's image and to the caption's text embedding,
 for the diffusion prior, the AR prior, the baseline that uses the text embedding directly and the
-unconditional mean training image embedding (:mod:`unclip.eval.prior_metrics`); then, on the held-out rows
+unconditional mean training image embedding (:mod:`unclip.measure.prior_metrics`); then, on the held-out rows
 whose caption occurs at least twice among the training rows, the same methods next to what an ideal prior
 would score (a training image with the same caption; the mean of those images).
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from unclip.eval.prior_metrics import format_table, measure_prior_dirs, results_to_json
+    from unclip.measure.prior_metrics import format_table, measure_prior_dirs, results_to_json
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -11,7 +11,7 @@ setting). Per setting ``sampler@steps`` it reports:
 
 - wall time of one batched decode of all images (decoder, and decoder + upsamplers), after a warm-up;
 - oracle specified-attribute accuracy (mean over the attributes the captions name, and "all right");
-- oracle Fréchet distance (``unclip.eval.metrics.frechet_distance`` on ``oracle_features``) to real renders
+- oracle Fréchet distance (``unclip.measure.metrics.frechet_distance`` on ``oracle_features``) to real renders
   of the same captions: scenes drawn from the same world conditioned on each caption (rejection sampling of
   ``ShapesWorld.sample_scene``), ``--real-per-caption`` per caption. The "real renders" row is a second,
   independent set of real renders of the same size as each generated set: the FD floor at this N.
@@ -95,7 +95,7 @@ def render_scenes(world, scenes: list, size: int) -> torch.Tensor:
 
 def score(oracle, images: torch.Tensor, specs: list[dict[str, Any]], per_caption: int) -> dict[str, Any]:
     """Oracle accuracy of images [N, 3, H, W] in [-1, 1] (caption-major, ``per_caption`` each) and features."""
-    from unclip.eval.oracle import oracle_features, pooled_accuracy, predict, score_specified
+    from unclip.measure.oracle import oracle_features, pooled_accuracy, predict, score_specified
 
     preds = predict(oracle, images)
     scores = [score_specified(p, specs[i // per_caption]) for i, p in enumerate(preds)]
@@ -136,9 +136,9 @@ def run(
     """Measure every setting; returns the JSON-able results (see the module docstring)."""
     from unclip import UnCLIPPipeline
     from unclip.data.shapes import ShapesWorld
-    from unclip.eval.metrics import frechet_distance
-    from unclip.eval.oracle import load_oracle
-    from unclip.eval.quality import held_out_captions
+    from unclip.measure.metrics import frechet_distance
+    from unclip.measure.oracle import load_oracle
+    from unclip.measure.quality import held_out_captions
 
     settings_list = parse_settings(settings_text)
     pipe = UnCLIPPipeline.from_pretrained(model)

@@ -13,10 +13,10 @@ from unclip.cli.main import cli
 from unclip.data.embed_cache import EmbeddingCache, RowStore, build_embedding_cache, cache_status
 from unclip.data.image_folder import ImageFolderSource, write_image_folder
 from unclip.data.shapes import ShapesWorld
+from unclip.data.shapes_cache import ShapesCache
 from unclip.data.transforms import ImageTransform
 from unclip.data.webdataset_source import WebDatasetSource, write_webdataset
 from unclip.pipeline.builder import tiny_clip
-from unclip.train.shapes_cache import ShapesCache
 
 N = 24  # samples per source; two of them bad
 

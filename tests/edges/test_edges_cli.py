@@ -254,7 +254,7 @@ def test_jpg_output_is_a_jpeg_not_a_directory(model_dir, tmp_path, capsys):
 
 def test_16_bit_images_keep_their_tones(tmp_path):
     """issue 15 item 7: a 0-65535 gradient loaded 99.6 % white."""
-    from unclip.pipeline.images import load_image
+    from unclip.images import load_image
 
     gradient = np.linspace(0, 65535, 64 * 256).reshape(64, 256).astype(np.uint16)
     Image.fromarray(gradient).save(tmp_path / "g16.png")
@@ -299,9 +299,9 @@ def test_unclip_sampler_runs_v_prediction_models(pipe):
 def test_unclip_sampler_v_matches_ddpm_on_the_respaced_schedule(variance):
     """issue 15 item 8: the v branch of sampler "unclip" is DDPM on the evenly respaced schedule (float64 reference)."""
     from unclip.diffusion import Parameterization, make_schedule
-    from unclip.pipeline.stages import unclip_sample_fp32
     from unclip.samplers.base import Predictor
     from unclip.samplers.ddpm import ddpm_sample
+    from unclip.stages.decoding import unclip_sample_fp32
 
     channels = 2 if variance == "learned_range" else 1
 

@@ -24,9 +24,9 @@ from _toy_task import ToyTask  # noqa: E402
 from unclip.cli.main import cli  # noqa: E402
 from unclip.data.image_folder import write_image_folder  # noqa: E402
 from unclip.data.shapes import ShapesWorld  # noqa: E402
+from unclip.data.shapes_cache import build_shapes_cache  # noqa: E402
 from unclip.pipeline.builder import tiny_clip  # noqa: E402
 from unclip.train import TrainConfig, run_training  # noqa: E402
-from unclip.train.shapes_cache import build_shapes_cache  # noqa: E402
 
 ENV = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
 
@@ -280,7 +280,7 @@ def test_huge_batch_size_and_threads_refused_before_allocation(cache_dir, tmp_pa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
     check_train_batch(task, cfg(batch_size=256, device="cuda"))
-    with pytest.raises(ResourceLimitError, match="--batch-size 100000 needs about .* on cuda"):
+    with pytest.raises(ResourceLimitError, match="--batch-size 100000 needs about .* the free memory of cuda"):
         check_train_batch(task, cfg(batch_size=100_000, device="cuda"))
 
 

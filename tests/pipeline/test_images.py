@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from unclip.pipeline.images import load_image, make_grid, pil_to_tensor, slerp, tensor_to_output
+from unclip.images import load_image, make_grid, pil_to_tensor, slerp, tensor_to_output
 
 
 def test_load_image_modes_and_paths(tmp_path):

@@ -7,7 +7,7 @@ from torch import nn
 from unclip.encoders.base import TextEmbedding
 from unclip.models.ar_prior import ARPrior, ARPriorConfig
 from unclip.models.prior import DiffusionPrior, PriorConfig
-from unclip.pipeline.prior_sampling import repeat_text, sample_ar_prior, sample_prior, select_best_of
+from unclip.stages.prior import repeat_text, sample_ar_prior, sample_prior, select_best_of
 
 D, L, W = 8, 5, 8
 

@@ -81,7 +81,7 @@ def test_manipulations(pipe, tmp_path):
 
 def test_inversion_reconstructs_through_the_decoder(pipe):
     """DDIM inversion then DDIM decoding (eta 0, no guidance) returns the base image."""
-    from unclip.pipeline.stages import invert_decoder, sample_decoder
+    from unclip.stages.decoding import invert_decoder, sample_decoder
 
     dec = pipe.decoder
     torch.manual_seed(0)

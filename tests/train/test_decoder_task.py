@@ -8,12 +8,12 @@ from click.testing import CliRunner
 
 from unclip.cli.main import cli
 from unclip.data.shapes import ShapesWorld
+from unclip.data.shapes_cache import ShapesCache, build_shapes_cache
 from unclip.models.serialization import load_model
 from unclip.pipeline.builder import tiny_clip
 from unclip.train.config import TrainConfig
 from unclip.train.decoder_task import DecoderTask, DecoderTaskConfig, UpsamplerTask, UpsamplerTaskConfig
 from unclip.train.loop import run_training
-from unclip.train.shapes_cache import ShapesCache, build_shapes_cache
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_cli_train_decoder_resumes(cache_dir, tmp_path):
 
 def test_evaluation_reads_the_held_out_rows_not_training_rows(cache_dir, tmp_path, monkeypatch):
     """Held-out rows are cache rows, not sample indices: indices wrap onto training rows, rows do not."""
-    import unclip.pipeline.stages as stages
+    import unclip.stages.decoding as stages
 
     task = DecoderTask(DecoderTaskConfig(cache=str(cache_dir), preset="tiny", holdout=8, eval_samples=3, eval_steps=1))
     seen = {}

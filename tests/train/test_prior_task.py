@@ -9,15 +9,15 @@ from click.testing import CliRunner
 from unclip.cli.main import cli
 from unclip.config import load_config
 from unclip.data.shapes import ShapesWorld
+from unclip.data.shapes_cache import ShapesCache, build_shapes_cache, null_text_for_cache
 from unclip.diffusion.stage_config import DiffusionConfig
 from unclip.encoders.base import TextEmbedding
 from unclip.models.serialization import load_model
 from unclip.pipeline.builder import tiny_clip
-from unclip.pipeline.prior_sampling import PRIOR_DIFFUSION
+from unclip.stages.prior import PRIOR_DIFFUSION
 from unclip.train.config import TrainConfig
 from unclip.train.loop import run_training
-from unclip.train.prior_task import ARPriorTask, DiffusionPriorTask, null_text_for_cache
-from unclip.train.shapes_cache import ShapesCache, build_shapes_cache
+from unclip.train.prior_task import ARPriorTask, DiffusionPriorTask
 
 NUM, HOLDOUT = 64, 16
 

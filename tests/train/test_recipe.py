@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from unclip import UnCLIPPipeline
 from unclip.cli.main import cli
-from unclip.train.recipe import RECIPES, get_recipe
+from unclip.recipes import RECIPES, get_recipe
 
 
 def test_test_recipe_trains_every_stage_and_resumes(tmp_path):

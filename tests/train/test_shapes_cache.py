@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from unclip.data.shapes import ShapesWorld
+from unclip.data.shapes_cache import CHUNK, ShapesCache, build_shapes_cache
 from unclip.encoders.own_clip import OwnClipEncoder
 from unclip.encoders.tokenizer import WordByteTokenizer
 from unclip.models import build_model
-from unclip.train.shapes_cache import CHUNK, ShapesCache, build_shapes_cache
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def convert(
 
             pipe = load_karlo(src, trust_pickle=trust_pickle, clip_dir=clip_dir)
         else:
-            from unclip import UnCLIPPipeline
+            from unclip.pipeline import UnCLIPPipeline
 
             pipe = UnCLIPPipeline.from_pretrained(src)
         if target == "unclip":

@@ -88,8 +88,8 @@ _NAMES = (
 def experiment(name, budget, out_dir, run_dir, shapes_run, pipeline, cache, oracle, holdout, seed, device, threads,
                ar_prior, diffusion_prior, quiet) -> None:  # fmt: skip
     """Run experiment NAME (one of the paper's claims) and write its table, JSON and plot."""
-    from unclip.eval.experiments import EXPERIMENTS, ExperimentContext, get_spec, run_experiment
-    from unclip.eval.experiments.report import write_readme
+    from unclip.experiments import EXPERIMENTS, ExperimentContext, get_spec, run_experiment
+    from unclip.experiments.report import write_readme
 
     if name == "list":
         for key in EXPERIMENTS:

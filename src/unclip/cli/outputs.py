@@ -85,7 +85,7 @@ def plan_output(out: Path, option: str = "-o") -> OutputTarget:
 
 def image_bytes(image, params: dict[str, Any], image_format: str) -> bytes:
     """Encode one image with its parameters: PNG text chunks, or a JPEG comment (JSON)."""
-    from unclip.pipeline.images import encode_png
+    from unclip.images import encode_png
 
     if image_format == "PNG":
         return encode_png(image, params)
@@ -96,8 +96,8 @@ def image_bytes(image, params: dict[str, Any], image_format: str) -> bytes:
 
 def write_images(images: list, target: OutputTarget, params: list[dict[str, Any]]) -> list[Path]:
     """Write ``images`` (with ``params[i]`` in image i) to a checked target; files are written atomically."""
+    from unclip.images import make_grid
     from unclip.io import atomic_write_bytes
-    from unclip.pipeline.images import make_grid
 
     if target.is_file:
         if len(images) != 1:

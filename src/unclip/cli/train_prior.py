@@ -5,7 +5,7 @@ Example (the shipped priors, see docs/priors.md)::
     unclip train prior --kind diffusion --cache runs/shapes_cache -o runs/prior_diffusion --holdout 1000
     unclip train prior --kind ar --cache runs/shapes_cache -o runs/prior_ar --holdout 1000
 
-The cache (``unclip.train.shapes_cache.build_shapes_cache``) holds the CLIP embeddings of world samples; the
+The cache (``unclip.data.shapes_cache.build_shapes_cache``) holds the CLIP embeddings of world samples; the
 last ``--holdout`` rows are never trained on. Writes the run directory of
 :func:`unclip.train.loop.run_training` (checkpoint.pt, metrics.jsonl, eval/, model/) and, after training,
 ``summary.json`` (steps, training seconds, parameter count, for the AR prior K and the PCA fit) and
@@ -97,12 +97,12 @@ def command(
     import torch
 
     from unclip.cli.train_common import check_batch_option, check_threads_option, train_config
+    from unclip.data.shapes_cache import ShapesCache, null_text_for_cache
     from unclip.encoders.loading import load_clip
-    from unclip.eval.prior_metrics import format_table, measure_prior_dirs, results_to_json
     from unclip.io import atomic_write_text
+    from unclip.measure.prior_metrics import format_table, measure_prior_dirs, results_to_json
     from unclip.train.loop import run_training
-    from unclip.train.prior_task import ARPriorTask, DiffusionPriorTask, null_text_for_cache
-    from unclip.train.shapes_cache import ShapesCache
+    from unclip.train.prior_task import ARPriorTask, DiffusionPriorTask
 
     check_threads_option(threads)
     if threads is not None:

@@ -1,4 +1,4 @@
-"""``unclip train shapes``: train the built-in model, every stage in order (see ``unclip.train.recipe``).
+"""``unclip train shapes``: train the built-in model, every stage in order (see ``unclip.recipes``).
 
     unclip train shapes -o runs/shapes                      # the shipped model (~2 h on 2 CPU cores)
     unclip train shapes --recipe quick -o runs/quick        # ~10 min, rough
@@ -32,7 +32,7 @@ def command(recipe_name: str, out_dir: str, device: str, threads: int | None, in
             reuse_upsampler: str | None) -> None:  # fmt: skip
     """Train CLIP, cache, prior, decoder and upsampler of the shapes model, then assemble the pipeline."""
     from unclip.cli.train_common import check_threads_option
-    from unclip.train.recipe import get_recipe, train_shapes
+    from unclip.recipes import get_recipe, train_shapes
 
     check_threads_option(threads)
     try:

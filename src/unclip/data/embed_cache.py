@@ -25,7 +25,7 @@ caption, tiny image) are counted per part and skipped.
 ``image_embedding``, ``text``, ``captions``, ``records``, ``specified``, ``meta``, ``pixels``). Row ``i``
 is the ``i``-th good sample in part order. The large fields (images, token states) are memory-mapped
 and gathered per batch (:class:`RowStore`), so a cache larger than memory trains. It also reads the
-shapes-world layout written by :func:`unclip.train.shapes_cache.build_shapes_cache`.
+shapes-world layout written by :func:`unclip.data.shapes_cache.build_shapes_cache`.
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ class EmbeddingCache:
 
 
 def _load_shapes_layout(directory: Path, limit: int | None) -> dict[str, Any]:
-    """The chunked safetensors layout of ``unclip.train.shapes_cache`` (all in memory)."""
+    """The chunked safetensors layout of ``unclip.data.shapes_cache`` (all in memory)."""
     meta = json.loads((directory / "meta.json").read_text())
     num = meta["num"] if limit is None else min(limit, meta["num"])
     parts: dict[str, list[torch.Tensor]] = {}

@@ -47,3 +47,15 @@ class DiffusionConfig:
 
     def parameterization(self) -> Parameterization:
         return Parameterization(prediction=self.prediction, variance=self.variance)
+
+
+DIFFUSION_FILE = "diffusion.json"
+"""A stage's :class:`DiffusionConfig`, beside its ``config.json`` and ``model.safetensors``."""
+
+# Each stage's default process: what training uses unless told otherwise, and what untrained pipelines get.
+PRIOR_DIFFUSION = DiffusionConfig(schedule="cosine", num_timesteps=1000, prediction="x0", variance="fixed_small")
+"""The prior: cosine, 1000 steps, x0 prediction, fixed-small variance (Karlo's)."""
+DECODER_DIFFUSION = DiffusionConfig(schedule="cosine", num_timesteps=1000, prediction="v", variance="learned_range")
+"""The decoder: v prediction with a learned-range variance (the hybrid loss)."""
+UPSAMPLER_DIFFUSION = DiffusionConfig(schedule="cosine", num_timesteps=1000, prediction="v", variance="fixed_small")
+"""The upsamplers: v prediction, fixed-small variance."""

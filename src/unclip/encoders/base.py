@@ -3,49 +3,20 @@
 Any CLIP (our small one, transformers' OpenAI ViT-L/14, ...) is wrapped as a :class:`ClipEncoder`.
 Images given to :meth:`ClipEncoder.embed_images` are float tensors in [-1, 1], shape [B, 3, H, W], of any
 size: the encoder resizes/normalises them itself (its ``preprocess``). PIL images go through
-:meth:`ClipEncoder.preprocess_pil` first.
+:meth:`ClipEncoder.preprocess_pil` first. Captions come back as a :class:`TextEmbedding` (defined with the
+networks that take it, :mod:`unclip.models.text_embedding`, and handed on here).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 from PIL import Image
 
+from unclip.models.text_embedding import TextEmbedding
 
-@dataclass
-class TextEmbedding:
-    """CLIP text features for a batch of B captions.
-
-    Attributes:
-        pooled: [B, D] the projected pooled text embedding z_t (not L2-normalised).
-        tokens: [B, L, W] per-token final hidden states (after the final LayerNorm).
-        mask: [B, L] bool, True for real tokens (start/end tokens included), False for padding.
-    """
-
-    pooled: torch.Tensor
-    tokens: torch.Tensor
-    mask: torch.Tensor
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextEmbedding:
-        return TextEmbedding(
-            self.pooled.to(device=device, dtype=dtype),
-            self.tokens.to(device=device, dtype=dtype),
-            self.mask.to(device=device),
-        )
-
-    def __getitem__(self, index) -> TextEmbedding:
-        return TextEmbedding(self.pooled[index], self.tokens[index], self.mask[index])
-
-    @staticmethod
-    def cat(items: list[TextEmbedding]) -> TextEmbedding:
-        return TextEmbedding(
-            torch.cat([i.pooled for i in items]),
-            torch.cat([i.tokens for i in items]),
-            torch.cat([i.mask for i in items]),
-        )
+__all__ = ["ClipEncoder", "TextEmbedding"]
 
 
 @runtime_checkable

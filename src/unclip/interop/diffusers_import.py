@@ -223,7 +223,7 @@ def diffusers_variation(
     Returns:
         ``num_images_per_prompt`` images per input image, image-major, as ``output_type``.
     """
-    from unclip.pipeline.images import tensor_to_output
+    from unclip.images import tensor_to_output
 
     if pipe.decoder_uncond != "empty_text":
         raise ValueError("diffusers_variation needs a pipeline with decoder_uncond='empty_text' (Karlo/diffusers)")

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unclip.encoders.base import TextEmbedding
 from unclip.models.pca_quantizer import PCAQuantizer, QuantileQuantizer
 from unclip.models.prior import prefix_attention_mask, text_dropout
+from unclip.models.text_embedding import TextEmbedding
 from unclip.nn.norm import LayerNorm32
 from unclip.nn.transformer import TransformerBlock
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from unclip.encoders.base import TextEmbedding
+from unclip.models.text_embedding import TextEmbedding
 from unclip.nn.embeddings import timestep_embedding
 from unclip.nn.norm import LayerNorm32
 from unclip.nn.transformer import TransformerBlock

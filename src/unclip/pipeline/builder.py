@@ -11,14 +11,10 @@ from dataclasses import replace
 
 import torch
 
-from unclip.diffusion.stage_config import DiffusionConfig
+from unclip.diffusion.stage_config import DECODER_DIFFUSION, PRIOR_DIFFUSION, UPSAMPLER_DIFFUSION
 from unclip.encoders.base import ClipEncoder
 from unclip.models import build_model, model_config
 from unclip.pipeline.unclip_pipeline import GenerationDefaults, Stage, UnCLIPPipeline
-
-PRIOR_DIFFUSION = DiffusionConfig(prediction="x0", variance="fixed_small")
-DECODER_DIFFUSION = DiffusionConfig(prediction="v", variance="learned_range")
-UPSAMPLER_DIFFUSION = DiffusionConfig(prediction="v", variance="fixed_small")
 
 
 def tiny_clip(seed: int = 0) -> ClipEncoder:

@@ -16,10 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from unclip.diffusion.stage_config import DiffusionConfig
+from unclip.diffusion.stage_config import DIFFUSION_FILE, DiffusionConfig  # noqa: F401 - re-exported
 
 INDEX_FILE = "model_index.json"
-DIFFUSION_FILE = "diffusion.json"
 FORMAT = "unclip-pipeline"
 BUILTIN_MODELS = ("shapes",)
 STAGES = ("prior", "decoder", "upsampler")

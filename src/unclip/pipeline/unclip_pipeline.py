@@ -21,11 +21,12 @@ from torch import Tensor, nn
 from unclip.config import config_from_dict, config_to_dict, load_config, save_config
 from unclip.diffusion.stage_config import DiffusionConfig
 from unclip.encoders.base import ClipEncoder, TextEmbedding
+from unclip.images import ImageInput, load_image, pil_to_tensor, slerp, tensor_to_output
 from unclip.io import atomic_write_text
 from unclip.limits import check_count, check_memory
 from unclip.models.serialization import load_model, save_model
 from unclip.pipeline import bounds
-from unclip.pipeline.images import ImageInput, load_image, pil_to_tensor, slerp, tensor_to_output
+from unclip.pipeline.formats import exporter, find_format, format_names, read_index
 from unclip.pipeline.options import (  # noqa: F401 - re-exported
     BUILTIN_MODELS,
     DECODER_UNCOND,
@@ -47,9 +48,9 @@ from unclip.pipeline.options import (  # noqa: F401 - re-exported
     prior_bytes_per_sample,
     unet_bytes_per_sample,
 )
-from unclip.pipeline.prior_sampling import sample_ar_prior, sample_prior
-from unclip.pipeline.stages import invert_decoder, sample_decoder, sample_prior_unclip, sample_upsampler
 from unclip.samplers import SAMPLER_NAMES, ProgressFn
+from unclip.stages.decoding import invert_decoder, sample_decoder, sample_prior_unclip, sample_upsampler
+from unclip.stages.prior import sample_ar_prior, sample_prior
 
 
 class UnCLIPPipeline:
@@ -136,19 +137,18 @@ class UnCLIPPipeline:
                 raise FileNotFoundError(
                     f"model not found: {str(path)!r} is neither a directory nor a built-in model {list(BUILTIN_MODELS)}"
                 )
-        index_path = directory / INDEX_FILE
-        if not index_path.is_file():
-            raise FileNotFoundError(f"{directory} has no {INDEX_FILE}; it is not a pipeline directory")
-        try:
-            index = json.loads(index_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{index_path} is not valid JSON: {err}") from None
-        if index.get("format") != FORMAT:
-            if index.get("_class_name") in ("UnCLIPPipeline", "UnCLIPImageVariationPipeline"):
-                from unclip.interop.diffusers_import import load_diffusers_pipeline  # issue: interop
-
-                return load_diffusers_pipeline(directory, device=device, dtype=dtype)
-            raise ValueError(f"{index_path} is not an unclip pipeline index (format {index.get('format')!r})")
+        index = read_index(directory, INDEX_FILE)
+        if index is None or index.get("format") != FORMAT:
+            fmt = find_format(directory, index)
+            if fmt is not None:
+                return fmt.load(directory, device=device, dtype=dtype)
+            if index is None:
+                raise FileNotFoundError(
+                    f"{directory} has no {INDEX_FILE} and is no layout of {format_names()}; it is not a pipeline"
+                )
+            raise ValueError(
+                f"{directory / INDEX_FILE} is not an unclip pipeline index (format {index.get('format')!r})"
+            )
         return cls._load_ours(directory, index, device, dtype)
 
     @classmethod
@@ -228,11 +228,14 @@ class UnCLIPPipeline:
         atomic_write_text(directory / INDEX_FILE, json.dumps(index, indent=2) + "\n")
         return directory
 
+    def export(self, format_name: str, path: str | Path, dtype: torch.dtype | None = None, **options: Any) -> Path:
+        """Write the pipeline in a registered format (:mod:`unclip.pipeline.formats`; ``"diffusers"``,
+        ``"diffusers-variation"`` once :mod:`unclip.interop` is imported, as ``import unclip`` does)."""
+        return exporter(format_name)(self, path, dtype=dtype, **options)
+
     def export_diffusers(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write diffusers' ``UnCLIPPipeline`` layout (see :func:`unclip.interop.diffusers_export.export_diffusers`)."""
-        from unclip.interop.diffusers_export import export_diffusers
-
-        return export_diffusers(self, path, dtype=dtype)
+        return self.export("diffusers", path, dtype=dtype)
 
     # ------------------------------------------------------------------ settings
 

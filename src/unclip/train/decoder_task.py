@@ -1,6 +1,6 @@
 """Training tasks for the image stages: the decoder (z_i [+ text] -> base image) and the upsamplers.
 
-Both read a :class:`~unclip.train.shapes_cache.ShapesCache` (images with their CLIP embeddings), so CLIP
+Both read a :class:`~unclip.data.shapes_cache.ShapesCache` (images with their CLIP embeddings), so CLIP
 never runs during training. Rows ``[0, len - holdout)`` are trained on; the last ``holdout`` rows are
 kept for evaluation. Global sample index ``i`` maps to training row ``i mod (len - holdout)``.
 
@@ -28,14 +28,12 @@ from torch import nn
 
 from unclip.config import save_config
 from unclip.data.degrade import bsr_degrade, gaussian_blur_degrade, paired_random_crop
+from unclip.data.shapes_cache import ShapesCache
 from unclip.diffusion import sample_timesteps, training_losses
-from unclip.diffusion.stage_config import DiffusionConfig
+from unclip.diffusion.stage_config import DECODER_DIFFUSION, DIFFUSION_FILE, UPSAMPLER_DIFFUSION, DiffusionConfig
 from unclip.models import build_model, model_config
 from unclip.models.decoder_unet import condition_dropout
 from unclip.models.serialization import save_model
-from unclip.train.shapes_cache import ShapesCache
-
-DIFFUSION_FILE = "diffusion.json"
 
 
 @dataclass
@@ -43,7 +41,7 @@ class DecoderTaskConfig:
     """What the decoder trains on.
 
     Attributes:
-        cache: directory of a shapes cache (``unclip.train.shapes_cache``).
+        cache: directory of a shapes cache (``unclip.data.shapes_cache``).
         preset: decoder preset; its CLIP widths are replaced by the cache's.
         holdout: last rows of the cache never trained on (evaluation).
         use_text: condition on the caption's token states and pooled embedding as well as z_i.
@@ -59,9 +57,7 @@ class DecoderTaskConfig:
     preset: str = "shapes"
     holdout: int = 1000
     use_text: bool = True
-    diffusion: DiffusionConfig = field(
-        default_factory=lambda: DiffusionConfig(prediction="v", variance="learned_range")
-    )
+    diffusion: DiffusionConfig = field(default_factory=lambda: replace(DECODER_DIFFUSION))
     image_drop: float = 0.1
     text_drop: float = 0.5
     eval_samples: int = 16
@@ -90,7 +86,7 @@ class UpsamplerTaskConfig:
     holdout: int = 1000
     degradation: str = "blur"
     crop_fraction: float = 0.5
-    diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(prediction="v", variance="fixed_small"))
+    diffusion: DiffusionConfig = field(default_factory=lambda: replace(UPSAMPLER_DIFFUSION))
     eval_samples: int = 8
     eval_steps: int = 7
     image_size: int | None = None
@@ -182,7 +178,7 @@ class DecoderTask(_CacheTask):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         """Decode held-out z_i; write [sources | decodes] and report pixel MSE (and oracle agreement)."""
-        from unclip.pipeline.stages import sample_decoder  # evaluation only; training never samples
+        from unclip.stages.decoding import sample_decoder  # evaluation only; training never samples
 
         rows = torch.tensor(self.holdout_rows[: self.config.eval_samples], dtype=torch.long)
         if len(rows) == 0:
@@ -265,8 +261,8 @@ class UpsamplerTask(_CacheTask):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         """Upsample held-out (degraded) images; write [targets | outputs], report pixel MSE vs bicubic's."""
-        from unclip.pipeline.images import upsample_bicubic
-        from unclip.pipeline.stages import sample_upsampler
+        from unclip.images import upsample_bicubic
+        from unclip.stages.decoding import sample_upsampler
 
         rows = self.holdout_rows[: self.config.eval_samples]
         if not rows:
@@ -287,7 +283,7 @@ class UpsamplerTask(_CacheTask):
 def _oracle_agreement(images: torch.Tensor, records: list[dict[str, Any]]) -> dict[str, float]:
     """Oracle agreement of decoded images with their sources' records (when the shipped oracle exists)."""
     try:
-        from unclip.eval.oracle import load_oracle, predict, record_agreement
+        from unclip.measure.oracle import load_oracle, predict, record_agreement
     except ImportError:
         return {}
     try:
@@ -306,8 +302,8 @@ def _write_pair_grid(targets: torch.Tensor, outputs: torch.Tensor, path: Path) -
     """Two rows: targets on top, outputs below (upsampled to the same size)."""
     import torch.nn.functional as F
 
+    from unclip.images import make_grid, tensor_to_output
     from unclip.io import atomic_write
-    from unclip.pipeline.images import make_grid, tensor_to_output
 
     size = targets.shape[-1]
     if outputs.shape[-1] != size:

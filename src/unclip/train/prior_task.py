@@ -1,6 +1,6 @@
 """Training the two priors on a shapes cache, as :class:`~unclip.train.task.TrainTask`\\ s.
 
-Both tasks read a :class:`~unclip.train.shapes_cache.ShapesCache` (CLIP image embeddings z_i, caption
+Both tasks read a :class:`~unclip.data.shapes_cache.ShapesCache` (CLIP image embeddings z_i, caption
 encodings, per world sample) instead of running CLIP every step. The last ``holdout`` rows of the cache are
 held out: no batch ever contains them, and :meth:`evaluate` measures on them.
 
@@ -11,7 +11,7 @@ row once, in a fresh order, and the batch is a deterministic function of the ind
 - :class:`DiffusionPriorTask` — x0 = ``prior.normalize(z_i)`` (CLIP mean/std fitted from the training rows
   in :meth:`build_model`), captions replaced by the null text (CLIP of ``""``) with probability
   ``config.text_drop_prob``, uniform t, ``training_losses`` with x0 prediction / fixed-small variance
-  (:data:`~unclip.pipeline.prior_sampling.PRIOR_DIFFUSION`). Export: ``config.json`` +
+  (:data:`~unclip.stages.prior.PRIOR_DIFFUSION`). Export: ``config.json`` +
   ``model.safetensors`` + ``diffusion.json``.
 - :class:`ARPriorTask` — K from the < 1% PCA reconstruction rule on the training rows (or given), the PCA,
   component and dot-product quantisers fitted in :meth:`build_model`; next-token cross-entropy over the
@@ -31,29 +31,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unclip.config import save_config
+from unclip.data.shapes_cache import ShapesCache
 from unclip.diffusion import sample_timesteps, training_losses
-from unclip.diffusion.stage_config import DiffusionConfig
-from unclip.encoders.base import ClipEncoder, TextEmbedding
-from unclip.eval.prior_metrics import cosine_scores
+from unclip.diffusion.stage_config import DIFFUSION_FILE, PRIOR_DIFFUSION, DiffusionConfig
+from unclip.encoders.base import TextEmbedding
 from unclip.io import atomic_write_text
+from unclip.measure.prior_metrics import cosine_scores
 from unclip.models.ar_prior import PRESETS as AR_PRESETS
 from unclip.models.ar_prior import ARPrior, ARPriorConfig
 from unclip.models.pca_quantizer import num_components_for
 from unclip.models.prior import PRESETS as PRIOR_PRESETS
 from unclip.models.prior import DiffusionPrior, PriorConfig, text_dropout
 from unclip.models.serialization import save_model
-from unclip.pipeline.prior_sampling import PRIOR_DIFFUSION, sample_ar_prior, sample_prior
-from unclip.train.shapes_cache import ShapesCache
+from unclip.stages.prior import sample_ar_prior, sample_prior
 
-__all__ = [
-    "DIFFUSION_FILE",
-    "ARPriorTask",
-    "DiffusionPriorTask",
-    "PriorBatch",
-    "null_text_for_cache",
-]
-
-DIFFUSION_FILE = "diffusion.json"
+__all__ = ["ARPriorTask", "DiffusionPriorTask", "PriorBatch"]
 
 
 @dataclass
@@ -67,31 +59,6 @@ class PriorBatch:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
-
-
-@torch.no_grad()
-def null_text_for_cache(
-    cache: ShapesCache, clip: ClipEncoder, check_rows: int = 8, atol: float = 1e-3
-) -> TextEmbedding:
-    """The CLIP encoding of ``""`` (batch 1, float32, CPU), after checking that ``clip`` is the CLIP that
-    built ``cache``: its dimensions match and it re-encodes the first ``check_rows`` captions to the cached
-    pooled embeddings within ``atol`` (relative to their scale)."""
-    meta = cache.meta
-    dims = {"clip_dim": clip.dim, "token_width": clip.token_width, "max_text_length": clip.max_text_length}
-    wrong = {k: (meta.get(k), v) for k, v in dims.items() if meta.get(k) != v}
-    if wrong:
-        raise ValueError(f"the CLIP does not match the cache (cache, clip): {wrong}")
-    n = min(check_rows, len(cache))
-    if n:
-        pooled = clip.embed_text(cache.captions[:n]).pooled.float().cpu()
-        cached = cache.text.pooled[:n].float()
-        err = float((pooled - cached).abs().max() / cached.abs().max().clamp(min=1e-12))
-        if err > atol:
-            raise ValueError(
-                f"the CLIP does not reproduce the cache's text embeddings (relative error {err:.3g} > {atol}); "
-                f"the cache was built with CLIP {meta.get('clip')!r}"
-            )
-    return clip.embed_text([""]).to(device="cpu", dtype=torch.float32)
 
 
 class _CachePriorTask:

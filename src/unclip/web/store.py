@@ -1,7 +1,7 @@
 """A bounded in-memory store of PNG images (results and uploads) with their parameters.
 
 Results are lossless PNGs whose parameters (seed included) are written into PNG text chunks, as the CLI writes
-them (:func:`unclip.pipeline.images.encode_png`): an ``unclip`` iTXt chunk holds them all as JSON, and
+them (:func:`unclip.images.encode_png`): an ``unclip`` iTXt chunk holds them all as JSON, and
 ``prompt`` / ``seed`` chunks repeat the common ones for tools that show plain text chunks. The oldest images
 are dropped first when the store holds more than ``max_images`` images or ``max_bytes`` PNG bytes.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from unclip.pipeline.images import PARAMS_KEY, encode_png, load_image, read_png_params
+from unclip.images import PARAMS_KEY, encode_png, load_image, read_png_params
 from unclip.web.config import MAX_UPLOAD_SIDE
 
 __all__ = ["PARAMS_KEY", "ImageStore", "StoredImage", "decode_upload", "encode_png", "read_png_params"]

@@ -1,0 +1,143 @@
+"""Experiment 4, guidance hurts unCLIP less: domain Fréchet distance (oracle features) against decoder
+guidance, unCLIP vs the caption-only baseline (same decoder size and training recipe, see
+:mod:`unclip.experiments.models`).
+
+Captions: the first ``rows`` held-out cache rows (one image each, decoded at the base resolution). Reference:
+the real images of the last ``reference`` held-out rows (disjoint). The FD of the real images of the
+caption rows to the same reference is the floor (sampling noise at this N). Verdict: held when unCLIP's FD
+rises less from its best guidance to the largest guidance than the baseline's does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from unclip.experiments.common import (
+    ExperimentContext,
+    ExperimentResult,
+    ExperimentSpec,
+    Progress,
+    Verdict,
+    markdown_table,
+    new_figure,
+)
+from unclip.experiments.models import FULL_DECODERS, QUICK_DECODERS, DecoderBudget
+from unclip.experiments.sweep import (
+    SETTING_LABELS,
+    decoder_for,
+    real_features,
+    real_scores,
+    row_sweep_unit,
+    summarise_scores,
+    unit_key,
+)
+
+
+@dataclass
+class SweepSettings:
+    """rows: captions (held-out rows) per unit; reference: real held-out rows for the FD reference (taken
+    from the end of the held-out range, disjoint from ``rows``); guidances: decoder guidance scales;
+    steps: DDPM decoder steps; decoders: the compared decoders' training recipe."""
+
+    rows: int = 200
+    reference: int = 500
+    guidances: tuple[float, ...] = (1.0, 3.0, 8.0)
+    steps: int = 20
+    decoders: DecoderBudget = field(default_factory=lambda: QUICK_DECODERS)
+
+
+QUICK = SweepSettings()
+FULL = SweepSettings(rows=500, guidances=(1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0), steps=25, decoders=FULL_DECODERS)
+
+
+def split_rows(ctx: ExperimentContext, s: SweepSettings) -> tuple[list[int], list[int]]:
+    held = ctx.heldout_rows()
+    if s.rows + s.reference > len(held):
+        raise ValueError(f"rows ({s.rows}) + reference ({s.reference}) exceed the {len(held)} held-out rows")
+    return held[: s.rows], held[len(held) - s.reference :]
+
+
+def sweep_table(ctx: ExperimentContext, name: str, settings_list: tuple[str, ...], s: SweepSettings):
+    """Run (or read) every unit of ``settings_list`` x ``s.guidances``; returns (results, real, size)."""
+    from unclip.measure.metrics import frechet_distance
+
+    rows, ref_rows = split_rows(ctx, s)
+    progress = Progress(name, len(settings_list) * len(s.guidances), ctx.log)
+    size = decoder_for(ctx, s.decoders, settings_list[0]).model.config.image_size
+    ref = real_features(ctx, ref_rows, size)
+    real = {"fd": frechet_distance(real_features(ctx, rows, size), ref), "accuracy": summarise_scores(
+        real_scores(ctx, rows, size))}  # fmt: skip
+    results: dict[str, dict[str, dict]] = {}
+    for setting in settings_list:
+        results[setting] = {}
+        for g in s.guidances:
+            key = unit_key(setting, g, len(rows), s.steps)
+            unit = row_sweep_unit(ctx, s.decoders, setting, g, rows, s.steps)
+            progress.step(key)
+            results[setting][f"{g:g}"] = {"fd": frechet_distance(unit["features"], ref),
+                                          "accuracy": summarise_scores(unit["scores"])}  # fmt: skip
+    return results, real, size
+
+
+def decoder_info(ctx: ExperimentContext, s: SweepSettings, settings_list: tuple[str, ...]) -> dict[str, dict]:
+    out = {}
+    for setting in settings_list:
+        st = decoder_for(ctx, s.decoders, setting)
+        out[setting] = {"conditioning": st.conditioning, "params": st.params, "train_steps": st.train_steps,
+                        "train_seconds": st.train_seconds, "source": st.source}  # fmt: skip
+    return out
+
+
+def run(ctx: ExperimentContext, s: SweepSettings) -> ExperimentResult:
+    compared = ("unclip", "caption")
+    results, real, size = sweep_table(ctx, "guidance_fid", compared, s)
+    gs = [f"{g:g}" for g in s.guidances]
+    rise = {m: results[m][gs[-1]]["fd"] - min(results[m][g]["fd"] for g in gs) for m in compared}
+    slope = {m: float(np.polyfit(list(s.guidances), [results[m][g]["fd"] for g in gs], 1)[0]) for m in compared}
+    held = rise["unclip"] < rise["caption"]
+    verdict = Verdict(held, f"FD rise from best guidance to {gs[-1]}: unCLIP {rise['unclip']:.2f} vs caption-only "
+                            f"{rise['caption']:.2f} (slopes {slope['unclip']:+.3f} vs {slope['caption']:+.3f} per "
+                            f"unit of guidance; real-image floor {real['fd']:.2f}).")  # fmt: skip
+    header = ["decoder guidance", *[f"FD {SETTING_LABELS[m]}" for m in compared],
+              *[f"accuracy {SETTING_LABELS[m]}" for m in compared]]  # fmt: skip
+    table_rows = [[g, *[results[m][g]["fd"] for m in compared], *[results[m][g]["accuracy"]["mean"] for m in compared]]
+                  for g in gs]  # fmt: skip
+    table_rows.append(["real renders", real["fd"], real["fd"], real["accuracy"]["mean"], real["accuracy"]["mean"]])
+    fig, (ax1, ax2) = new_figure(2)
+    for m in compared:
+        ax1.plot(list(s.guidances), [results[m][g]["fd"] for g in gs], marker="o", label=SETTING_LABELS[m])
+        ax2.plot(list(s.guidances), [results[m][g]["accuracy"]["mean"] for g in gs], marker="o",
+                 label=SETTING_LABELS[m])  # fmt: skip
+    ax1.axhline(real["fd"], color="grey", ls="--", lw=1, label="real renders (floor)")
+    ax1.set(xlabel="decoder guidance scale", ylabel="domain FD (oracle features)", title="FD vs guidance")
+    ax2.set(xlabel="decoder guidance scale", ylabel="specified-attribute accuracy", title="Caption accuracy")
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    info = decoder_info(ctx, s, compared)
+    notes = (f"{s.rows} held-out captions, one image each at {size} px (decoder base resolution, no upsampler), "
+             f"{s.steps} DDPM steps; FD reference: {s.reference} other held-out real images. Decoders: "
+             + "; ".join(f"{SETTING_LABELS[m]}: {v['params']:,} parameters, {v['train_steps'] or 'shipped recipe'} "
+                         f"steps ({v['source'] or 'trained here'})" for m, v in info.items())
+             + ". unCLIP's z_i come from the diffusion prior (25 steps, guidance 4, best of 2).")  # fmt: skip
+    data = {"fd_and_accuracy": results, "real": real, "fd_rise": rise, "fd_slope": slope, "decoders": info,
+            "image_size": size}  # fmt: skip
+    return ExperimentResult(verdict, markdown_table(header, table_rows), data, fig, notes)
+
+
+SPEC = ExperimentSpec(
+    number=4,
+    name="guidance_fid",
+    title="Guidance hurts unCLIP's FID less",
+    claim="Raising decoder guidance hurts FID much less for unCLIP than for a caption-conditioned (GLIDE-like) "
+    "decoder.",
+    paper="(Paper §5.3, Fig. 11: curves only.)",
+    needs=("cache", "oracle", "baselines"),
+    cpu_budget={
+        "quick": "~15 CPU-min of decoder training x 2 + ~10 CPU-min sampling (shared with exp. 2)",
+        "full": "~60 CPU-min training of the baseline + ~60 CPU-min sampling",
+    },  # fmt: skip
+    settings={"quick": QUICK, "full": FULL},
+    run=run,
+)

@@ -1,0 +1,354 @@
+"""The paper-claim experiments on tiny models and a tiny cache: every code path runs in seconds, writes its
+table/JSON/plot, resumes from its stored units, and the measuring helpers agree with independent references."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from unclip.config import save_config
+from unclip.data.shapes import ShapesWorld
+from unclip.experiments import EXPERIMENTS, ExperimentContext, get_spec, run_experiment
+from unclip.experiments.ar_vs_diffusion import PriorCompareSettings
+from unclip.experiments.binding import BindingSettings, binding_caption, binding_measures
+from unclip.experiments.common import ResultStore, markdown_table
+from unclip.experiments.diversity import DiversitySettings, matched_gap
+from unclip.experiments.guidance_fid import SweepSettings
+from unclip.experiments.models import ComparisonDecoderTask, DecoderBudget, comparison_decoder, decode_with
+from unclip.experiments.pca import PCASettings
+from unclip.experiments.probe import fit_linear_probe, probe_accuracy
+from unclip.experiments.report import write_readme
+from unclip.experiments.text_diffs import TextDiffSettings, batched_edits, edit_captions
+from unclip.experiments.variations import VariationSettings, batched_variations
+from unclip.io import save_safetensors
+from unclip.measure.oracle_net import PRESETS, ShapesOracle
+from unclip.pipeline import GenerationDefaults
+from unclip.pipeline.builder import build_pipeline
+
+TEST_DECODERS = DecoderBudget(name="test", preset="tiny", steps=2, batch_size=4, warmup_steps=1, ema_decay=0.9,
+                              prior_steps=2)  # fmt: skip
+FAST = GenerationDefaults(prior_steps=2, decoder_steps=2, upsampler_steps=2, inversion_steps=2, best_of=1)
+HOLDOUT = 40
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny pipeline (saved as SHAPES_RUN/pipeline), a 96-row cache of it, a random tiny oracle, two tiny priors."""
+    from unclip.data.shapes_cache import ShapesCache, build_shapes_cache, null_text_for_cache
+    from unclip.train.config import TrainConfig
+    from unclip.train.loop import run_training
+    from unclip.train.prior_task import ARPriorTask, DiffusionPriorTask
+
+    root = tmp_path_factory.mktemp("experiments")
+    pipe = build_pipeline("tiny", num_upsamplers=1, defaults=FAST)
+    pipe.save_pretrained(root / "shapes" / "pipeline")
+    build_shapes_cache(root / "shapes" / "cache", pipe.clip, 96, ShapesWorld(seed=0), size=32, progress=False)
+    torch.manual_seed(0)
+    oracle = ShapesOracle(PRESETS["tiny"]())
+    save_config(oracle.config, root / "oracle" / "config.json")
+    save_safetensors(oracle.state_dict(), root / "oracle" / "model.safetensors")
+    cache = ShapesCache.load(root / "shapes" / "cache")
+    null = null_text_for_cache(cache, pipe.clip)
+    config = TrainConfig(steps=1, batch_size=4, warmup_steps=0, log_every=1, ckpt_every=0, device="cpu")
+    run_training(DiffusionPriorTask(cache, null, "tiny", holdout=HOLDOUT, eval_rows=0), config, root / "prior_diff")
+    run_training(ARPriorTask(cache, null, "tiny", holdout=HOLDOUT, num_components=4, eval_rows=0), config,
+                 root / "prior_ar")  # fmt: skip
+    return root
+
+
+def make_ctx(root, logs=None) -> ExperimentContext:
+    return ExperimentContext(run_root=root / "runs", out_dir=root / "docs", shapes_run=root / "shapes",
+                             oracle=root / "oracle", holdout=HOLDOUT, log=(logs.append if logs is not None else
+                             lambda m: None), progress=False)  # fmt: skip
+
+
+TEST_SETTINGS = {
+    "pca": PCASettings(train_rows=None, ks=(1, 2, 4)),
+    "variations": VariationSettings(probe_train_rows=56, sources=3, variations=2, steps=2, chunk=2),
+    "text_diffs": TextDiffSettings(kinds=("colour", "shape"), sources=2, thetas=(0.0, 0.5), steps=2, chunk=2),
+    "guidance_fid": SweepSettings(rows=8, reference=8, guidances=(1.0, 3.0), steps=2, decoders=TEST_DECODERS),
+    "prior_matters": SweepSettings(rows=8, reference=8, guidances=(1.0, 3.0), steps=2, decoders=TEST_DECODERS),
+    "diversity": DiversitySettings(captions=2, per_caption=3, guidances=(1.0, 4.0), steps=2, decoders=TEST_DECODERS),
+    "binding": BindingSettings(
+        captions=2, per_caption=2, guidances=(2.0,), reconstructions=3, steps=2, decoders=TEST_DECODERS
+    ),  # fmt: skip
+    "ar_vs_diffusion": PriorCompareSettings(rows=8, reference=8, image_rows=3, steps=2),
+}
+
+
+def _unit_interval(values) -> bool:
+    return all(v is None or 0.0 <= v <= 1.0 for v in values)
+
+
+def test_every_experiment_writes_its_outputs_and_resumes(world):
+    assert set(TEST_SETTINGS) == set(EXPERIMENTS)
+    readme = write_readme(world / "docs").read_text()
+    assert readme.count("not yet run") == len(EXPERIMENTS)
+    for name in EXPERIMENTS:
+        logs: list[str] = []
+        paths = run_experiment(name, make_ctx(world, logs), "test", settings=TEST_SETTINGS[name])
+        assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values()), name
+        data = json.loads(paths["json"].read_text())
+        assert data["name"] == name and data["verdict"]["label"] in ("held", "did not hold", "inconclusive")
+        assert data["verdict"]["held"] in (True, False, None)
+        md = paths["md"].read_text()
+        assert data["verdict"]["label"] in md and f"![{name}]({name}.png)" in md and "|---|" in md
+        assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    readme = (world / "docs" / "README.md").read_text()
+    assert "not yet run" not in readme and all(f"({n}.md)" in readme for n in EXPERIMENTS)
+    # a second run reads every unit back instead of recomputing it, and gives the same numbers
+    logs = []
+    first = json.loads((world / "docs" / "diversity.json").read_text())["results"]
+    run_experiment("diversity", make_ctx(world, logs), "test", settings=TEST_SETTINGS["diversity"])
+    units = [m for m in logs if re.match(r"\[diversity\] \d+/\d+ ", m)]
+    assert units and all(m.endswith("(cached)") for m in units)
+    assert json.loads((world / "docs" / "diversity.json").read_text())["results"] == first
+
+
+def test_numbers_are_in_range(world):
+    docs = world / "docs"
+    if not (docs / "pca.json").is_file():
+        for name in EXPERIMENTS:
+            run_experiment(name, make_ctx(world), "test", settings=TEST_SETTINGS[name])
+    pca = json.loads((docs / "pca.json").read_text())["results"]
+    dim = pca["dim"]
+    assert 1 <= pca["components_below_threshold"] <= dim and pca["heldout_rel_mse_at_k"] >= 0
+    curve = pca["rel_mse_curve"]
+    assert curve[0] == pytest.approx(1.0) and all(a >= b - 1e-12 for a, b in zip(curve, curve[1:]))
+    assert all(_unit_interval(v.values()) for v in pca["probe_accuracy"].values())
+    var = json.loads((docs / "variations.json").read_text())["results"]
+    assert _unit_interval([*var["probe_accuracy"].values(), *var["preservation"].values()])
+    assert var["variations"] == 3 * 2 and var["sources"] == 3
+    td = json.loads((docs / "text_diffs.json").read_text())["results"]
+    for kind in ("colour", "shape"):
+        assert _unit_interval(td["edits"][kind]["flip_rate"]) and _unit_interval(td["edits"][kind]["mean_stability"])
+    for name in ("guidance_fid", "prior_matters"):
+        res = json.loads((docs / f"{name}.json").read_text())["results"]
+        for per_g in res["fd_and_accuracy"].values():
+            for v in per_g.values():
+                assert math.isfinite(v["fd"]) and v["fd"] >= -1e-6 and _unit_interval([v["accuracy"]["mean"]])
+    div = json.loads((docs / "diversity.json").read_text())["results"]["results"]
+    for per_g in div.values():
+        assert all(_unit_interval([v["mean_accuracy"], v["mean_entropy"]]) for v in per_g.values())
+    bind = json.loads((docs / "binding.json").read_text())["results"]
+    assert _unit_interval([bind["generated"]["unclip"]["2"]["bound"], bind["reconstructions"]["decoded"]["bound"]])
+    prior = json.loads((docs / "ar_vs_diffusion.json").read_text())["results"]
+    assert prior["embeddings"]["true_z_i"]["cos_image"] == pytest.approx(1.0)
+    assert prior["embeddings"]["diffusion"]["fd"] >= 0 and prior["training"]["ar"]["params"] > 0
+
+
+def test_linear_probe_reaches_the_optimum_of_its_objective():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 5))
+    labels = [int(np.argmax(r[:3] + 0.7 * rng.normal(size=3))) for r in x]  # overlapping classes
+    l2 = 0.05
+    probe = fit_linear_probe(torch.from_numpy(x), labels, l2=l2)
+    # independent float64 check of the stationarity condition: X^T (P - Y) / N + l2 W = 0, sum(P - Y) = 0
+    z = (x - x.mean(0)) / x.std(0)
+    w, b = probe.weight.numpy(), probe.bias.numpy()
+    logits = z @ w + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    y = np.eye(3)[[probe.classes.index(v) for v in labels]]
+    assert np.abs(z.T @ (p - y) / len(x) + l2 * w).max() < 1e-6
+    assert np.abs((p - y).sum(0) / len(x)).max() < 1e-6
+    # separable data are read perfectly on held-out points; a constant label gives a constant probe
+    sep = torch.randn(400, 4, generator=torch.Generator().manual_seed(1))
+    sep = sep[sep[:, 2].abs() > 0.5][:200]  # a margin around the boundary
+    lab = ["big" if v > 0 else "small" for v in sep[:, 2].tolist()]
+    assert probe_accuracy(sep[:150], lab[:150], sep[150:], lab[150:]) == 1.0
+    assert fit_linear_probe(sep, ["x"] * 200).predict(sep[:3]) == ["x", "x", "x"]
+
+
+def test_batched_manipulations_equal_the_pipeline_methods():
+    pipe = build_pipeline("tiny", num_upsamplers=0, defaults=FAST)
+    world = ShapesWorld(seed=3)
+    images = [Image.fromarray(world.render_index(i, pipe.image_size)) for i in range(3)]
+    batched = batched_variations(pipe, images, 2, eta=0.0, steps=3, generator=torch.Generator().manual_seed(0))
+    for i, image in enumerate(images):
+        one = pipe.vary(image, num_images=2, eta=0.0, decoder_steps=3, seed=0, output_type="pt") * 2 - 1
+        torch.testing.assert_close(batched[2 * i : 2 * i + 2], one, atol=2e-5, rtol=0)
+    thetas = [0.0, 0.3]
+    edits = batched_edits(pipe, images[:2], ["a blue circle", "a red star"], ["a red circle", ""], thetas, 3,
+                          torch.Generator().manual_seed(0))  # fmt: skip
+    one = pipe.edit(images[1], to_text="a red star", from_text=None, thetas=thetas, decoder_steps=3, seed=0,
+                    output_type="pt") * 2 - 1  # fmt: skip
+    torch.testing.assert_close(edits[2:4], one, atol=2e-5, rtol=0)
+
+
+def test_edit_captions_change_exactly_one_attribute():
+    rng = np.random.default_rng(0)
+    obj = {"shape": "circle", "colour": "red", "size": "small"}
+    src, dst, target = edit_captions(obj, "blue", "colour", rng)
+    assert src == "a red circle" and dst == f"a {target} circle" and target not in ("red", "blue")
+    src, dst, target = edit_captions(obj, "blue", "size", rng)
+    assert (src, dst, target) == ("a small red circle", "a large red circle", "large")
+    with pytest.raises(ValueError, match="edit kind"):
+        edit_captions(obj, "blue", "fill", rng)
+
+
+def test_binding_measures_on_known_records():
+    rec = ShapesWorld(seed=5).sample(
+        next(i for i in range(200) if len(ShapesWorld(seed=5).sample(i).scene.objects) == 2)
+    )
+    caption, spec = binding_caption(rec.record)
+    assert spec["objects"][0]["colour"] in caption and spec["relation"] in caption
+    assert binding_measures(rec.record, spec) == {
+        "count": True, "bound": True, "colours_bound": True, "colour_swap": False, "relation": True
+    }  # fmt: skip
+    swapped = json.loads(json.dumps(rec.record))
+    a, b = swapped["objects"]
+    a["colour"], b["colour"] = b["colour"], a["colour"]
+    out = binding_measures(swapped, spec)
+    assert out["colour_swap"] and not out["bound"] and not out["colours_bound"] and out["count"]
+    reshaped = json.loads(json.dumps(rec.record))
+    reshaped["objects"][0]["shape"] = "cross" if reshaped["objects"][0]["shape"] != "cross" else "star"
+    out = binding_measures(reshaped, spec)
+    assert out["colours_bound"] and not out["bound"]
+    one = dict(swapped, objects=[a], num_objects=1, relation=None)
+    assert binding_measures(one, spec) == {
+        "count": False, "bound": False, "colours_bound": False, "colour_swap": False, "relation": False
+    }  # fmt: skip
+
+
+def test_matched_gap_interpolates_the_baseline():
+    base = [(0.2, 0.9), (0.6, 0.5), (1.0, 0.1)]  # entropy = 1.1 - accuracy
+    assert matched_gap([(0.4, 0.9), (0.8, 0.5)], base) == pytest.approx(((0.9 - 0.7) + (0.5 - 0.3)) / 2)
+    assert matched_gap([(0.1, 0.9)], base) is None
+    # the baseline's points inside the model's range count too (model entropy = accuracy here)
+    assert matched_gap([(0.2, 0.2), (0.5, 0.5)], [(0.3, 0.6), (0.4, 0.6)]) == pytest.approx(
+        ((0.3 - 0.6) + (0.4 - 0.6)) / 2
+    )
+
+
+def test_comparison_decoders_condition_as_documented(world):
+    from unclip.data.shapes_cache import ShapesCache
+
+    cache = ShapesCache.load(world / "shapes" / "cache")
+    rows = [0, 1, 2]
+    for cond in ("image", "caption", "text_embedding"):
+        task = ComparisonDecoderTask(cache, cond, TEST_DECODERS, HOLDOUT)
+        batch = task.get_batch(rows, torch.device("cpu"))
+        expected = {"image": cache.image_embedding[rows], "text_embedding": cache.text.pooled[rows],
+                    "caption": torch.zeros(3, cache.image_embedding.shape[1])}[cond]  # fmt: skip
+        torch.testing.assert_close(batch["image_embedding"], expected.float())
+        assert (task.model_config.image_drop, task.model_config.text_drop) == (
+            (1.0, 0.2) if cond == "caption" else (0.1, 0.5)
+        )
+    with pytest.raises(ValueError, match="conditioning"):
+        ComparisonDecoderTask(cache, "pixels", TEST_DECODERS, HOLDOUT)
+    # the caption-only decoder ignores whatever z_i it is handed; the image decoder does not
+    ctx = make_ctx(world)
+    text = __import__("unclip.experiments.sweep", fromlist=["cache_text"]).cache_text(ctx, rows)
+    cap = comparison_decoder(ctx, "caption", TEST_DECODERS)
+    img = comparison_decoder(ctx, "image", TEST_DECODERS)
+    assert cap.params == img.params
+    with torch.no_grad():
+        for p in img.model.clip_emb.parameters():
+            p.add_(0.5)  # make the z_i path matter (zero-initialised projections ignore z_i before training)
+    z1, z2 = torch.randn(3, cache.image_embedding.shape[1]), torch.randn(3, cache.image_embedding.shape[1])
+    a = decode_with(cap, text, 2.0, torch.Generator().manual_seed(0), image_embedding=z1, steps=2)
+    b = decode_with(cap, text, 2.0, torch.Generator().manual_seed(0), image_embedding=z2, steps=2)
+    torch.testing.assert_close(a, b)
+    c = decode_with(img, text, 2.0, torch.Generator().manual_seed(0), image_embedding=z1, steps=2)
+    d = decode_with(img, text, 2.0, torch.Generator().manual_seed(0), image_embedding=z2, steps=2)
+    assert not torch.allclose(c, d)
+    with pytest.raises(ValueError, match="needs image_embedding"):
+        decode_with(img, text, 2.0, torch.Generator(), steps=2)
+
+
+def test_a_cache_of_another_clip_is_refused(world, tmp_path):
+    other = build_pipeline("tiny", num_upsamplers=0, seed=1, defaults=FAST)
+    other.save_pretrained(tmp_path / "other")
+    ctx = replace(make_ctx(world), pipeline=tmp_path / "other")
+    ctx.get_cache()
+    with pytest.raises(ValueError, match="was not built by the CLIP"):
+        ctx.get_pipeline()
+
+
+def test_units_are_keyed_by_their_inputs(world, tmp_path):
+    ctx = make_ctx(world)
+    a = ctx.run_dir("pca", uses=("cache",))
+    assert a == ctx.run_dir("pca", uses=("cache",)) and (a / "context.json").is_file()
+    assert ctx.run_dir("pca", uses=("cache", "oracle")) != a
+    assert replace(ctx, seed=1).run_dir("pca", uses=("cache",)) != a
+    assert replace(ctx, cache=tmp_path / "other").run_dir("pca", uses=("cache",)) != a
+    meta = world / "shapes" / "cache" / "meta.json"
+    st = meta.stat()
+    os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a rebuilt cache (newer meta.json)
+    assert ctx.run_dir("pca", uses=("cache",)) != a
+
+
+def test_result_store_and_table(tmp_path):
+    store = ResultStore(tmp_path)
+    calls = []
+    assert store.compute("a_g1.5", lambda: calls.append(1) or {"x": np.float32(0.5), "t": torch.tensor([1, 2])}) == {
+        "x": 0.5, "t": [1, 2]}  # fmt: skip
+    assert store.compute("a_g1.5", lambda: calls.append(1) or {}) == {"x": 0.5, "t": [1, 2]} and calls == [1]
+    with pytest.raises(ValueError, match="unit key"):
+        store.put("../escape", {})
+    assert markdown_table(["a", "b"], [[1.23456, None]]) == "| a | b |\n|---|---|\n| 1.235 | — |"
+
+
+def test_cli_lists_runs_and_reports_errors(world, tmp_path):
+    from unclip.cli.main import cli
+
+    runner = CliRunner()
+    out = runner.invoke(cli, ["experiment", "list"])
+    assert out.exit_code == 0 and "8. pca" in out.output and "--budget quick" in out.output
+    out = runner.invoke(cli, ["experiment", "readme", "-o", str(tmp_path / "d")])
+    assert out.exit_code == 0 and "not yet run" in (tmp_path / "d" / "README.md").read_text()
+    args = ["--shapes-run", str(world / "shapes"), "--oracle", str(world / "oracle"), "--holdout", str(HOLDOUT),
+            "--run-dir", str(tmp_path / "r"), "-o", str(tmp_path / "d"), "--quiet"]  # fmt: skip
+    out = runner.invoke(cli, ["experiment", "pca", *args])
+    assert out.exit_code == 0, out.output
+    written = json.loads((tmp_path / "d" / "pca.json").read_text())
+    assert written["budget"] == "quick" and f"--shapes-run {world / 'shapes'}" in written["command"]
+    out = runner.invoke(cli, ["experiment", "pca", *args, "--cache", str(tmp_path / "nowhere")])
+    assert out.exit_code == 1 and "no shapes cache" in out.output
+    out = runner.invoke(cli, ["experiment", "nonsense"])
+    assert out.exit_code == 2
+
+
+def test_specs_are_complete():
+    numbers = sorted(get_spec(n).number for n in EXPERIMENTS)
+    assert numbers == list(range(1, 9))
+    for name in EXPERIMENTS:
+        spec = get_spec(name)
+        assert set(spec.settings) == {"quick", "full"} and set(spec.cpu_budget) == {"quick", "full"}
+        assert spec.command() == f"unclip experiment {name} --budget quick"
+    assert replace(TEST_DECODERS, steps=3).steps == 3
+
+
+def test_missing_cache_is_built_like_the_recipe_from_a_clean_clone(tmp_path, monkeypatch):
+    """No `unclip train shapes` run: the cache is rendered and embedded with the pipeline's CLIP as the
+    recipe says (sizes shrunk here); a named --cache or a shapes run with its own CLIP is never rebuilt."""
+    import dataclasses
+
+    import unclip.recipes as recipe_mod
+
+    small = dataclasses.replace(recipe_mod.get_recipe("test"), cache_size=10, cache_image_size=16, world_seed=3)
+    monkeypatch.setattr(recipe_mod, "get_recipe", lambda name, device="auto": small)
+    logs: list[str] = []
+    ctx = ExperimentContext(run_root=tmp_path / "runs", out_dir=tmp_path / "docs", shapes_run=tmp_path / "shapes",
+                            holdout=2, log=logs.append, progress=False)  # fmt: skip
+    cache = ctx.get_cache()
+    assert len(cache) == 10 and cache.images.shape[1] == 16 and any("building it" in m for m in logs)
+    world = ShapesWorld(seed=3)
+    assert [world.sample(i).caption for i in range(10)] == list(cache.captions)
+    expected = ctx.get_pipeline().clip.embed_images(world.batch(range(10), 16)[0]).float()
+    torch.testing.assert_close(cache.image_embedding.float(), expected, atol=1e-4, rtol=1e-4)
+    (tmp_path / "other" / "clip").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="unclip train shapes"):
+        ExperimentContext(shapes_run=tmp_path / "other", holdout=2, log=logs.append).get_cache()
+    with pytest.raises(FileNotFoundError, match="--cache"):
+        ExperimentContext(cache=tmp_path / "nowhere", holdout=2, log=logs.append).get_cache()
