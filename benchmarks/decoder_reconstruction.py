@@ -36,9 +36,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from unclip import UnCLIPPipeline
+    from unclip.data.shapes_cache import ShapesCache
     from unclip.measure.oracle import load_oracle
     from unclip.measure.quality import reconstruction_quality
-    from unclip.data.shapes_cache import ShapesCache
 
     pipe = UnCLIPPipeline.from_pretrained(args.model)
     cache = ShapesCache.load(args.cache)

@@ -73,7 +73,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def reconstruction(pipe, decoder_dir: Path | None, cache, rows: list[int], batch: int) -> dict:
-    """:func:`unclip.measure.quality.reconstruction_quality` of the pipeline with ``decoder_dir``'s weights swapped in."""
+    """:func:`unclip.measure.quality.reconstruction_quality` of the pipeline, ``decoder_dir``'s weights swapped in."""
     from unclip.measure.oracle import load_oracle
     from unclip.measure.quality import reconstruction_quality
     from unclip.models.serialization import load_model
@@ -110,8 +110,8 @@ def main() -> None:
     print(f"[{elapsed():.0f}s] device {summary.get('gpu', args.device)}", flush=True)
 
     from unclip.data.shapes import ShapesWorld
-    from unclip.encoders.loading import load_clip
     from unclip.data.shapes_cache import ShapesCache, build_shapes_cache
+    from unclip.encoders.loading import load_clip
 
     cache_dir = args.out / "cache"
     clip = load_clip("shapes", device=args.device)

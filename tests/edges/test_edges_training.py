@@ -185,7 +185,7 @@ def test_embed_resume_compares_resolved_paths_and_cache_records_its_clip(clip_di
     other = runner.invoke(cli, [*args, "folder", str(out)])  # the same spelling, another dir
     assert other.exit_code == 1 and "source" in other.output, other.output
     # shapes caches (the recipe's) record the CLIP's weights and refuse another CLIP's cache
-    from unclip.data.embed_cache import clip_fingerprint
+    from unclip.data.cache_settings import clip_fingerprint
 
     cache = tmp_path / "shapes_cache"
     clip_a = tiny_clip(0)

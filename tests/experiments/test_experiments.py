@@ -30,7 +30,7 @@ from unclip.experiments.report import write_readme
 from unclip.experiments.text_diffs import TextDiffSettings, batched_edits, edit_captions
 from unclip.experiments.variations import VariationSettings, batched_variations
 from unclip.io import save_safetensors
-from unclip.measure.oracle_net import PRESETS, ShapesOracle
+from unclip.models.oracle_net import PRESETS, ShapesOracle
 from unclip.pipeline import GenerationDefaults
 from unclip.pipeline.builder import build_pipeline
 

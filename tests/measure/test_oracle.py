@@ -23,7 +23,7 @@ from unclip.measure.oracle import (
     score_specified,
     unspecified_entropy,
 )
-from unclip.measure.oracle_net import PRESETS, ShapesOracle
+from unclip.models.oracle_net import PRESETS, ShapesOracle
 
 
 def _two_object_record(relation: str) -> dict:

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from unclip.measure import quality
 
 from unclip.data.shapes import ShapesWorld, full_spec, scene_record
+from unclip.measure import quality
 from unclip.measure.oracle import score_specified
 from unclip.measure.quality import held_out_captions, text_diff_quality, text_to_image_quality, variation_quality
 

@@ -83,7 +83,8 @@ def embed(clip_name, data, out, fmt, size, crop, flip, min_size, caption_column,
     import torch
 
     from unclip.cli.train_common import check_threads_option
-    from unclip.data.embed_cache import build_embedding_cache, resolved_clip_name
+    from unclip.data.cache_settings import resolved_clip_name
+    from unclip.data.embed_cache import build_embedding_cache
     from unclip.data.transforms import ImageTransform
     from unclip.encoders.loading import load_clip
     from unclip.limits import ResourceLimitError

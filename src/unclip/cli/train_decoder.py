@@ -32,14 +32,16 @@ def command(
     cache, preset, holdout, prediction, snr_gamma, norm_groups, use_text, image_drop, text_drop, **options
 ) -> None:
     """Train the decoder U-Net (learned variance, hybrid loss) on a shapes cache."""
-    from unclip.diffusion.stage_config import DiffusionConfig
+    from dataclasses import replace
+
+    from unclip.diffusion.stage_config import DECODER_DIFFUSION
     from unclip.train.decoder_task import DecoderTask, DecoderTaskConfig
 
     try:
         task = DecoderTask(
             DecoderTaskConfig(
                 cache=cache, preset=preset, holdout=holdout, use_text=use_text, image_drop=image_drop,
-                text_drop=text_drop, diffusion=DiffusionConfig(prediction=prediction, variance="learned_range"),
+                text_drop=text_drop, diffusion=replace(DECODER_DIFFUSION, prediction=prediction),
                 snr_gamma=snr_gamma, norm_groups=norm_groups,
             )
         )  # fmt: skip

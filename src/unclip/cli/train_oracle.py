@@ -78,7 +78,7 @@ def command(steps: int, batch_size: int, lr: float, warmup_steps: int, weight_de
             out: Path) -> None:  # fmt: skip
     """Train the shapes oracle (attribute classifier and Fréchet feature network)."""
     from unclip.cli.train_common import check_batch_option, check_threads_option
-    from unclip.measure.oracle_net import PRESETS
+    from unclip.models.oracle_net import PRESETS
     from unclip.train.config import TrainConfig
     from unclip.train.loop import run_training
     from unclip.train.oracle_task import OracleTask, OracleTaskConfig

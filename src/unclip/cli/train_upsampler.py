@@ -29,7 +29,9 @@ def command(
     cache, preset, holdout, prediction, degradation, crop_fraction, image_size, low_res_size, **options
 ) -> None:
     """Train an upsampler U-Net (fixed-small variance) on a shapes cache."""
-    from unclip.diffusion.stage_config import DiffusionConfig
+    from dataclasses import replace
+
+    from unclip.diffusion.stage_config import UPSAMPLER_DIFFUSION
     from unclip.train.decoder_task import UpsamplerTask, UpsamplerTaskConfig
 
     try:
@@ -42,7 +44,7 @@ def command(
                 crop_fraction=crop_fraction,
                 image_size=image_size,
                 low_res_size=low_res_size,
-                diffusion=DiffusionConfig(prediction=prediction, variance="fixed_small"),
+                diffusion=replace(UPSAMPLER_DIFFUSION, prediction=prediction),
             )
         )
     except (ValueError, FileNotFoundError) as err:

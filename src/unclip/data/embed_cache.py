@@ -30,12 +30,10 @@ shapes-world layout written by :func:`unclip.data.shapes_cache.build_shapes_cach
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import sys
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from unclip.data.cache_settings import (
+    clip_fingerprint,
+    describe_differences,
+    resolved_clip_name,
+    resolved_source,
+    setting_differences,
+)
 from unclip.data.transforms import SKIP_REASONS, BadSample, ImageTransform, SkippedSample
 from unclip.encoders.base import ClipEncoder, TextEmbedding
 from unclip.io import atomic_write_text, load_safetensors
@@ -56,67 +61,6 @@ FIELDS = ("images", "image_embedding", "text_pooled", "text_tokens", "text_mask"
 # Settings that must agree for a resumed build to add parts to an existing cache.
 _SETTING_KEYS = ("format", "version", "size", "crop", "flip", "clip", "clip_sha256", "clip_dim", "token_width",
                  "max_text_length", "source", "num_parts")  # fmt: skip
-
-
-def clip_fingerprint(clip: ClipEncoder) -> str:
-    """sha256 of a CLIP's weights (every network the encoder holds, float32 values in key order): the same
-    weights give the same fingerprint whatever their file, directory or runtime dtype."""
-    from torch import nn
-
-    h = hashlib.sha256()
-    modules = sorted((k, v) for k, v in vars(clip).items() if isinstance(v, nn.Module))
-    for name, module in modules:
-        for key, tensor in sorted(module.state_dict().items()):
-            t = tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype).contiguous()
-            h.update(f"{name}.{key}:{t.dtype}{tuple(t.shape)}|".encode())
-            if t.numel():
-                h.update(t.reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
-
-
-def resolved_location(value: str | Path, names: tuple[str, ...] = ()) -> str:
-    """A local path as an absolute, resolved one (``photos`` and ``./photos/`` are the same directory); the
-    built-in ``names`` (e.g. the CLIP ``"shapes"``), what does not exist, ``pipe:`` commands and URLs unchanged."""
-    value = str(value)
-    if value in names or value.startswith("pipe:") or "://" in value or not Path(value).exists():
-        return value
-    return str(Path(value).resolve())
-
-
-def resolved_clip_name(clip_name: str | Path) -> str:
-    """A CLIP's name as recorded in a cache: a built-in name as is, a directory resolved."""
-    from unclip.encoders.loading import BUILTIN_NAMES
-
-    return resolved_location(clip_name, tuple(BUILTIN_NAMES))
-
-
-def _resolved_source(description: dict[str, Any]) -> dict[str, Any]:
-    out = dict(description)
-    if isinstance(out.get("root"), str):
-        out["root"] = resolved_location(out["root"])
-    if isinstance(out.get("shards"), list):
-        out["shards"] = [resolved_location(str(s)) for s in out["shards"]]
-    return out
-
-
-def setting_differences(old: dict[str, Any], new: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
-    """Keys whose values differ between a cache's recorded settings and a build's (or a reuse's).
-
-    Two CLIPs with the same weight fingerprint are the same CLIP wherever they live, so then ``clip`` (its name
-    or directory) is not compared. A cache recorded before fingerprints existed is accepted with a warning.
-    """
-    same_weights = bool(old.get("clip_sha256")) and old.get("clip_sha256") == new.get("clip_sha256")
-    diff = []
-    for k in keys:
-        if (k == "clip" and same_weights) or (k == "clip_sha256" and k not in old):
-            continue
-        if old.get(k) != new.get(k):
-            diff.append(k)
-    if "clip_sha256" not in old and "clip_sha256" in new:
-        warnings.warn(
-            "the cache does not record which CLIP weights built it (an older unclip); not checked", stacklevel=3
-        )
-    return diff
 
 
 class CaptionedSource(Protocol):
@@ -471,16 +415,6 @@ class _PartWriter:
         return n
 
 
-def describe_differences(old: dict[str, Any], new: dict[str, Any], keys: list[str]) -> str:
-    """``key: cache has X, now Y`` for each differing key, values shortened."""
-
-    def short(value: Any) -> str:
-        text = json.dumps(value, default=str)
-        return text if len(text) <= 60 else text[:57] + "..."
-
-    return "; ".join(f"{k}: cache has {short(old.get(k))}, now {short(new.get(k))}" for k in keys)
-
-
 def build_settings(source: CaptionedSource, clip: ClipEncoder, transform: ImageTransform, clip_name: str) -> dict:
     """The settings a cache records (and a resumed build must match)."""
     return {
@@ -494,7 +428,7 @@ def build_settings(source: CaptionedSource, clip: ClipEncoder, transform: ImageT
         "clip_dim": clip.dim,
         "token_width": clip.token_width,
         "max_text_length": clip.max_text_length,
-        "source": _resolved_source(source.describe()),
+        "source": resolved_source(source.describe()),
         "num_parts": source.num_parts,
     }
 

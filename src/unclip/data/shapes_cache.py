@@ -29,13 +29,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unclip.data.embed_cache import (
-    EmbeddingCache,
-    clip_fingerprint,
-    describe_differences,
-    resolved_clip_name,
-    setting_differences,
-)
+from unclip.data.cache_settings import clip_fingerprint, describe_differences, resolved_clip_name, setting_differences
+from unclip.data.embed_cache import EmbeddingCache
 from unclip.data.shapes import ShapesWorld
 from unclip.encoders.base import ClipEncoder, TextEmbedding
 from unclip.io import atomic_write_text, load_safetensors, remove_orphaned_tmp, save_safetensors

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from unclip.data.shapes_captions import COLOURS, FILLS, POSITIONS, SHAPES, SIZES, parse_caption
-from unclip.measure.oracle_net import IMAGE_HEADS, NUM_SLOTS, SLOT_HEADS, OracleConfig, ShapesOracle
+from unclip.models.oracle_net import IMAGE_HEADS, NUM_SLOTS, SLOT_HEADS, OracleConfig, ShapesOracle
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "oracle"
 OBJECT_ATTRIBUTES = tuple(SLOT_HEADS)  # shape, colour, size, fill, position
@@ -35,6 +35,10 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "count": ("1", "2"),
     "relation": ("to the left of", "above"),
 }
+# The network's heads have fixed class counts; the logits are read through these names, so they must agree.
+_HEADS = {**SLOT_HEADS, **IMAGE_HEADS}
+if any(len(names) != _HEADS[head] for head, names in CLASS_NAMES.items()):
+    raise ImportError(f"the shapes vocabulary {CLASS_NAMES} does not fit the oracle's heads {_HEADS}")
 IGNORE = -100  # target value of a label that does not exist (slot B of a one-object image, ...)
 _CANONICAL = {"to the left of": 0, "above": 1}
 _SWAPPED = {"to the right of": 0, "below": 1}

@@ -23,6 +23,7 @@ MODEL_KINDS: dict[str, tuple[str, str]] = {
     "ar_prior": ("unclip.models.ar_prior", "ARPrior"),
     "decoder": ("unclip.models.decoder_unet", "DecoderUNet"),
     "upsampler": ("unclip.models.upsampler_unet", "UpsamplerUNet"),
+    "oracle": ("unclip.models.oracle_net", "ShapesOracle"),
 }
 
 

@@ -142,6 +142,25 @@ def builtin_model_dir(name: str) -> Path:
     return Path(str(resources.files("unclip") / "assets" / name))
 
 
+def model_dir(path: str | Path) -> Path:
+    """The directory a pipeline is loaded from: a built-in model's (``"shapes"``, which must be installed) or
+    ``path`` itself, which must be a directory."""
+    if isinstance(path, str) and path in BUILTIN_MODELS:
+        directory = builtin_model_dir(path)
+        if not (directory / INDEX_FILE).is_file():
+            raise FileNotFoundError(
+                f"the built-in model {path!r} is not in this installation ({directory}); "
+                "train it with `unclip train shapes`"
+            )
+        return directory
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"model not found: {str(path)!r} is neither a directory nor a built-in model {list(BUILTIN_MODELS)}"
+        )
+    return directory
+
+
 ACTIVATION_FACTOR = 48
 """Activation bytes of a network forward per (position x base width x element size): ~25 measured on the shapes
 model's peak memory, doubled for safety."""

@@ -33,10 +33,7 @@ from unclip.pipeline.options import (  # noqa: F401 - re-exported
     DIFFUSION_FILE,
     FORMAT,
     INDEX_FILE,
-    MAX_PROMPT_CHARS,
-    STAGES,
     GenerationDefaults,
-    NonFiniteError,
     PromptWarning,
     Stage,
     UnCLIPOutput,
@@ -45,6 +42,7 @@ from unclip.pipeline.options import (  # noqa: F401 - re-exported
     builtin_model_dir,
     check_finite,
     check_prompts,
+    model_dir,
     prior_bytes_per_sample,
     unet_bytes_per_sample,
 )
@@ -124,19 +122,7 @@ class UnCLIPPipeline:
         dtype: torch.dtype | None = None,
     ) -> UnCLIPPipeline:
         """Load a pipeline: a built-in name (``"shapes"``) or a directory (ours, or diffusers' UnCLIP layout)."""
-        if isinstance(path, str) and path in BUILTIN_MODELS:
-            directory = builtin_model_dir(path)
-            if not (directory / INDEX_FILE).is_file():
-                raise FileNotFoundError(
-                    f"the built-in model {path!r} is not in this installation ({directory}); "
-                    "train it with `unclip train shapes`"
-                )
-        else:
-            directory = Path(path)
-            if not directory.is_dir():
-                raise FileNotFoundError(
-                    f"model not found: {str(path)!r} is neither a directory nor a built-in model {list(BUILTIN_MODELS)}"
-                )
+        directory = model_dir(path)
         index = read_index(directory, INDEX_FILE)
         if index is None or index.get("format") != FORMAT:
             fmt = find_format(directory, index)

@@ -1,4 +1,4 @@
-"""``OracleTask``: trains the shapes oracle (:mod:`unclip.measure.oracle_net`) through the one loop.
+"""``OracleTask``: trains the shapes oracle (:mod:`unclip.models.oracle_net`) through the one loop.
 
 Sample ``i`` is shapes-world scene ``i`` of ``ShapesWorld(data_seed, two_object_prob)``, rendered at
 ``low_size`` px when ``i`` is odd (then resized to the oracle's input size exactly as the oracle does)
@@ -20,7 +20,7 @@ from unclip.config import save_config
 from unclip.data.shapes import ShapesWorld, images_to_tensor
 from unclip.io import atomic_write_text, save_safetensors
 from unclip.measure.oracle import encode_records, evaluate_on_world, oracle_loss
-from unclip.measure.oracle_net import OracleConfig, ShapesOracle, resize_images
+from unclip.models.oracle_net import OracleConfig, ShapesOracle, resize_images
 
 
 @dataclass

@@ -28,20 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unclip.data.shapes_captions import COLOURS, FILLS, POSITIONS, SHAPES, SIZES
-
 NUM_SLOTS = 2
-# Per-slot classification heads and their number of classes.
-SLOT_HEADS: dict[str, int] = {
-    "shape": len(SHAPES),
-    "colour": len(COLOURS),
-    "size": len(SIZES),
-    "fill": len(FILLS),
-    "position": len(POSITIONS),
-}
-# Per-image classification heads: count is 1 or 2 objects (class 0 -> 1 object); relation 0 is
-# "to the left of" (horizontal), 1 is "above" (vertical).
-IMAGE_HEADS: dict[str, int] = {"count": 2, "background": len(COLOURS), "relation": 2}
+# Per-slot classification heads and their number of classes: the shapes world's 6 shapes, 8 colours, 2 sizes,
+# 2 fills and 9 positions. The counts are part of the network (a trained oracle's weights fix them); the class
+# names are the world's vocabulary, which unclip.measure.oracle reads the logits with (and checks against these).
+SLOT_HEADS: dict[str, int] = {"shape": 6, "colour": 8, "size": 2, "fill": 2, "position": 9}
+# Per-image classification heads: count is 1 or 2 objects (class 0 -> 1 object); background is one of the 8
+# colours; relation 0 is "to the left of" (horizontal), 1 is "above" (vertical).
+IMAGE_HEADS: dict[str, int] = {"count": 2, "background": 8, "relation": 2}
 
 
 @dataclass
