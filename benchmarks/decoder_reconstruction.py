@@ -36,12 +36,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from unclip import UnCLIPPipeline
-    from unclip.data.shapes_cache import ShapesCache
+    from unclip.data.embed_cache import EmbeddingCache
     from unclip.measure.oracle import load_oracle
     from unclip.measure.quality import reconstruction_quality
 
     pipe = UnCLIPPipeline.from_pretrained(args.model)
-    cache = ShapesCache.load(args.cache)
+    cache = EmbeddingCache.load(args.cache)
     oracle = load_oracle()
     settings = pipe._settings(decoder_guidance_scale=args.guidance, decoder_steps=args.steps)
     rows = list(range(len(cache) - args.rows, len(cache)))

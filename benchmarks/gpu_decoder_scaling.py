@@ -109,8 +109,9 @@ def main() -> None:
         summary["gpu"] = torch.cuda.get_device_name(0)
     print(f"[{elapsed():.0f}s] device {summary.get('gpu', args.device)}", flush=True)
 
+    from unclip.data.embed_cache import EmbeddingCache
     from unclip.data.shapes import ShapesWorld
-    from unclip.data.shapes_cache import ShapesCache, build_shapes_cache
+    from unclip.data.shapes_cache import build_shapes_cache
     from unclip.encoders.loading import load_clip
 
     cache_dir = args.out / "cache"
@@ -164,7 +165,7 @@ def main() -> None:
 
     from unclip import UnCLIPPipeline
 
-    cache = ShapesCache.load(cache_dir)
+    cache = EmbeddingCache.load(cache_dir)
     rows = list(range(len(cache) - min(args.eval_rows, args.holdout), len(cache)))
     pipe = UnCLIPPipeline.from_pretrained("shapes").to(args.device, torch.float32)
     summary["reconstruction"] = {"shipped": reconstruction(pipe, None, cache, rows, args.eval_batch)}

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--diffusion", default=None, help="exported diffusion prior directory")
     parser.add_argument("--ar", default=None, help="exported AR prior directory")
-    parser.add_argument("--clip", default=None, help="the cache's CLIP (default: the name in its meta.json)")
+    parser.add_argument("--clip", default=None, help="the cache's CLIP (default: the one its index.json names)")
     parser.add_argument("--steps", type=int, default=25, help="diffusion prior sampler steps")
     parser.add_argument("--sampler", default="ddpm", help="diffusion prior sampler")
     parser.add_argument("--guidance", type=float, default=4.0, help="diffusion prior guidance scale")

@@ -192,7 +192,8 @@ def train_shapes(
     only (not from CLIP), so an earlier run of the same recipe's upsampler is what this run would train;
     its config must match the recipe's sizes.
     """
-    from unclip.data.shapes_cache import ShapesCache, build_shapes_cache, null_text_for_cache
+    from unclip.data.embed_cache import EmbeddingCache, null_text_for_cache
+    from unclip.data.shapes_cache import build_shapes_cache
     from unclip.encoders.own_clip import OwnClipEncoder
     from unclip.models.serialization import load_model
     from unclip.pipeline import GenerationDefaults, Stage, UnCLIPPipeline
@@ -228,7 +229,7 @@ def train_shapes(
         render_workers=0 if cpus <= 2 else min(16, cpus - 1), clip_name=str(out / "clip" / "model"),
     )  # fmt: skip
     timings["cache"] = time.monotonic() - t0
-    cache = ShapesCache.load(out / "cache")
+    cache = EmbeddingCache.load(out / "cache")
 
     prior_task = DiffusionPriorTask(
         cache, null_text_for_cache(cache, clip), recipe.prior.preset, holdout=recipe.holdout, eval_rows=0

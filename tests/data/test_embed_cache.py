@@ -13,7 +13,6 @@ from unclip.cli.main import cli
 from unclip.data.embed_cache import EmbeddingCache, RowStore, build_embedding_cache, cache_status
 from unclip.data.image_folder import ImageFolderSource, write_image_folder
 from unclip.data.shapes import ShapesWorld
-from unclip.data.shapes_cache import ShapesCache
 from unclip.data.transforms import ImageTransform
 from unclip.data.webdataset_source import WebDatasetSource, write_webdataset
 from unclip.pipeline.builder import tiny_clip
@@ -107,7 +106,6 @@ def test_folder_cache_matches_direct_clip_calls(folder, clip, tmp_path):
     in_memory = EmbeddingCache.load(tmp_path / "c", mmap=False, limit=7)
     assert len(in_memory) == 7 and torch.equal(in_memory.images, cache.images[:7])
     assert torch.equal(in_memory.text.tokens, cache.text.tokens[:7])
-    assert isinstance(ShapesCache.load(tmp_path / "c"), EmbeddingCache)  # the stage tasks' loader reads it
 
 
 def test_build_is_sharded_and_resumable(shards, clip, tmp_path):

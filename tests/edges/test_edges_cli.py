@@ -301,7 +301,7 @@ def test_unclip_sampler_v_matches_ddpm_on_the_respaced_schedule(variance):
     from unclip.diffusion import Parameterization, make_schedule
     from unclip.samplers.base import Predictor
     from unclip.samplers.ddpm import ddpm_sample
-    from unclip.stages.decoding import unclip_sample_fp32
+    from unclip.samplers.unclip import unclip_sample as unclip_sample_fp32
 
     channels = 2 if variance == "learned_range" else 1
 

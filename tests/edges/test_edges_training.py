@@ -190,7 +190,7 @@ def test_embed_resume_compares_resolved_paths_and_cache_records_its_clip(clip_di
     cache = tmp_path / "shapes_cache"
     clip_a = tiny_clip(0)
     build_shapes_cache(cache, clip_a, num=8, size=16, clip_name=str(clip_dir), progress=False)
-    meta = json.loads((cache / "meta.json").read_text())
+    meta = json.loads((cache / "index.json").read_text())
     assert meta["clip_sha256"] == clip_fingerprint(clip_a) and meta["clip"] == str(clip_dir.resolve())
     with pytest.raises(ValueError, match="clip_sha256"):
         build_shapes_cache(cache, tiny_clip(1), num=8, size=16, clip_name=str(clip_dir), progress=False)

@@ -43,7 +43,8 @@ HOLDOUT = 40
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny pipeline (saved as SHAPES_RUN/pipeline), a 96-row cache of it, a random tiny oracle, two tiny priors."""
-    from unclip.data.shapes_cache import ShapesCache, build_shapes_cache, null_text_for_cache
+    from unclip.data.embed_cache import EmbeddingCache, null_text_for_cache
+    from unclip.data.shapes_cache import build_shapes_cache
     from unclip.train.config import TrainConfig
     from unclip.train.loop import run_training
     from unclip.train.prior_task import ARPriorTask, DiffusionPriorTask
@@ -56,7 +57,7 @@ def world(tmp_path_factory):
     oracle = ShapesOracle(PRESETS["tiny"]())
     save_config(oracle.config, root / "oracle" / "config.json")
     save_safetensors(oracle.state_dict(), root / "oracle" / "model.safetensors")
-    cache = ShapesCache.load(root / "shapes" / "cache")
+    cache = EmbeddingCache.load(root / "shapes" / "cache")
     null = null_text_for_cache(cache, pipe.clip)
     config = TrainConfig(steps=1, batch_size=4, warmup_steps=0, log_every=1, ckpt_every=0, device="cpu")
     run_training(DiffusionPriorTask(cache, null, "tiny", holdout=HOLDOUT, eval_rows=0), config, root / "prior_diff")
@@ -231,9 +232,9 @@ def test_matched_gap_interpolates_the_baseline():
 
 
 def test_comparison_decoders_condition_as_documented(world):
-    from unclip.data.shapes_cache import ShapesCache
+    from unclip.data.embed_cache import EmbeddingCache
 
-    cache = ShapesCache.load(world / "shapes" / "cache")
+    cache = EmbeddingCache.load(world / "shapes" / "cache")
     rows = [0, 1, 2]
     for cond in ("image", "caption", "text_embedding"):
         task = ComparisonDecoderTask(cache, cond, TEST_DECODERS, HOLDOUT)
@@ -282,9 +283,9 @@ def test_units_are_keyed_by_their_inputs(world, tmp_path):
     assert ctx.run_dir("pca", uses=("cache", "oracle")) != a
     assert replace(ctx, seed=1).run_dir("pca", uses=("cache",)) != a
     assert replace(ctx, cache=tmp_path / "other").run_dir("pca", uses=("cache",)) != a
-    meta = world / "shapes" / "cache" / "meta.json"
+    meta = world / "shapes" / "cache" / "index.json"
     st = meta.stat()
-    os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a rebuilt cache (newer meta.json)
+    os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a rebuilt cache (newer index.json)
     assert ctx.run_dir("pca", uses=("cache",)) != a
 
 
@@ -345,7 +346,9 @@ def test_missing_cache_is_built_like_the_recipe_from_a_clean_clone(tmp_path, mon
     assert len(cache) == 10 and cache.images.shape[1] == 16 and any("building it" in m for m in logs)
     world = ShapesWorld(seed=3)
     assert [world.sample(i).caption for i in range(10)] == list(cache.captions)
-    expected = ctx.get_pipeline().clip.embed_images(world.batch(range(10), 16)[0]).float()
+    clip = ctx.get_pipeline().clip  # CLIP sees each rendering through its PIL preprocessing, as for any source
+    renders = [Image.fromarray(world.render_index(i, 16)) for i in range(10)]
+    expected = clip.embed_images(clip.preprocess_pil(renders)).float()
     torch.testing.assert_close(cache.image_embedding.float(), expected, atol=1e-4, rtol=1e-4)
     (tmp_path / "other" / "clip").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="unclip train shapes"):

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from unclip.config import save_config
+from unclip.data.embed_cache import EmbeddingCache
 from unclip.data.shapes import ShapesWorld
-from unclip.data.shapes_cache import ShapesCache, build_shapes_cache
+from unclip.data.shapes_cache import build_shapes_cache
 from unclip.encoders.base import TextEmbedding
 from unclip.measure.prior_metrics import (
     AR,
@@ -91,7 +92,7 @@ def test_measure_priors_baselines_and_sampling_plumbing():
 def test_measure_prior_dirs_scores_the_heldout_rows(tmp_path):
     clip = tiny_clip(0)
     build_shapes_cache(tmp_path / "cache", clip, 24, ShapesWorld(seed=2), 16, progress=False)
-    cache = ShapesCache.load(tmp_path / "cache")
+    cache = EmbeddingCache.load(tmp_path / "cache")
     torch.manual_seed(0)
     prior = build_model("prior", "tiny")
     prior.fit_clip_stats(cache.image_embedding[:16])

@@ -7,6 +7,7 @@ from torch import nn
 from unclip.encoders.base import TextEmbedding
 from unclip.models.ar_prior import ARPrior, ARPriorConfig
 from unclip.models.prior import DiffusionPrior, PriorConfig
+from unclip.samplers import SAMPLER_NAMES
 from unclip.stages.prior import repeat_text, sample_ar_prior, sample_prior, select_best_of
 
 D, L, W = 8, 5, 8
@@ -111,12 +112,48 @@ def test_best_of_k_keeps_the_max_cosine_candidate_of_the_same_draws():
     assert not torch.allclose(all_cands[:, 0], all_cands[:, 1])  # the candidates really differ
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++", "unclip"])
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
 def test_every_sampler_runs_on_the_prior(sampler):
     torch.manual_seed(0)
     prior = DiffusionPrior(PriorConfig(clip_dim=D, text_width=W, text_len=L, width=16, layers=1, heads=2)).eval()
     out = sample_prior(prior, _text(2), _null(), steps=3, sampler=sampler, generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, D) and torch.isfinite(out).all()
+
+
+def test_unclip_sampler_on_the_prior_is_the_shipped_float32_walk():
+    """sample_prior(sampler="unclip") is what sample_prior_unclip was: the CFG batch [null; text] over B·k candidate
+    rows, x0 clamped in normalised space, the float32 UnCLIPScheduler walk (x_T for all rows, then one noise per
+    step), de-normalised, best-of-k by cosine: equal, bit for bit, to those steps written out."""
+    from unclip.diffusion.stage_config import PRIOR_DIFFUSION
+    from unclip.samplers import Predictor, classifier_free_guidance, unclip_sample, unclip_timesteps
+    from unclip.stages.prior import sample_prior_unclip
+
+    torch.manual_seed(0)
+    prior = DiffusionPrior(PriorConfig(clip_dim=D, text_width=W, text_len=L, width=16, layers=1, heads=2)).eval()
+    prior.set_clip_stats(torch.randn(D), torch.rand(D) + 0.5)
+    text, null, b, k, steps = _text(3, seed=1), _null(), 3, 2, 6
+    kw = dict(steps=steps, guidance_scale=4.0, best_of=k, clamp=5.0, diffusion=PRIOR_DIFFUSION)
+    ours = sample_prior(prior, text, null, sampler="unclip", generator=torch.Generator().manual_seed(5), **kw)
+
+    cond, unc = repeat_text(text, k), repeat_text(null, k, batch=b)
+    as_kwargs = lambda e: {"text_pooled": e.pooled, "text_tokens": e.tokens, "text_mask": e.mask.bool()}  # noqa: E731
+    param = PRIOR_DIFFUSION.parameterization()
+    denoiser = classifier_free_guidance(prior, 4.0, cond=as_kwargs(cond), uncond=as_kwargs(unc), param=param)
+    with torch.no_grad():
+        z = unclip_sample(Predictor(denoiser, param, clip_x0=5.0), PRIOR_DIFFUSION.make_schedule(), steps,
+                          shape=(b * k, D), generator=torch.Generator().manual_seed(5))  # fmt: skip
+    reference, _ = select_best_of(prior.denormalize(z).view(b, k, D), text.pooled)
+    assert torch.equal(ours, reference)
+    # the alias the pipeline used is the same call
+    alias = sample_prior_unclip(prior, text, null, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(alias, ours)
+
+    stub = _StubPrior()  # one forward per step on [null; text], at the UnCLIPScheduler's timesteps
+    sample_prior(stub, text, null, sampler="unclip", generator=torch.Generator().manual_seed(5), **kw)
+    assert [int(t[0]) for _, t, _, _ in stub.calls] == unclip_timesteps(1000, steps)
+    x, _, pooled, _ = stub.calls[0]
+    assert x.shape == (2 * b * k, D)
+    assert torch.equal(pooled[: b * k], unc.pooled) and torch.equal(pooled[b * k :], cond.pooled)
 
 
 def test_bad_options_raise():

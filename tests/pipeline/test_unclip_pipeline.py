@@ -118,3 +118,135 @@ def test_missing_model_is_clear(tmp_path):
         from unclip.pipeline.unclip_pipeline import builtin_model_dir
 
         builtin_model_dir("nope")
+
+
+# ---------------------------------------------------------------- batched manipulations, the prior interface
+
+
+def _source(seed: int, size: int = 16) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(26, 230, (size, size, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def base_pipe():
+    """Decoder only (no upsampler): DDIM at eta 0 then draws no noise at all."""
+    return build_pipeline("tiny", num_upsamplers=0, defaults=GenerationDefaults(**FAST, inversion_steps=4))
+
+
+def test_batched_vary_and_edit_equal_the_per_image_calls(base_pipe, monkeypatch):
+    images = [_source(0), _source(1, 24), _source(2)]
+    batch_sizes = []
+    original = base_pipe.decoder.model.forward
+
+    def spy(x, t, **kw):
+        batch_sizes.append(x.shape[0])
+        return original(x, t, **kw)
+
+    monkeypatch.setattr(base_pipe.decoder.model, "forward", spy)
+    batched = base_pipe.vary(images, num_images=2, eta=0.0, seed=0, output_type="pt")
+    assert batched.shape == (6, 3, 16, 16)
+    assert set(batch_sizes) == {3, 12}  # inversion [3] (unguided), then one guided decoder batch [2 x 3 x 2]
+    batch_sizes.clear()
+    for i, image in enumerate(images):
+        one = base_pipe.vary(image, num_images=2, eta=0.0, seed=0, output_type="pt")
+        torch.testing.assert_close(batched[2 * i : 2 * i + 2], one, atol=2e-5, rtol=0)
+    assert not torch.allclose(batched[0], batched[2], atol=1e-3)  # the images really differ
+    thetas = [0.0, 0.5]
+    to_texts, from_texts = ["a blue circle", "a red star", "a green cross"], ["a red circle", None, "a cross"]
+    edits = base_pipe.edit(images, to_text=to_texts, from_text=from_texts, thetas=thetas, seed=0, output_type="pt")
+    assert edits.shape == (6, 3, 16, 16)
+    for i, image in enumerate(images):
+        one = base_pipe.edit(image, to_text=to_texts[i], from_text=from_texts[i], thetas=thetas, seed=0,
+                             output_type="pt")  # fmt: skip
+        torch.testing.assert_close(edits[2 * i : 2 * i + 2], one, atol=2e-5, rtol=0)
+    # one caption for every image
+    same = base_pipe.edit(images[:2], to_text="a blue circle", thetas=[0.5], output_type="pt")
+    torch.testing.assert_close(same[1:], base_pipe.edit(images[1], "a blue circle", thetas=[0.5], output_type="pt"),
+                               atol=2e-5, rtol=0)  # fmt: skip
+    with pytest.raises(ValueError, match="one per image"):
+        base_pipe.edit(images, to_text=["a", "b"])
+
+
+def test_one_image_in_a_list_is_the_single_image_call(pipe):
+    """With noise (eta 1, a DDPM upsampler) a batch of one is the same computation as the single image, bit for bit."""
+    source = _source(3, 40)
+    assert torch.equal(pipe.vary([source], num_images=2, seed=4, output_type="pt"),
+                       pipe.vary(source, num_images=2, seed=4, output_type="pt"))  # fmt: skip
+    assert torch.equal(pipe.edit([source], "a blue circle", thetas=[0.0, 0.5], seed=4, output_type="pt"),
+                       pipe.edit(source, "a blue circle", thetas=[0.0, 0.5], seed=4, output_type="pt"))  # fmt: skip
+
+
+def test_edit_at_theta_zero_is_the_ddim_reconstruction(pipe, base_pipe):
+    from dataclasses import replace
+
+    from unclip.images import pil_to_tensor, tensor_to_output
+
+    source = _source(5)
+    # θ = 0 decodes the image's own z_i from its inverted x_T: pipe.invert then pipe.decode (DDIM, eta 0)
+    edit = pipe.edit(source, to_text="a blue star", from_text="a red circle", thetas=[0.0], seed=7, output_type="pt")
+    z_i, x_T = pipe.invert(source)
+    settings = replace(pipe.defaults, decoder_steps=pipe.defaults.inversion_steps)
+    decoded = pipe.decode(z_i, None, settings, torch.Generator().manual_seed(7), x_T=x_T, eta=0.0, sampler="ddim")
+    torch.testing.assert_close(edit, tensor_to_output(decoded, "pt"), atol=1e-6, rtol=0)
+    # and that reconstruction is the image (unguided, enough steps, no upsampler)
+    back = base_pipe.edit(source, "a blue star", thetas=[0.0], decoder_guidance_scale=1.0, decoder_steps=50,
+                          output_type="pt") * 2 - 1  # fmt: skip
+    assert (back[0] - pil_to_tensor([source], 16)[0]).abs().max() < 0.05
+
+
+def _ar_pipeline(pipe) -> UnCLIPPipeline:
+    from dataclasses import replace
+
+    from unclip.models import build_model, model_config
+
+    clip = pipe.clip
+    config = replace(model_config("ar_prior", "tiny"), clip_dim=clip.dim, text_width=clip.token_width,
+                     text_len=clip.max_text_length)  # fmt: skip
+    torch.manual_seed(0)
+    prior = build_model("ar_prior", config)
+    prior.fit_quantizers(torch.randn(64, clip.dim), torch.randn(64, clip.dim))
+    return UnCLIPPipeline(clip, prior, pipe.decoder, pipe.upsamplers, pipe.defaults)
+
+
+def test_both_priors_satisfy_the_interface_and_round_trip(pipe, tmp_path):
+    import json
+
+    from unclip.pipeline import ARPriorStage, DiffusionPriorStage, Prior
+
+    ar = _ar_pipeline(pipe)
+    assert isinstance(pipe.prior, DiffusionPriorStage) and isinstance(ar.prior, ARPriorStage)
+    for p, kind in ((pipe, "prior"), (ar, "ar_prior")):
+        assert isinstance(p.prior, Prior) and p.prior.kind == kind and not p.prior.module.training
+        text = p.embed_prompts(["a red circle", "a blue star"])
+        z = p.prior.sample(text, p.null_text(), p.defaults, torch.Generator().manual_seed(0), None)
+        assert z.shape == (2, p.clip.dim) and torch.isfinite(z).all()
+        p.save_pretrained(tmp_path / kind)
+        assert json.loads((tmp_path / kind / "model_index.json").read_text())["prior_kind"] == kind
+        loaded = UnCLIPPipeline.from_pretrained(tmp_path / kind)
+        assert type(loaded.prior) is type(p.prior)
+        kw = dict(seed=3, output_type="pt")
+        assert torch.equal(loaded("a green cross", **kw), p("a green cross", **kw))
+    assert not (tmp_path / "ar_prior" / "prior" / "diffusion.json").exists()
+
+
+def test_the_pipeline_samples_through_the_prior_interface(pipe):
+    """Any object with kind/module/sample/save is a prior; the pipeline asks nothing else of it."""
+    target = torch.randn(1, pipe.clip.dim)
+
+    class Fixed:
+        kind = "fixed"
+        module = torch.nn.Linear(1, 1)
+
+        def sample(self, text, null_text, settings, generator, progress):
+            assert settings.prior_steps == 5 and null_text.pooled.shape[0] == 1
+            return target.expand(text.pooled.shape[0], -1)
+
+        def save(self, directory, dtype=None):
+            raise NotImplementedError
+
+    custom = UnCLIPPipeline(pipe.clip, Fixed(), pipe.decoder, pipe.upsamplers, pipe.defaults)
+    out = custom("a red circle", num_images_per_prompt=2, prior_steps=5, seed=1, return_embeddings=True)
+    assert torch.equal(out.image_embeddings, target.expand(2, -1))
+    with pytest.raises(TypeError, match="prior must be"):
+        UnCLIPPipeline(pipe.clip, torch.nn.Linear(2, 2), pipe.decoder)

@@ -104,7 +104,7 @@ def test_validation_errors() -> None:
         ddpm_sample(pred, BASE.respace("5"), torch.zeros(1, 2), shape=(1, 3))
     with pytest.raises(ValueError, match="eta"):
         ddim_sample(pred, BASE.respace("5"), torch.zeros(1, 2), eta=-0.1)
-    with pytest.raises(ValueError, match="fixed_small or learned_range"):
+    with pytest.raises(ValueError, match="fixed_small/learned_range"):
         unclip_sample(Predictor(model, Parameterization("eps", "fixed_large")), BASE, 5, shape=(1, 2))
     with pytest.raises(ValueError, match="training schedule"):
         unclip_sample(pred, BASE.respace("10"), 5, shape=(1, 2))

@@ -233,3 +233,29 @@ def test_unclip_matches_unclipscheduler(shape, prediction_type, variance_type, c
     # The same walk as ancestral DDPM on the "25" respacing (different code path, same math).
     again = run_sampler("ddpm", predictor, BASE, 25, x_T(shape, 7), generator=torch.Generator().manual_seed(8))
     assert (again - ours[-1]).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize(
+    "shape,prediction_type,variance_type,clip_range,steps",
+    [
+        (EMBED, "sample", "fixed_small_log", 5.0, 25),  # Karlo's prior in diffusers
+        (IMAGE, "epsilon", "learned_range", 1.0, 25),  # Karlo's decoder
+        (IMAGE, "epsilon", "fixed_small_log", 1.0, 7),  # Karlo's super-resolution
+    ],
+)
+def test_unclip_float32_matches_unclipscheduler_as_shipped(shape, prediction_type, variance_type, clip_range, steps):
+    """The path that ships: a float32 sample against diffusers' UnCLIPScheduler with its own float32 tables."""
+    model = pseudo_model(variance_type == "learned_range")
+    sched = UnCLIPScheduler(
+        variance_type=variance_type, prediction_type=prediction_type, clip_sample=True, clip_sample_range=clip_range
+    )
+    sched.set_timesteps(steps)
+    start = x_T(shape, 9, dtype=torch.float32)
+    theirs = diffusers_loop(sched, model, start.clone(), torch.Generator().manual_seed(10), unclip=True)
+    ours: list[torch.Tensor] = []
+    predictor = unclip_predictor(
+        model, prediction_type=prediction_type, variance_type=variance_type, clip_sample_range=clip_range
+    )
+    run_sampler("unclip", predictor, BASE, steps, start.clone(), generator=torch.Generator().manual_seed(10),
+                callback=collect(ours))  # fmt: skip
+    assert_paths_close(ours, theirs, rtol=F32)  # measured on CPU: bit-identical at every step

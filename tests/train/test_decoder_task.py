@@ -7,8 +7,9 @@ import torch
 from click.testing import CliRunner
 
 from unclip.cli.main import cli
+from unclip.data.embed_cache import EmbeddingCache
 from unclip.data.shapes import ShapesWorld
-from unclip.data.shapes_cache import ShapesCache, build_shapes_cache
+from unclip.data.shapes_cache import build_shapes_cache
 from unclip.models.serialization import load_model
 from unclip.pipeline.builder import tiny_clip
 from unclip.train.config import TrainConfig
@@ -116,7 +117,7 @@ def test_upsampler_trains_on_crops(cache_dir, tmp_path):
 
 
 def test_holdout_validation(cache_dir):
-    cache = ShapesCache.load(cache_dir)
+    cache = EmbeddingCache.load(cache_dir)
     with pytest.raises(ValueError, match="holdout"):
         DecoderTask(DecoderTaskConfig(preset="tiny", holdout=40), cache=cache)
     with pytest.raises(ValueError, match="degradation"):

@@ -8,8 +8,9 @@ from click.testing import CliRunner
 
 from unclip.cli.main import cli
 from unclip.config import load_config
+from unclip.data.embed_cache import EmbeddingCache, null_text_for_cache
 from unclip.data.shapes import ShapesWorld
-from unclip.data.shapes_cache import ShapesCache, build_shapes_cache, null_text_for_cache
+from unclip.data.shapes_cache import build_shapes_cache
 from unclip.diffusion.stage_config import DiffusionConfig
 from unclip.encoders.base import TextEmbedding
 from unclip.models.serialization import load_model
@@ -36,7 +37,7 @@ def cache_dir(tmp_path_factory, clip):
 
 @pytest.fixture(scope="module")
 def cache(cache_dir):
-    return ShapesCache.load(cache_dir)
+    return EmbeddingCache.load(cache_dir)
 
 
 @pytest.fixture(scope="module")

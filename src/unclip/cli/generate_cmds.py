@@ -20,7 +20,8 @@ from unclip.cli.outputs import OutputTarget, plan_output, write_images
 from unclip.pipeline import bounds
 
 SAMPLERS = ("ddpm", "ddim", "dpm++", "unclip")
-"""unclip.samplers.run.SAMPLER_NAMES, kept here so that `unclip --help` does not import torch (a test checks)."""
+"""The names in the sampler registry (unclip.samplers.registry.SAMPLERS), written out so that `unclip --help` does not
+import torch; tests/edges/test_edges_cli.py checks that the two agree. A new sampler adds its name here too."""
 DEFAULT_IMAGES = 4
 """Images a directory ``-o`` gets without ``-n`` (a file ``-o`` gets one)."""
 

@@ -97,7 +97,7 @@ def command(
     import torch
 
     from unclip.cli.train_common import check_batch_option, check_threads_option, train_config
-    from unclip.data.shapes_cache import ShapesCache, null_text_for_cache
+    from unclip.data.embed_cache import EmbeddingCache, null_text_for_cache
     from unclip.encoders.loading import load_clip
     from unclip.io import atomic_write_text
     from unclip.measure.prior_metrics import format_table, measure_prior_dirs, results_to_json
@@ -116,7 +116,7 @@ def command(
         )
     )  # fmt: skip
     try:
-        cache = ShapesCache.load(cache_dir)
+        cache = EmbeddingCache.load(cache_dir)
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise click.ClickException(f"cannot read the cache {cache_dir}: {err}") from None
     # The priors never look at pixels: keep a 1-pixel stub so the images' memory is freed.

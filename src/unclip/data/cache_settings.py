@@ -1,6 +1,6 @@
 """What an embedding cache records about how it was built, and how a build or a reuse is compared with it.
 
-A cache records its settings (:func:`unclip.data.embed_cache.build_settings`; a shapes cache its ``meta.json``):
+A cache records its settings (:func:`unclip.data.embed_cache.build_settings`, in ``settings.json``):
 the CLIP by name or resolved directory and by the fingerprint of its weights, local paths resolved. A resumed
 build, or a task reusing the cache, compares its own settings with them (:func:`setting_differences`) and
 refuses with :func:`describe_differences`.

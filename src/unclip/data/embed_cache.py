@@ -3,7 +3,8 @@
 Training the prior and the decoder needs, per sample, the image and CLIP's image embedding z_i, pooled
 text embedding z_t and token states. :func:`build_embedding_cache` runs CLIP once over a source (an
 :class:`~unclip.data.image_folder.ImageFolderSource`, a :class:`~unclip.data.webdataset_source.WebDatasetSource`,
-anything with ``num_parts``, ``iter_part`` and ``describe``) and writes one directory per source part::
+the shapes world's :class:`~unclip.data.shapes_cache.ShapesSource`, anything with ``num_parts``, ``iter_part``
+and ``describe``) and writes one directory per source part::
 
     OUT/settings.json           build settings (checked on resume: another size/CLIP/source is refused; paths
                                 are recorded resolved, and the CLIP by its weights' fingerprint too)
@@ -24,8 +25,9 @@ caption, tiny image) are counted per part and skipped.
 :class:`EmbeddingCache` reads a cache back with the reader API every stage task uses (``images``,
 ``image_embedding``, ``text``, ``captions``, ``records``, ``specified``, ``meta``, ``pixels``). Row ``i``
 is the ``i``-th good sample in part order. The large fields (images, token states) are memory-mapped
-and gathered per batch (:class:`RowStore`), so a cache larger than memory trains. It also reads the
-shapes-world layout written by :func:`unclip.data.shapes_cache.build_shapes_cache`.
+and gathered per batch (:class:`RowStore`), so a cache larger than memory trains. A shapes-world cache is
+one of these too; its rows' ``extra`` give ``records`` and ``specified``. :func:`null_text_for_cache` checks
+that a CLIP is the one that built a cache and encodes the empty caption (the prior's guidance input).
 """
 
 from __future__ import annotations
@@ -51,14 +53,16 @@ from unclip.data.cache_settings import (
     resolved_source,
     setting_differences,
 )
+from unclip.data.row_store import RowStore
 from unclip.data.transforms import SKIP_REASONS, BadSample, ImageTransform, SkippedSample
 from unclip.encoders.base import ClipEncoder, TextEmbedding
-from unclip.io import atomic_write_text, load_safetensors
+from unclip.io import atomic_write_text
 
 FORMAT = "unclip-embedding-cache"
 VERSION = 1
 FIELDS = ("images", "image_embedding", "text_pooled", "text_tokens", "text_mask")
 # Settings that must agree for a resumed build to add parts to an existing cache.
+SHAPES_KIND = "shapes"  # ``describe()["kind"]`` of the shapes world's source: rows carry records and specs
 _SETTING_KEYS = ("format", "version", "size", "crop", "flip", "clip", "clip_sha256", "clip_dim", "token_width",
                  "max_text_length", "source", "num_parts")  # fmt: skip
 
@@ -73,104 +77,6 @@ class CaptionedSource(Protocol):
         """``CaptionedSample`` / ``SkippedSample`` items of part ``part``."""
 
     def describe(self) -> dict[str, Any]: ...
-
-
-# ------------------------------------------------------------------------------------------ row store
-
-
-class RowStore:
-    """Row-indexable view of several arrays with equal trailing shapes (e.g. memory-mapped ``.npy`` parts).
-
-    ``store[rows]`` (int, slice, list, numpy array or tensor of row indices; optionally a tuple whose
-    first element is the rows and the rest index the trailing axes) returns a torch tensor of those rows,
-    reading only them. ``shape``, ``dtype``, ``len()`` behave like a tensor's; ``float()``, ``half()``,
-    ``bool()``, ``clone()``, ``to()`` materialise the whole store first.
-    """
-
-    def __init__(self, parts: list[np.ndarray]):
-        if not parts:
-            raise ValueError("RowStore needs at least one array")
-        trailing = {tuple(p.shape[1:]) for p in parts}
-        if len(trailing) != 1 or len({p.dtype for p in parts}) != 1:
-            raise ValueError(f"RowStore parts disagree in trailing shape or dtype: {trailing}")
-        self.parts = parts
-        self.offsets = np.cumsum([0] + [p.shape[0] for p in parts])
-        self.shape = torch.Size([int(self.offsets[-1]), *parts[0].shape[1:]])
-        self.dtype = torch.from_numpy(np.empty(0, dtype=parts[0].dtype)).dtype
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def _row_array(self, index: Any) -> tuple[np.ndarray, bool]:
-        n = len(self)
-        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-            rows, scalar = np.array([int(index)], dtype=np.int64), True
-        elif isinstance(index, slice):
-            rows, scalar = np.arange(n, dtype=np.int64)[index], False
-        else:
-            arr = index.detach().cpu().numpy() if isinstance(index, torch.Tensor) else np.asarray(index)
-            if arr.dtype == bool:
-                if arr.shape != (n,):
-                    raise IndexError(f"boolean row mask of shape {arr.shape} for {n} rows")
-                arr = np.nonzero(arr)[0]
-            if arr.size and not np.issubdtype(arr.dtype, np.integer):
-                raise IndexError(f"row indices must be integers, got dtype {arr.dtype}")
-            rows, scalar = arr.astype(np.int64).reshape(-1), False
-        rows = np.where(rows < 0, rows + n, rows)
-        if rows.size and (rows.min() < 0 or rows.max() >= n):
-            raise IndexError(f"row index out of range for {n} rows")
-        return rows, scalar
-
-    def __getitem__(self, index: Any) -> torch.Tensor:
-        rest: tuple = ()
-        if isinstance(index, tuple):
-            index, rest = index[0], index[1:]
-        rows, scalar = self._row_array(index)
-        which = np.searchsorted(self.offsets, rows, side="right") - 1
-        template = self.parts[0][(np.zeros(0, dtype=np.int64), *rest)]
-        out = np.empty((len(rows), *template.shape[1:]), dtype=template.dtype)
-        for p in np.unique(which):
-            sel = np.nonzero(which == p)[0]
-            local = rows[sel] - self.offsets[p]
-            if local.size > 1 and np.all(np.diff(local) == 1):  # contiguous: a plain slice reads fastest
-                out[sel] = self.parts[p][(slice(int(local[0]), int(local[-1]) + 1), *rest)]
-            else:
-                out[sel] = self.parts[p][(local, *rest)]
-        tensor = torch.from_numpy(out)
-        return tensor[0] if scalar else tensor
-
-    def head(self, n: int) -> RowStore:
-        """The first ``n`` rows (no copy)."""
-        parts, left = [], max(0, n)
-        for p in self.parts:
-            parts.append(p[: min(left, p.shape[0])])
-            left -= parts[-1].shape[0]
-        return RowStore(parts)
-
-    def materialize(self) -> torch.Tensor:
-        return self[:]
-
-    def float(self) -> torch.Tensor:
-        return self.materialize().float()
-
-    def half(self) -> torch.Tensor:
-        return self.materialize().half()
-
-    def bool(self) -> torch.Tensor:
-        return self.materialize().bool()
-
-    def clone(self) -> torch.Tensor:
-        return self.materialize()
-
-    def to(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.materialize().to(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"RowStore(shape={tuple(self.shape)}, dtype={self.dtype}, parts={len(self.parts)})"
 
 
 # ------------------------------------------------------------------------------------------ reader
@@ -207,16 +113,15 @@ class EmbeddingCache:
 
     @classmethod
     def load(cls, directory: str | Path, limit: int | None = None, mmap: bool = True) -> EmbeddingCache:
-        """Read a cache (this module's layout or the shapes-world one), optionally only its first ``limit`` rows.
+        """Read a cache, optionally only its first ``limit`` rows.
 
         ``mmap``: keep images and token states memory-mapped (:class:`RowStore`) instead of in memory.
         """
         directory = Path(directory)
         if (directory / "index.json").is_file() or (directory / "settings.json").is_file():
             return cls(**_load_parts(directory, limit, mmap))
-        if (directory / "meta.json").is_file():
-            return cls(**_load_shapes_layout(directory, limit))
-        raise FileNotFoundError(f"no embedding cache in {directory} (index.json / meta.json missing)")
+        check_not_old_layout(directory)
+        raise FileNotFoundError(f"no embedding cache in {directory} (index.json missing)")
 
     def pixels(self, indices: torch.Tensor | list[int] | range, size: int | None = None) -> torch.Tensor:
         """Images of rows ``indices`` as float32 [B, 3, size, size] in [-1, 1] (area-downsampled if smaller)."""
@@ -229,31 +134,13 @@ class EmbeddingCache:
         return x
 
 
-def _load_shapes_layout(directory: Path, limit: int | None) -> dict[str, Any]:
-    """The chunked safetensors layout of ``unclip.data.shapes_cache`` (all in memory)."""
-    meta = json.loads((directory / "meta.json").read_text())
-    num = meta["num"] if limit is None else min(limit, meta["num"])
-    parts: dict[str, list[torch.Tensor]] = {}
-    rows: list[dict[str, Any]] = []
-    for start in range(0, num, meta["chunk"]):
-        name = f"chunk_{start // meta['chunk']:05d}"
-        path = directory / f"{name}.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"shapes cache {directory} is incomplete: {path.name} missing; rebuild it")
-        for key, value in load_safetensors(path).items():
-            parts.setdefault(key, []).append(value)
-        rows += [json.loads(line) for line in (directory / f"{name}.jsonl").read_text().splitlines() if line]
-    data = {k: torch.cat(v)[:num] for k, v in parts.items()}
-    rows = rows[:num]
-    return {
-        "images": data["images"],
-        "image_embedding": data["image_embedding"],
-        "text": TextEmbedding(data["text_pooled"], data["text_tokens"], data["text_mask"].bool()),
-        "captions": [r["caption"] for r in rows],
-        "records": [r["record"] for r in rows],
-        "specified": [r["specified"] for r in rows],
-        "meta": meta,
-    }
+def check_not_old_layout(directory: Path) -> None:
+    """Refuse, in one line, a shapes cache in the chunked layout of unclip before the one cache format."""
+    if (directory / "meta.json").is_file() and not (directory / "settings.json").is_file():
+        raise ValueError(
+            f"{directory} is a shapes cache in the old chunked layout (meta.json, chunk_*.safetensors), which this "
+            "unclip no longer reads; delete it and build it again (e.g. re-run `unclip train shapes`)"
+        )
 
 
 def _load_parts(directory: Path, limit: int | None, mmap: bool) -> dict[str, Any]:
@@ -262,7 +149,7 @@ def _load_parts(directory: Path, limit: int | None, mmap: bool) -> dict[str, Any
         status = cache_status(directory)
         raise FileNotFoundError(
             f"embedding cache {directory} is incomplete ({status['done']} of {status['num_parts']} parts); "
-            "re-run the same `unclip embed` command to finish it"
+            "re-run the command that built it (e.g. the same `unclip embed`) to finish it"
         )
     index = json.loads(index_path.read_text())
     if index.get("format") != FORMAT:
@@ -284,6 +171,7 @@ def _load_parts(directory: Path, limit: int | None, mmap: bool) -> dict[str, Any
     rows = rows[:num]
     meta = {k: v for k, v in index.items() if k != "parts"}
     meta["num"] = num
+    shapes = isinstance(meta.get("source"), dict) and meta["source"].get("kind") == SHAPES_KIND
     return {
         "images": big["images"],
         "image_embedding": stores["image_embedding"].materialize().float(),
@@ -291,8 +179,8 @@ def _load_parts(directory: Path, limit: int | None, mmap: bool) -> dict[str, Any
             stores["text_pooled"].materialize().float(), big["text_tokens"], stores["text_mask"].materialize().bool()
         ),
         "captions": [r["caption"] for r in rows],
-        "records": None,
-        "specified": None,
+        "records": [r["extra"]["record"] for r in rows] if shapes else None,
+        "specified": [r["extra"]["specified"] for r in rows] if shapes else None,
         "meta": meta,
         "keys": [r["key"] for r in rows],
     }
@@ -470,6 +358,7 @@ def build_embedding_cache(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     transform = transform or ImageTransform()
     out_dir = Path(out_dir)
+    check_not_old_layout(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = build_settings(source, clip, transform, clip_name)
     settings_path = out_dir / "settings.json"
@@ -542,3 +431,28 @@ def write_index(out_dir: str | Path) -> bool:
     index = {**settings, "num": sum(p["rows"] for p in parts), "bad": bad, "parts": parts}
     atomic_write_text(out_dir / "index.json", json.dumps(index, indent=1) + "\n")
     return True
+
+
+@torch.no_grad()
+def null_text_for_cache(
+    cache: EmbeddingCache, clip: ClipEncoder, check_rows: int = 8, atol: float = 1e-3
+) -> TextEmbedding:
+    """The CLIP encoding of ``""`` (batch 1, float32, CPU), after checking that ``clip`` is the CLIP that
+    built ``cache``: its dimensions match and it re-encodes the first ``check_rows`` captions to the cached
+    pooled embeddings within ``atol`` (relative to their scale)."""
+    meta = cache.meta
+    dims = {"clip_dim": clip.dim, "token_width": clip.token_width, "max_text_length": clip.max_text_length}
+    wrong = {k: (meta.get(k), v) for k, v in dims.items() if meta.get(k) != v}
+    if wrong:
+        raise ValueError(f"the CLIP does not match the cache (cache, clip): {wrong}")
+    n = min(check_rows, len(cache))
+    if n:
+        pooled = clip.embed_text(cache.captions[:n]).pooled.float().cpu()
+        cached = cache.text.pooled[:n].float()
+        err = float((pooled - cached).abs().max() / cached.abs().max().clamp(min=1e-12))
+        if err > atol:
+            raise ValueError(
+                f"the CLIP does not reproduce the cache's text embeddings (relative error {err:.3g} > {atol}); "
+                f"the cache was built with CLIP {meta.get('clip')!r}"
+            )
+    return clip.embed_text([""]).to(device="cpu", dtype=torch.float32)

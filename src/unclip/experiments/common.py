@@ -94,7 +94,7 @@ class ExperimentContext:
         """Resolved path and modification time (ns) of the file that identifies an input."""
         if part == "cache":
             directory = self.cache_dir()
-            names = ("meta.json", "index.json", "settings.json")
+            names = ("index.json", "settings.json")
         elif part == "pipeline":
             source = self.pipeline_source()
             if isinstance(source, str) and not Path(source).is_dir():
@@ -147,7 +147,7 @@ class ExperimentContext:
     def get_cache(self):
         """The shapes cache (images, z_i, text embeddings, records) the models were trained on."""
         if "cache" not in self._memo:
-            from unclip.data.shapes_cache import ShapesCache
+            from unclip.data.embed_cache import EmbeddingCache
 
             directory = self.cache_dir()
             if not (directory / "meta.json").is_file() and not (directory / "index.json").is_file():
@@ -157,7 +157,7 @@ class ExperimentContext:
                         "or pass --cache"
                     )
                 self._build_recipe_cache(directory)
-            cache = ShapesCache.load(directory)
+            cache = EmbeddingCache.load(directory)
             if cache.records is None:
                 raise ValueError(f"{directory} is not a shapes-world cache (it has no attribute records)")
             if not 0 < self.holdout < len(cache):
@@ -206,7 +206,7 @@ class ExperimentContext:
             clip = self._memo["pipeline"].clip
         if clip is None:
             return
-        from unclip.data.shapes_cache import null_text_for_cache
+        from unclip.data.embed_cache import null_text_for_cache
 
         try:
             null_text_for_cache(self._memo["cache"], clip)

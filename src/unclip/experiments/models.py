@@ -190,21 +190,21 @@ def diffusion_prior(ctx: ExperimentContext, budget: DecoderBudget):
         return ctx._memo["prior"]
     from unclip.config import load_config
     from unclip.models.serialization import load_model
-    from unclip.pipeline.unclip_pipeline import Stage
+    from unclip.pipeline.priors import DiffusionPriorStage
 
     clip = ctx.get_clip()
     null = clip.embed_text([""]).to(device=ctx.device, dtype=torch.float32)
     pipe_dir = ctx.pipeline_source()
     if ctx.pipeline is not None or pipe_dir != "shapes" or (ctx.shapes_run / "pipeline").is_dir():
         pipe = ctx.get_pipeline()
-        if isinstance(pipe.prior, Stage):
+        if isinstance(pipe.prior, DiffusionPriorStage):
             ctx._memo["prior"] = (pipe.prior.model, pipe.prior.diffusion, null, "shipped pipeline")
             return ctx._memo["prior"]
     model_dir = ctx.shapes_run / "prior" / "model"
     if not (model_dir / "model.safetensors").is_file():
         model_dir = ctx.run_dir("_models", uses=("cache",)) / budget.name / "prior" / "model"
         if not (model_dir.parent / "done.json").is_file():
-            from unclip.data.shapes_cache import null_text_for_cache
+            from unclip.data.embed_cache import null_text_for_cache
             from unclip.io import atomic_write_text
             from unclip.train.config import TrainConfig
             from unclip.train.loop import run_training

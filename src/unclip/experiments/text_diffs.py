@@ -34,7 +34,7 @@ from unclip.experiments.common import (
     new_figure,
 )
 from unclip.experiments.probe import PROBE_ATTRIBUTES
-from unclip.experiments.variations import _attr, decoder_null_text
+from unclip.experiments.variations import _attr
 
 EDIT_KINDS = ("colour", "shape", "size")
 
@@ -75,22 +75,10 @@ def batched_edits(
     pipe, images: list[Image.Image], to_texts: list[str], from_texts: list[str], thetas: list[float], steps: int,
     generator: torch.Generator,
 ) -> torch.Tensor:  # fmt: skip
-    """``pipe.edit`` for several images at once: [len(images) * len(thetas), 3, S, S] in [-1, 1], image-major."""
-    from unclip.images import pil_to_tensor, slerp
-    from unclip.stages.decoding import invert_decoder
-
+    """``pipe.edit`` for several images at once: [len(images) * len(thetas), 3, S, S] in [-1, 1], image-major
+    (:meth:`UnCLIPPipeline.sample_edits` with ``steps`` DDIM inversion and decoding steps)."""
     settings = replace(pipe.defaults, decoder_steps=steps)
-    b = len(images)
-    z = pipe.embed_images(images)
-    base = pil_to_tensor(list(images), pipe.decoder.model.config.image_size).to(pipe.device, pipe.dtype)
-    x_t = invert_decoder(pipe.decoder.model, pipe.decoder.diffusion, base, z, steps=steps,
-                         null_text=decoder_null_text(pipe))  # fmt: skip
-    text = pipe.clip.embed_text(list(to_texts) + list(from_texts)).pooled.to(z)
-    diff = text[:b] - text[b:]
-    z_d = diff / diff.norm(dim=-1, keepdim=True).clamp_min(1e-12) * z.norm(dim=-1, keepdim=True)
-    zs = torch.stack([slerp(z, z_d, t) for t in thetas], dim=1).reshape(b * len(thetas), -1)
-    return pipe.decode(zs, None, settings, generator, x_T=x_t.repeat_interleave(len(thetas), 0), eta=0.0,
-                       sampler="ddim").float().cpu()  # fmt: skip
+    return pipe.sample_edits(images, to_texts, from_texts, thetas, settings, generator).float().cpu()
 
 
 def run(ctx: ExperimentContext, s: TextDiffSettings) -> ExperimentResult:

@@ -55,32 +55,14 @@ class VariationSettings:
     chunk: int = 8
 
 
-def decoder_null_text(pipe):
-    """The decoder's unconditional caption of a pipeline (None for ours; CLIP's "" for Karlo-style ones)."""
-    if pipe.decoder_uncond != "empty_text" or not pipe.decoder.model.config.text_width:
-        return None
-    return pipe.null_text()
-
-
 @torch.no_grad()
 def batched_variations(
     pipe, images: list[Image.Image], num: int, eta: float, steps: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """``pipe.vary`` for several images at once: [len(images) * num, 3, S, S] in [-1, 1], image-major.
-
-    Same computation as ``vary`` (CLIP z_i, DDIM inversion of the decoder with ``steps`` steps, DDIM decoding
-    of z_i from x_T at ``eta`` with the pipeline's decoder guidance, then the upsamplers), batched.
-    """
-    from unclip.images import pil_to_tensor
-    from unclip.stages.decoding import invert_decoder
-
+    """``pipe.vary`` for several images at once: [len(images) * num, 3, S, S] in [-1, 1], image-major
+    (:meth:`UnCLIPPipeline.sample_variations` with ``steps`` DDIM inversion and decoding steps)."""
     settings = replace(pipe.defaults, decoder_steps=steps)
-    z = pipe.embed_images(images)
-    base = pil_to_tensor(list(images), pipe.decoder.model.config.image_size).to(pipe.device, pipe.dtype)
-    x_t = invert_decoder(pipe.decoder.model, pipe.decoder.diffusion, base, z, steps=steps,
-                         null_text=decoder_null_text(pipe))  # fmt: skip
-    return pipe.decode(z.repeat_interleave(num, 0), None, settings, generator, x_T=x_t.repeat_interleave(num, 0),
-                       eta=eta, sampler="ddim").float().cpu()  # fmt: skip
+    return pipe.sample_variations(images, num, eta, settings, generator).float().cpu()
 
 
 def _attr(record: dict[str, Any], attribute: str) -> Any:

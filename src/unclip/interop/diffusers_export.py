@@ -33,6 +33,7 @@ from unclip.interop.hf_clip_io import save_hf_clip
 from unclip.interop.keymap import decoder_links, ours_to_diffusers, prior_links, upsampler_links
 from unclip.io import atomic_write_text, save_safetensors
 from unclip.models.prior import DiffusionPrior
+from unclip.pipeline.priors import DiffusionPriorStage
 from unclip.pipeline.unclip_pipeline import Stage, UnCLIPPipeline
 
 __all__ = ["TEXT_PROJ_CLASS", "export_diffusers"]
@@ -61,7 +62,8 @@ def _check_fits(pipe: UnCLIPPipeline, variation: bool) -> Stage:
         )
     if variation and pipe.clip.vision_model is None:
         raise ValueError("an image-variation export needs a CLIP with an image encoder")
-    if not variation and not (isinstance(pipe.prior, Stage) and isinstance(pipe.prior.model, DiffusionPrior)):
+    diffusion_prior = isinstance(pipe.prior, DiffusionPriorStage) and isinstance(pipe.prior.model, DiffusionPrior)
+    if not variation and not diffusion_prior:
         raise ValueError("diffusers' UnCLIPPipeline needs a diffusion prior; this pipeline has none or an AR prior")
     if len(pipe.upsamplers) != 1:
         raise ValueError(
@@ -111,7 +113,7 @@ def export_diffusers(
 
     if not variation:
         prior = pipe.prior
-        assert isinstance(prior, Stage)
+        assert isinstance(prior, DiffusionPriorStage)
         config = prior.model.config
         state = ours_to_diffusers(prior.model.state_dict(), prior_links(config))
         _write_part(directory / "prior", prior_config_to_diffusers(config), state, dtype)

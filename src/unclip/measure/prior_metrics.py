@@ -244,7 +244,7 @@ def measure_prior_dirs(
     ``row_offset``-th held-out row on (so that settings tuned on one part can be reported on another).
 
     Args:
-        cache: a :class:`~unclip.data.shapes_cache.ShapesCache` or its directory.
+        cache: an :class:`~unclip.data.embed_cache.EmbeddingCache` or its directory.
         holdout: how many trailing rows were held out of training (the unconditional mean uses the others).
         diffusion_dir: an exported diffusion prior (``config.json``, ``model.safetensors``, ``diffusion.json``).
         ar_dir: an exported AR prior.
@@ -254,13 +254,13 @@ def measure_prior_dirs(
             held-out rows whose caption occurs at least twice in training).
     """
     from unclip.config import load_config
-    from unclip.data.shapes_cache import ShapesCache, null_text_for_cache
+    from unclip.data.embed_cache import EmbeddingCache, null_text_for_cache
     from unclip.diffusion.stage_config import DIFFUSION_FILE
     from unclip.encoders.loading import load_clip
     from unclip.models.serialization import load_model
 
-    if not isinstance(cache, ShapesCache):
-        cache = ShapesCache.load(cache)
+    if not isinstance(cache, EmbeddingCache):
+        cache = EmbeddingCache.load(cache)
     if not 0 < holdout < len(cache):
         raise ValueError(f"holdout must be in [1, {len(cache) - 1}] for a cache of {len(cache)} rows, got {holdout}")
     if not 0 <= row_offset < holdout:

@@ -1,4 +1,5 @@
-"""End-to-end generation: :class:`UnCLIPPipeline` (text -> image, variations, interpolations, edits).
+"""End-to-end generation: :class:`UnCLIPPipeline` (text -> image, variations, interpolations, edits);
+its prior (:mod:`unclip.pipeline.priors`), loading and saving (:mod:`unclip.pipeline.serialization`).
 
 The names below are imported on first use, so that light modules of this package (``bounds``, the option
 ranges the CLI reads at start-up) do not pull in torch and the networks.
@@ -8,9 +9,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["GenerationDefaults", "Stage", "UnCLIPOutput", "UnCLIPPipeline"]
+__all__ = [
+    "ARPriorStage",
+    "DiffusionPriorStage",
+    "GenerationDefaults",
+    "Prior",
+    "Stage",
+    "UnCLIPOutput",
+    "UnCLIPPipeline",
+]
 
 if TYPE_CHECKING:
+    from unclip.pipeline.priors import ARPriorStage, DiffusionPriorStage, Prior
     from unclip.pipeline.unclip_pipeline import GenerationDefaults, Stage, UnCLIPOutput, UnCLIPPipeline
 
 

@@ -177,5 +177,5 @@ def unet_bytes_per_sample(model: nn.Module, guided: bool) -> int:
 def prior_bytes_per_sample(model: nn.Module, text_length: int) -> int:
     """A conservative estimate of the memory one guided prior candidate takes: tokens x width x element size."""
     element = next(model.parameters()).element_size()
-    width = getattr(model.config, "width", 1024)
+    width = getattr(getattr(model, "config", None), "width", 1024)
     return 2 * element * (text_length + 8) * width * ACTIVATION_FACTOR

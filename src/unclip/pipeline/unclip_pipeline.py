@@ -1,14 +1,12 @@
 """``UnCLIPPipeline``: text -> CLIP -> prior -> z_i -> decoder -> upsamplers, and the manipulations of
 the same latent space (variations, interpolations, text diffs).
 
-A pipeline directory (ours) holds ``model_index.json`` and one sub-directory per part: ``clip/``,
-``prior/``, ``decoder/``, ``upsampler_1/``, ... Each diffusion part has ``config.json`` +
-``model.safetensors`` + ``diffusion.json`` (its :class:`DiffusionConfig`).
+The prior is any :class:`~unclip.pipeline.priors.Prior` (diffusion or autoregressive); loading and saving live
+in :mod:`unclip.pipeline.serialization` (the directory layout is described there).
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import fields, replace
@@ -18,15 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from unclip.config import config_from_dict, config_to_dict, load_config, save_config
-from unclip.diffusion.stage_config import DiffusionConfig
 from unclip.encoders.base import ClipEncoder, TextEmbedding
 from unclip.images import ImageInput, load_image, pil_to_tensor, slerp, tensor_to_output
-from unclip.io import atomic_write_text
 from unclip.limits import check_count, check_memory
-from unclip.models.serialization import load_model, save_model
 from unclip.pipeline import bounds
-from unclip.pipeline.formats import exporter, find_format, format_names, read_index
+from unclip.pipeline.formats import exporter
 from unclip.pipeline.options import (  # noqa: F401 - re-exported
     BUILTIN_MODELS,
     DECODER_UNCOND,
@@ -46,9 +40,10 @@ from unclip.pipeline.options import (  # noqa: F401 - re-exported
     prior_bytes_per_sample,
     unet_bytes_per_sample,
 )
-from unclip.samplers import SAMPLER_NAMES, ProgressFn
-from unclip.stages.decoding import invert_decoder, sample_decoder, sample_prior_unclip, sample_upsampler
-from unclip.stages.prior import sample_ar_prior, sample_prior
+from unclip.pipeline.priors import ARPriorStage, DiffusionPriorStage, Prior, as_prior  # noqa: F401 - re-exported
+from unclip.samplers import ProgressFn
+from unclip.samplers.registry import sampler_spec
+from unclip.stages.decoding import invert_decoder, sample_decoder, sample_upsampler
 
 
 class UnCLIPPipeline:
@@ -56,8 +51,9 @@ class UnCLIPPipeline:
 
     Args:
         clip: a frozen :class:`ClipEncoder`.
-        prior: the diffusion prior stage (a ``DiffusionPrior`` with its DiffusionConfig), an ``ARPrior``, or
-            None (an image-variation pipeline: text-to-image then needs ``image_embeddings``).
+        prior: a :class:`~unclip.pipeline.priors.Prior`; a :class:`Stage` (a ``DiffusionPrior`` with its
+            DiffusionConfig) or an ``ARPrior`` network, wrapped into one; or None (an image-variation pipeline:
+            text-to-image then needs ``image_embeddings``).
         decoder: the decoder stage.
         upsamplers: upsampler stages, applied in order.
         defaults: default sampling settings.
@@ -68,7 +64,7 @@ class UnCLIPPipeline:
     def __init__(
         self,
         clip: ClipEncoder,
-        prior: Stage | nn.Module | None,
+        prior: Prior | Stage | nn.Module | None,
         decoder: Stage,
         upsamplers: Sequence[Stage] = (),
         defaults: GenerationDefaults | None = None,
@@ -77,7 +73,7 @@ class UnCLIPPipeline:
         if decoder_uncond not in DECODER_UNCOND:
             raise ValueError(f"decoder_uncond must be one of {DECODER_UNCOND}, got {decoder_uncond!r}")
         self.clip = clip
-        self.prior = prior
+        self.prior: Prior | None = as_prior(prior)
         self.decoder = decoder
         self.upsamplers = list(upsamplers)
         self.defaults = defaults or GenerationDefaults()
@@ -102,9 +98,8 @@ class UnCLIPPipeline:
         return self.upsamplers[-1].model.config.image_size if self.upsamplers else self.decoder.model.config.image_size
 
     def _modules(self) -> list[nn.Module]:
-        prior = self.prior.model if isinstance(self.prior, Stage) else self.prior
         ups = [m for u in self.upsamplers for m in (u.model, u.last_step_model) if m is not None]
-        return ([prior] if prior is not None else []) + [self.decoder.model, *ups]
+        return ([self.prior.module] if self.prior is not None else []) + [self.decoder.model, *ups]
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> UnCLIPPipeline:
         """Move every part (in place); returns ``self``."""
@@ -121,98 +116,18 @@ class UnCLIPPipeline:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> UnCLIPPipeline:
-        """Load a pipeline: a built-in name (``"shapes"``) or a directory (ours, or diffusers' UnCLIP layout)."""
-        directory = model_dir(path)
-        index = read_index(directory, INDEX_FILE)
-        if index is None or index.get("format") != FORMAT:
-            fmt = find_format(directory, index)
-            if fmt is not None:
-                return fmt.load(directory, device=device, dtype=dtype)
-            if index is None:
-                raise FileNotFoundError(
-                    f"{directory} has no {INDEX_FILE} and is no layout of {format_names()}; it is not a pipeline"
-                )
-            raise ValueError(
-                f"{directory / INDEX_FILE} is not an unclip pipeline index (format {index.get('format')!r})"
-            )
-        return cls._load_ours(directory, index, device, dtype)
+        """Load a pipeline: a built-in name (``"shapes"``) or a directory (ours, or a registered format's such as
+        diffusers' UnCLIP layout); see :func:`unclip.pipeline.serialization.load_pipeline`."""
+        from unclip.pipeline.serialization import load_pipeline
 
-    @classmethod
-    def _load_ours(cls, directory: Path, index: dict[str, Any], device, dtype) -> UnCLIPPipeline:
-        from unclip.encoders.loading import load_clip
-
-        def stage(kind: str, sub: str) -> Stage:
-            part = directory / sub
-            return Stage(load_model(kind, part, device, dtype), load_config(DiffusionConfig, part / DIFFUSION_FILE))
-
-        for key in ("clip", "prior", "decoder"):
-            if key not in index:
-                raise ValueError(f"{directory / INDEX_FILE} names no {key!r} part")
-        clip_kwargs = {"center_crop": True} if index.get("clip_center_crop") else {}
-        clip = load_clip(directory / index["clip"], device=device, dtype=dtype, **clip_kwargs)
-        prior_kind = index.get("prior_kind", "prior")
-        prior: Stage | nn.Module | None
-        if index["prior"] is None:
-            prior = None
-        elif prior_kind == "ar_prior":
-            prior = load_model("ar_prior", directory / index["prior"], device, dtype)
-        else:
-            prior = stage("prior", index["prior"])
-        decoder = stage("decoder", index["decoder"])
-        upsamplers = [stage("upsampler", sub) for sub in index.get("upsamplers", [])]
-        for up, sub in zip(upsamplers, index.get("upsampler_last_step", [None] * len(upsamplers))):
-            if sub is not None:
-                up.last_step_model = load_model("upsampler", directory / sub, device, dtype)
-        defaults = config_from_dict(GenerationDefaults, index.get("defaults", {}))
-        return cls(clip, prior, decoder, upsamplers, defaults, decoder_uncond=index.get("decoder_uncond", "masked"))
+        return load_pipeline(path, device=device, dtype=dtype)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write the pipeline in our layout; weights cast to ``dtype`` if given (e.g. fp16)."""
-        directory = Path(path)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_clip = getattr(self.clip, "save_pretrained", None)
-        if save_clip is None:
-            raise TypeError(f"{type(self.clip).__name__} cannot be saved in our layout")
-        save_clip(directory / "clip", dtype=dtype)
+        """Write the pipeline in our layout; weights cast to ``dtype`` if given (e.g. fp16); see
+        :func:`unclip.pipeline.serialization.save_pipeline`."""
+        from unclip.pipeline.serialization import save_pipeline
 
-        def write_stage(stage: Stage, sub: str) -> None:
-            save_model(stage.model, directory / sub, dtype=dtype)
-            save_config(stage.diffusion, directory / sub / DIFFUSION_FILE)
-
-        if isinstance(self.prior, Stage):
-            write_stage(self.prior, "prior")
-            prior_kind = "prior"
-        elif self.prior is not None:
-            save_model(self.prior, directory / "prior", dtype=dtype)
-            prior_kind = "ar_prior"
-        else:
-            prior_kind = None
-        write_stage(self.decoder, "decoder")
-        subs, last_subs = [], []
-        for i, stage in enumerate(self.upsamplers, start=1):
-            write_stage(stage, f"upsampler_{i}")
-            subs.append(f"upsampler_{i}")
-            last_subs.append(f"upsampler_{i}_last_step" if stage.last_step_model is not None else None)
-            if stage.last_step_model is not None:
-                save_model(stage.last_step_model, directory / last_subs[-1], dtype=dtype)
-        index = {
-            "format": FORMAT,
-            "_class_name": "UnCLIPPipeline",
-            "clip": "clip",
-            "prior": "prior" if prior_kind else None,
-            "prior_kind": prior_kind,
-            "decoder": "decoder",
-            "upsamplers": subs,
-            "defaults": config_to_dict(self.defaults),
-        }
-        if any(last_subs):
-            index["upsampler_last_step"] = last_subs
-        if self.decoder_uncond != "masked":
-            index["decoder_uncond"] = self.decoder_uncond
-        if getattr(self.clip, "center_crop", False):
-            index["clip_center_crop"] = True
-        atomic_write_text(directory / INDEX_FILE, json.dumps(index, indent=2) + "\n")
-        return directory
+        return save_pipeline(self, path, dtype=dtype)
 
     def export(self, format_name: str, path: str | Path, dtype: torch.dtype | None = None, **options: Any) -> Path:
         """Write the pipeline in a registered format (:mod:`unclip.pipeline.formats`; ``"diffusers"``,
@@ -228,8 +143,7 @@ class UnCLIPPipeline:
     def _settings(self, **overrides: Any) -> GenerationDefaults:
         """Defaults with the non-None overrides applied, validated."""
         s = replace(self.defaults, **{k: v for k, v in overrides.items() if v is not None})
-        if s.sampler not in SAMPLER_NAMES:
-            raise ValueError(f"sampler must be one of {SAMPLER_NAMES}, got {s.sampler!r}")
+        spec = sampler_spec(s.sampler)
         for f in fields(s):
             value = getattr(s, f.name)
             if f.name.endswith("_steps"):
@@ -242,10 +156,11 @@ class UnCLIPPipeline:
                 _check_scale(f.name, value, bounds.MAX_ETA)
             elif f.name != "sampler":
                 _check_scale(f.name, value)
-        if s.sampler == "unclip":
-            for name in ("prior_steps", "decoder_steps", "upsampler_steps"):
-                if getattr(s, name) < 2:
-                    raise ValueError(f"{name} must be >= 2 with sampler 'unclip', got {getattr(s, name)}")
+        for name in ("prior_steps", "decoder_steps", "upsampler_steps"):
+            if getattr(s, name) < spec.min_steps:
+                raise ValueError(
+                    f"{name} must be >= {spec.min_steps} with sampler {s.sampler!r}, got {getattr(s, name)}"
+                )
         return s
 
     @staticmethod
@@ -266,13 +181,12 @@ class UnCLIPPipeline:
         """Refuse ``images`` images (``best_of`` prior candidates each) that the available memory cannot hold,
         before any work; ``name`` is the option the caller gave (``num_images_per_prompt``)."""
         check_count(name, images, bounds.MAX_IMAGES, "images sampled in one call")
-        prior = self.prior.model if isinstance(self.prior, Stage) else self.prior
         per_image = sum(
             unet_bytes_per_sample(stage.model, guided=stage is self.decoder)
             for stage in [self.decoder, *self.upsamplers]
         )
-        if prior is not None:
-            per_image += best_of * prior_bytes_per_sample(prior, self.clip.max_text_length)
+        if self.prior is not None:
+            per_image += best_of * prior_bytes_per_sample(self.prior.module, self.clip.max_text_length)
         check_memory(name, images, per_image)
 
     def null_text(self) -> TextEmbedding:
@@ -312,42 +226,7 @@ class UnCLIPPipeline:
             raise ValueError(
                 "this pipeline has no prior (an image-variation pipeline): pass image_embeddings, or use vary()"
             )
-        if isinstance(self.prior, Stage) and settings.sampler == "unclip":
-            return check_finite("prior", sample_prior_unclip(
-                self.prior.model,
-                text,
-                null_text,
-                steps=settings.prior_steps,
-                guidance_scale=settings.prior_guidance_scale,
-                best_of=settings.best_of,
-                clamp=settings.prior_clamp,
-                generator=generator,
-                diffusion=self.prior.diffusion,
-                progress=progress,
-            ))  # fmt: skip
-        if isinstance(self.prior, Stage):
-            return check_finite("prior", sample_prior(
-                self.prior.model,
-                text,
-                null_text,
-                steps=settings.prior_steps,
-                sampler=settings.sampler,
-                guidance_scale=settings.prior_guidance_scale,
-                best_of=settings.best_of,
-                clamp=settings.prior_clamp,
-                generator=generator,
-                eta=settings.eta,
-                diffusion=self.prior.diffusion,
-                progress=progress,
-            ))  # fmt: skip
-        return check_finite("prior", sample_ar_prior(
-            self.prior,
-            text,
-            null_text,
-            guidance_scale=settings.prior_guidance_scale,
-            best_of=settings.best_of,
-            generator=generator,
-        ))  # fmt: skip
+        return check_finite("prior", self.prior.sample(text, null_text, settings, generator, progress))
 
     def decode(
         self,
@@ -469,14 +348,24 @@ class UnCLIPPipeline:
         size = self.decoder.model.config.image_size
         return pil_to_tensor(list(images), size).to(self.device, self.dtype)
 
+    @staticmethod
+    def _image_list(image: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+        """One image (PIL or path) or a list/tuple of them -> a non-empty list."""
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        if not images:
+            raise ValueError("give at least one image")
+        return images
+
     def invert(
-        self, image: ImageInput, steps: int | None = None, progress: ProgressFn | None = None
+        self, image: ImageInput | Sequence[ImageInput], steps: int | None = None, progress: ProgressFn | None = None
     ) -> tuple[Tensor, Tensor]:
-        """An image -> (z_i [1, D], x_T [1, 3, S, S]) by CLIP and DDIM inversion of the decoder."""
+        """An image, or a list of B images -> (z_i [B, D], x_T [B, 3, S, S]) by CLIP and DDIM inversion of the
+        decoder (the images in one batch)."""
+        images = self._image_list(image)
         steps = _check_positive_int("inversion steps", steps or self.defaults.inversion_steps)
-        z_i = self.embed_images([image])
+        z_i = self.embed_images(images)
         x_T = invert_decoder(
-            self.decoder.model, self.decoder.diffusion, self._base_images([image]), z_i, steps=steps, progress=progress,
+            self.decoder.model, self.decoder.diffusion, self._base_images(images), z_i, steps=steps, progress=progress,
             null_text=self._decoder_null_text(),
         )  # fmt: skip
         return z_i, x_T
@@ -486,10 +375,25 @@ class UnCLIPPipeline:
             decoder_guidance_scale=decoder_guidance_scale, decoder_steps=steps or self.defaults.inversion_steps
         )
 
+    def sample_variations(
+        self,
+        images: Sequence[ImageInput],
+        num_images: int,
+        eta: float,
+        settings: GenerationDefaults,
+        generator: torch.Generator | None = None,
+        progress: ProgressFn | None = None,
+    ) -> Tensor:
+        """What :meth:`vary` decodes: [len(images) * num_images, 3, S, S] in [-1, 1], image-major. Each image's z_i
+        and DDIM-inverted x_T (``settings.decoder_steps`` steps) decoded with DDIM at ``eta``, all in one batch."""
+        z_i, x_T = self.invert(images, settings.decoder_steps, progress)
+        z, x = z_i.repeat_interleave(num_images, 0), x_T.repeat_interleave(num_images, 0)
+        return self.decode(z, None, settings, generator, x_T=x, eta=eta, sampler="ddim", progress=progress)
+
     @torch.no_grad()
     def vary(
         self,
-        image: ImageInput,
+        image: ImageInput | Sequence[ImageInput],
         num_images: int = 4,
         eta: float = 1.0,
         generator: torch.Generator | None = None,
@@ -499,18 +403,20 @@ class UnCLIPPipeline:
         output_type: str = "pil",
         progress: ProgressFn | None = None,
     ):
-        """Variations of ``image``: its z_i and DDIM-inverted x_T decoded with DDIM at ``eta`` > 0."""
+        """Variations of ``image``: its z_i and DDIM-inverted x_T decoded with DDIM at ``eta`` > 0.
+
+        A list of images is one batch through the decoder: ``num_images`` per image, image-major. Its noise is
+        drawn for the whole batch, so with ``eta`` > 0 (or noisy upsamplers) an image's variations in a batch
+        are other draws than the same seed gives that image alone; with deterministic sampling they are equal.
+        """
+        images = self._image_list(image)
         n = _check_positive_int("num_images", num_images, bounds.MAX_IMAGES)
         eta = _check_scale("eta", eta, bounds.MAX_ETA)
-        self.check_batch("num_images", n)
+        self.check_batch("num_images", len(images) * n)
         generator = self._generator(generator, seed)
         settings = self._ddim_settings(decoder_guidance_scale, decoder_steps)
-        z_i, x_T = self.invert(image, settings.decoder_steps, progress)
-        images = self.decode(
-            z_i.repeat(n, 1), None, settings, generator, x_T=x_T.repeat(n, 1, 1, 1), eta=eta, sampler="ddim",
-            progress=progress,
-        )  # fmt: skip
-        return tensor_to_output(images, output_type)
+        out = self.sample_variations(images, n, eta, settings, generator, progress)
+        return tensor_to_output(out, output_type)
 
     @torch.no_grad()
     def interpolate(
@@ -554,12 +460,52 @@ class UnCLIPPipeline:
         images = self.decode(z, None, settings, generator, x_T=x_T, eta=0.0, sampler="ddim", progress=progress)
         return tensor_to_output(images, output_type)
 
+    def text_diff_embeddings(
+        self, z_i: Tensor, to_texts: Sequence[str], from_texts: Sequence[str], thetas: Sequence[float]
+    ) -> Tensor:
+        """Text diffs (paper §3.3) of B image embeddings: z_d = normalise(z_t - z_t0) scaled to |z_i|, then
+        slerp(z_i, z_d, θ) -> [B * len(thetas), D], image-major (``to_texts``/``from_texts``: one per row)."""
+        b = z_i.shape[0]
+        text = self.clip.embed_text([*to_texts, *from_texts]).pooled.to(z_i)
+        diff = text[:b] - text[b:]
+        norm = diff.norm(dim=-1, keepdim=True)
+        for to_text, from_text, value in zip(to_texts, from_texts, norm[:, 0].tolist()):
+            if value < 1e-6:
+                raise ValueError(f"to_text {to_text!r} and from_text {from_text!r} have the same CLIP embedding")
+        z_d = diff / norm * z_i.norm(dim=-1, keepdim=True)
+        return torch.stack([slerp(z_i, z_d, t) for t in thetas], dim=1).reshape(b * len(thetas), -1)
+
+    def sample_edits(
+        self,
+        images: Sequence[ImageInput],
+        to_texts: Sequence[str],
+        from_texts: Sequence[str],
+        thetas: Sequence[float],
+        settings: GenerationDefaults,
+        generator: torch.Generator | None = None,
+        progress: ProgressFn | None = None,
+    ) -> Tensor:
+        """What :meth:`edit` decodes: [len(images) * len(thetas), 3, S, S] in [-1, 1], image-major. Each image's
+        :meth:`text_diff_embeddings` decoded with DDIM (eta 0) from its DDIM-inverted x_T, all in one batch."""
+        z_i, x_T = self.invert(images, settings.decoder_steps, progress)
+        z = self.text_diff_embeddings(z_i, to_texts, from_texts, thetas)
+        x = x_T.repeat_interleave(len(thetas), 0)
+        return self.decode(z, None, settings, generator, x_T=x, eta=0.0, sampler="ddim", progress=progress)
+
+    @staticmethod
+    def _per_image(name: str, texts: str | Sequence[str | None] | None, count: int) -> list[str | None]:
+        """One caption for every image, or a list of one per image."""
+        listed = [texts] * count if texts is None or isinstance(texts, str) else texts
+        if not isinstance(listed, (list, tuple)) or len(listed) != count:
+            raise ValueError(f"{name} must be a string or a list of {count} strings (one per image), got {texts!r}")
+        return list(listed)
+
     @torch.no_grad()
     def edit(
         self,
-        image: ImageInput,
-        to_text: str,
-        from_text: str | None = None,
+        image: ImageInput | Sequence[ImageInput],
+        to_text: str | Sequence[str],
+        from_text: str | Sequence[str | None] | None = None,
         thetas: Sequence[float] = (0.0, 0.25, 0.5),
         generator: torch.Generator | None = None,
         seed: int | None = None,
@@ -572,27 +518,24 @@ class UnCLIPPipeline:
 
         z_t0 encodes ``from_text`` (a caption of the image; "" when None). z_d is scaled to |z_i| so the
         slerp turns the direction only. x_T comes from DDIM inversion, so θ = 0 reconstructs the image.
+        A list of images is one batch through the decoder (``to_text``/``from_text``: one caption for all, or
+        a list of one per image); the results are image-major, ``len(thetas)`` per image.
         """
-        to_text = check_prompts(to_text)[0]
-        if from_text is not None and not isinstance(from_text, str):
-            raise TypeError(f"from_text must be a string, got {type(from_text).__name__}")
+        images = self._image_list(image)
+        to_texts = [check_prompts(t)[0] for t in self._per_image("to_text", to_text, len(images))]
+        from_texts = self._per_image("from_text", from_text, len(images))
+        for t in from_texts:
+            if t is not None and not isinstance(t, str):
+                raise TypeError(f"from_text must be a string, got {type(t).__name__}")
         low, high = bounds.THETA_RANGE
         if isinstance(thetas, (str, bytes)) or not isinstance(thetas, Sequence):
             raise TypeError(f"thetas must be a list of numbers, got {thetas!r}")
         thetas = [bounds.check_range("theta", t, low, high) for t in thetas]
         if not 1 <= len(thetas) <= bounds.MAX_THETAS:
             raise ValueError(f"thetas must hold 1 to {bounds.MAX_THETAS} values, got {len(thetas)}")
-        self.check_batch("thetas", len(thetas))
-        self._warn_about_prompts([to_text, *([from_text] if from_text else [])])
+        self.check_batch("thetas", len(images) * len(thetas))
+        self._warn_about_prompts([*to_texts, *(t for t in from_texts if t)])
         settings = self._ddim_settings(decoder_guidance_scale, decoder_steps)
-        z_i, x_T = self.invert(image, settings.decoder_steps, progress)
-        text = self.clip.embed_text([to_text, from_text or ""]).pooled.to(z_i)
-        diff = text[0:1] - text[1:2]
-        if float(diff.norm()) < 1e-6:
-            raise ValueError(f"to_text {to_text!r} and from_text {from_text!r} have the same CLIP embedding")
-        z_d = diff / diff.norm(dim=-1, keepdim=True) * z_i.norm(dim=-1, keepdim=True)
-        z = torch.cat([slerp(z_i, z_d, t) for t in thetas])
-        x = x_T.repeat(len(thetas), 1, 1, 1)
         generator = self._generator(generator, seed)  # only upsamplers draw noise; the decoder is DDIM, eta 0
-        images = self.decode(z, None, settings, generator, x_T=x, eta=0.0, sampler="ddim", progress=progress)
-        return tensor_to_output(images, output_type)
+        out = self.sample_edits(images, to_texts, [t or "" for t in from_texts], thetas, settings, generator, progress)
+        return tensor_to_output(out, output_type)

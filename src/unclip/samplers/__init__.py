@@ -21,12 +21,14 @@ Public API::
     x0 = dpm_solver_sample(predictor, schedule.respace(dpm_solver_timesteps(1000, 20)), x_T)  # DPM-Solver++(2M)
     x0 = unclip_sample(predictor, schedule, 25, x_T, generator=g)       # diffusers' UnCLIPScheduler
     x0 = run_sampler("ddpm" | "ddim" | "dpm++" | "unclip", predictor, schedule, num_steps, shape=..., generator=g)
+    sampler_spec("unclip").min_steps    # 2; SAMPLERS: name -> SamplerSpec (function, spacing, min steps, support)
 
 Every sampler takes ``x_T`` or ``shape`` (+ ``device``, ``dtype``), a ``generator`` (draw order: x_T first,
 then one noise per noise-adding step), ``progress(stage, step, total)`` and ``callback(step, x, x0)``,
 and works on any shape ([B, D] embeddings or [B, C, H, W] images), device and dtype. Step functions
 (``ddpm_step``, ``ddim_step``, ``ddim_inversion_step``, ``dpm_solver_pp_update``) are public for custom
-loops. Full notes: ``docs/diffusion.md``.
+loops. A new sampler is one file here plus one :class:`SamplerSpec` in ``registry.py``; ``run_sampler``, the
+stages, the pipeline, the CLI, the HTTP API and the page read :data:`SAMPLERS`. Full notes: ``docs/diffusion.md``.
 """
 
 from unclip.diffusion import Parameterization
@@ -45,8 +47,9 @@ from unclip.samplers.ddim_inversion import ddim_inversion_step, ddim_invert
 from unclip.samplers.ddpm import ddpm_sample, ddpm_step
 from unclip.samplers.dpm_solver import dpm_solver_pp_update, dpm_solver_sample, dpm_solver_timesteps
 from unclip.samplers.guidance import classifier_free_guidance, concat_conditioning, guided_denoiser
-from unclip.samplers.run import SAMPLER_NAMES, run_sampler
-from unclip.samplers.unclip import unclip_predictor, unclip_sample, unclip_timesteps
+from unclip.samplers.registry import SAMPLER_NAMES, SAMPLERS, SamplerSpec, sampler_spec
+from unclip.samplers.run import run_sampler
+from unclip.samplers.unclip import unclip_predictor, unclip_sample, unclip_tables, unclip_timesteps
 
 __all__ = [
     "Parameterization",
@@ -70,10 +73,14 @@ __all__ = [
     "dpm_solver_timesteps",
     "unclip_predictor",
     "unclip_sample",
+    "unclip_tables",
     "unclip_timesteps",
     "classifier_free_guidance",
     "concat_conditioning",
     "guided_denoiser",
     "SAMPLER_NAMES",
+    "SAMPLERS",
+    "SamplerSpec",
+    "sampler_spec",
     "run_sampler",
 ]

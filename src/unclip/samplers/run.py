@@ -9,14 +9,9 @@ from torch import Tensor
 
 from unclip.diffusion import NoiseSchedule
 from unclip.samplers.base import Predictor, ProgressFn, StepCallback
-from unclip.samplers.ddim import ddim_sample
-from unclip.samplers.ddpm import ddpm_sample
-from unclip.samplers.dpm_solver import dpm_solver_sample, dpm_solver_timesteps
-from unclip.samplers.unclip import unclip_sample
+from unclip.samplers.registry import SAMPLER_NAMES, sampler_spec
 
 __all__ = ["SAMPLER_NAMES", "run_sampler"]
-
-SAMPLER_NAMES = ("ddpm", "ddim", "dpm++", "unclip")
 
 
 def run_sampler(
@@ -52,12 +47,12 @@ def run_sampler(
     Returns:
         the sample x0 [B, ...].
     """
-    if name not in SAMPLER_NAMES:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLER_NAMES}")
+    spec = sampler_spec(name)
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
     if schedule.is_respaced:
         raise ValueError("run_sampler takes the training schedule; pass spacing= to choose the steps")
+    spec.check(num_steps, predictor.param.prediction, predictor.param.variance)
     common = dict(
         shape=shape,
         generator=generator,
@@ -67,17 +62,13 @@ def run_sampler(
         stage=stage or name,
         callback=callback,
     )
-    if name == "unclip":
+    if spec.takes_eta:
+        common["eta"] = eta
+    if spec.own_spacing:
         if spacing is not None:
-            raise ValueError("the unclip sampler uses its own spacing; do not pass spacing")
-        return unclip_sample(predictor, schedule, num_steps, x_T, **common)
-    if spacing is None:
-        spacing = dpm_solver_timesteps(len(schedule), num_steps) if name == "dpm++" else str(num_steps)
-    sampling = schedule.respace(spacing)
+            raise ValueError(f"the {name} sampler uses its own spacing; do not pass spacing")
+        return spec.sample(predictor, schedule, num_steps, x_T, **common)
+    sampling = schedule.respace(spacing if spacing is not None else spec.spacing(len(schedule), num_steps))
     if len(sampling) != num_steps:
         raise ValueError(f"spacing {spacing!r} gives {len(sampling)} steps, not num_steps={num_steps}")
-    if name == "ddpm":
-        return ddpm_sample(predictor, sampling, x_T, **common)
-    if name == "ddim":
-        return ddim_sample(predictor, sampling, x_T, eta=eta, **common)
-    return dpm_solver_sample(predictor, sampling, x_T, **common)
+    return spec.sample(predictor, sampling, x_T, **common)

@@ -20,24 +20,12 @@ import torch
 from torch import Tensor
 
 from unclip.diffusion import NoiseSchedule
-from unclip.diffusion.process import Parameterization
 from unclip.diffusion.stage_config import DiffusionConfig
 from unclip.encoders.base import TextEmbedding
 from unclip.models.decoder_unet import DecoderUNet
-from unclip.models.prior import DiffusionPrior
 from unclip.models.upsampler_unet import UpsamplerUNet
-from unclip.samplers import (
-    Predictor,
-    ProgressFn,
-    StepCallback,
-    classifier_free_guidance,
-    ddim_invert,
-    dpm_solver_timesteps,
-    run_sampler,
-    unclip_timesteps,
-)
-from unclip.samplers.base import initial_noise, randn, report
-from unclip.stages.prior import repeat_text, select_best_of
+from unclip.samplers import Predictor, ProgressFn, classifier_free_guidance, ddim_invert, run_sampler
+from unclip.samplers.registry import sampler_spec
 
 __all__ = [
     "decoder_conditioning",
@@ -46,17 +34,12 @@ __all__ = [
     "sample_decoder",
     "invert_decoder",
     "sample_upsampler",
-    "unclip_sample_fp32",
-    "sample_prior_unclip",
 ]
 
 
 def final_timestep(sampler: str, schedule: NoiseSchedule, steps: int) -> int:
     """The training-schedule timestep of a sampler's last step (what :func:`run_sampler` would use)."""
-    if sampler == "unclip":
-        return unclip_timesteps(len(schedule), steps)[-1]
-    spacing = dpm_solver_timesteps(len(schedule), steps) if sampler == "dpm++" else str(steps)
-    return int(min(int(t) for t in schedule.respace(spacing).timesteps))
+    return sampler_spec(sampler).sampling_timesteps(schedule, steps)[-1]
 
 
 def _device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -146,12 +129,6 @@ def sample_decoder(
     device, dtype = _device_dtype(decoder)
     b, size = image_embedding.shape[0], decoder.config.image_size
     predictor = decoder_predictor(decoder, diffusion, image_embedding, text, guidance_scale, null_text=null_text)
-    if sampler == "unclip":
-        shape = None if x_T is not None else (b, decoder.config.in_channels, size, size)
-        return unclip_sample_fp32(
-            predictor, diffusion.make_schedule(), steps, x_T, shape=shape, generator=generator, device=device,
-            dtype=dtype, progress=progress, stage="decoder",
-        )  # fmt: skip
     return run_sampler(
         sampler,
         predictor,
@@ -227,12 +204,6 @@ def sample_upsampler(
             return net(x, t, low_res=cond)
 
         predictor = Predictor(denoise, param, clip_x0=1.0)
-    if sampler == "unclip":
-        shape = None if x_T is not None else (low_res.shape[0], c.in_channels, c.image_size, c.image_size)
-        return unclip_sample_fp32(
-            predictor, diffusion.make_schedule(), steps, x_T, shape=shape, generator=generator, device=device,
-            dtype=dtype, progress=progress, stage=stage,
-        )  # fmt: skip
     return run_sampler(
         sampler,
         predictor,
@@ -247,121 +218,3 @@ def sample_upsampler(
         progress=progress,
         stage=stage,
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# sampler "unclip" in diffusers' own float32 arithmetic
-#
-# unclip.samplers.unclip_sample computes UnCLIPScheduler's update in float64. diffusers computes it in float32 from
-# float32 tables (ᾱ = cumprod(1 - β) in float32, then e.g. α = 1 - (1 - ᾱ_t/ᾱ_prev), which cancels at t = 999);
-# with random-weight networks and guidance those ~1e-4 relative differences grow to ~0.07 pixel differences after
-# 25 + 25 + 7 steps. The pipeline therefore runs sampler "unclip" through the two functions below, which repeat
-# diffusers' operations in its order and dtype (parity within ~1e-5).
-
-
-def unclip_sample_fp32(
-    predictor: Predictor,
-    schedule: NoiseSchedule,
-    num_steps: int,
-    x_T: Tensor | None = None,
-    *,
-    shape: tuple[int, ...] | None = None,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    progress: ProgressFn | None = None,
-    stage: str = "unclip",
-    callback: StepCallback | None = None,
-) -> Tensor:
-    """diffusers' ``UnCLIPScheduler.step`` loop, operation for operation in float32.
-
-    Same contract as :func:`unclip.samplers.unclip_sample` (training schedule, n >= 2 steps, x_T then one noise
-    per step with t > 0 drawn from ``generator``); x0 comes from the raw output as diffusers computes it and
-    is then clamped by the predictor (``clip_x0``).
-    """
-    param: Parameterization = predictor.param
-    if param.variance not in ("fixed_small", "learned_range") or param.prediction not in ("eps", "x0", "v"):
-        raise ValueError(f"the unclip sampler supports eps/x0/v with fixed_small/learned_range, got {param}")
-    if schedule.is_respaced:
-        raise ValueError("the unclip sampler takes the training schedule; it respaces by itself")
-    timesteps = unclip_timesteps(len(schedule), num_steps)
-    betas = schedule.betas.to(torch.float32)
-    acp = torch.cumprod(1.0 - betas, dim=0)
-    one = torch.tensor(1.0)
-    x = initial_noise(x_T, shape, generator, device, dtype)
-    for step, t in enumerate(timesteps):
-        prev_t = timesteps[step + 1] if step + 1 < len(timesteps) else t - 1
-        a_t = acp[t]
-        a_prev = acp[prev_t] if prev_t >= 0 else one
-        b_t, b_prev = 1 - a_t, 1 - a_prev
-        if prev_t == t - 1:
-            beta, alpha = betas[t], 1 - betas[t]
-        else:
-            beta = 1 - a_t / a_prev
-            alpha = 1 - beta
-        out = predictor.raw(x, schedule, t)
-        mean, var_values = param.split(out, x)
-        if param.prediction == "eps":
-            x0 = (x - b_t**0.5 * mean) / a_t**0.5
-        elif param.prediction == "v":  # v = sqrt(ᾱ) eps - sqrt(1 - ᾱ) x0  =>  x0 = sqrt(ᾱ) x - sqrt(1 - ᾱ) v
-            x0 = a_t**0.5 * x - b_t**0.5 * mean
-        else:
-            x0 = mean
-        x0 = predictor.process_x0(x0)
-        x_prev = (a_prev**0.5 * beta) / b_t * x0 + alpha**0.5 * b_prev / b_t * x
-        if t > 0:
-            noise = randn(x.shape, generator, x)
-            variance = b_prev / b_t * beta
-            if param.variance == "fixed_small":
-                std = torch.exp(0.5 * torch.log(torch.clamp(variance, min=1e-20)))
-            else:
-                frac = (var_values + 1) / 2
-                std = (0.5 * (frac * beta.log() + (1 - frac) * variance.log())).exp()
-            x_prev = x_prev + std * noise
-        x = x_prev
-        if callback is not None:
-            callback(step, x, x0)
-        report(progress, stage, step + 1, len(timesteps))
-    return x
-
-
-@torch.no_grad()
-def sample_prior_unclip(
-    prior: DiffusionPrior,
-    text: TextEmbedding,
-    null_text: TextEmbedding | None,
-    *,
-    steps: int,
-    guidance_scale: float,
-    best_of: int,
-    clamp: float | None,
-    generator: torch.Generator | None,
-    diffusion: DiffusionConfig,
-    progress: ProgressFn | None = None,
-) -> Tensor:
-    """:func:`unclip.stages.prior.sample_prior` with sampler "unclip" run by :func:`unclip_sample_fp32`
-    (same CFG batch [null; text], clamp, best-of-k and draw order). Returns [B, D] image embeddings."""
-    if best_of < 1 or guidance_scale < 0:
-        raise ValueError(f"best_of must be >= 1 and guidance_scale >= 0, got {best_of}, {guidance_scale}")
-    device, dtype = _device_dtype(prior)
-    b, d = text.pooled.shape[0], prior.config.clip_dim
-    cond = repeat_text(text.to(device=device, dtype=dtype), best_of)
-    param = diffusion.parameterization()
-    kwargs = {"text_pooled": cond.pooled, "text_tokens": cond.tokens, "text_mask": cond.mask.bool()}
-    if guidance_scale != 1.0:
-        if null_text is None:
-            raise ValueError("guidance_scale != 1 needs null_text (the CLIP encoding of the empty caption)")
-        null = repeat_text(null_text.to(device=device, dtype=dtype), best_of, batch=b)
-        uncond = {"text_pooled": null.pooled, "text_tokens": null.tokens, "text_mask": null.mask.bool()}
-        denoiser = classifier_free_guidance(prior, guidance_scale, cond=kwargs, uncond=uncond, param=param)
-    else:
-        denoiser = lambda x, t: prior(x, t, **kwargs)  # noqa: E731
-    predictor = Predictor(denoiser, param, clip_x0=clamp)
-    z = unclip_sample_fp32(
-        predictor, diffusion.make_schedule(), steps, shape=(b * best_of, d), generator=generator, device=device,
-        dtype=dtype, progress=progress, stage="prior",
-    )  # fmt: skip
-    candidates = prior.denormalize(z).view(b, best_of, d)
-    if best_of == 1:
-        return candidates[:, 0]
-    return select_best_of(candidates, cond.pooled.view(b, best_of, d)[:, 0])[0]

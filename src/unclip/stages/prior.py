@@ -25,6 +25,7 @@ __all__ = [
     "repeat_text",
     "sample_ar_prior",
     "sample_prior",
+    "sample_prior_unclip",
     "select_best_of",
 ]
 
@@ -102,7 +103,9 @@ def sample_prior(
         text: B captions' CLIP encodings.
         null_text: CLIP encoding of ``""`` (batch 1 or B); required when ``guidance_scale != 1``.
         steps: sampler steps (respaced evenly from the training schedule, Karlo's 25).
-        sampler: "ddpm" | "ddim" | "dpm++" | "unclip" (see :func:`unclip.samplers.run_sampler`).
+        sampler: a name in :data:`unclip.samplers.SAMPLERS` ("ddpm", "ddim", "dpm++", "unclip": diffusers'
+            UnCLIPScheduler in its float32 arithmetic, what Karlo/diffusers pipelines ship); see
+            :func:`unclip.samplers.run_sampler`.
         guidance_scale: classifier-free guidance scale s (1 = off); one batched forward per step on
             [null; text].
         best_of: k candidates per caption; the one with the largest cos(z_i, z_t) is kept.
@@ -164,6 +167,26 @@ def sample_prior(
     if best_of == 1:
         return candidates[:, 0]
     return select_best_of(candidates, cond.pooled.view(b, best_of, d)[:, 0])[0]
+
+
+def sample_prior_unclip(
+    prior: DiffusionPrior,
+    text: TextEmbedding,
+    null_text: TextEmbedding | None,
+    *,
+    steps: int,
+    guidance_scale: float,
+    best_of: int,
+    clamp: float | None,
+    generator: torch.Generator | None,
+    diffusion: DiffusionConfig,
+    progress: ProgressFn | None = None,
+) -> Tensor:
+    """Deprecated alias: :func:`sample_prior` with ``sampler="unclip"`` (kept while callers move over)."""
+    return sample_prior(
+        prior, text, null_text, steps=steps, sampler="unclip", guidance_scale=guidance_scale, best_of=best_of,
+        clamp=clamp, generator=generator, diffusion=diffusion, progress=progress,
+    )  # fmt: skip
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Training tasks for the image stages: the decoder (z_i [+ text] -> base image) and the upsamplers.
 
-Both read a :class:`~unclip.data.shapes_cache.ShapesCache` (images with their CLIP embeddings), so CLIP
+Both read an :class:`~unclip.data.embed_cache.EmbeddingCache` (images with their CLIP embeddings), so CLIP
 never runs during training. Rows ``[0, len - holdout)`` are trained on; the last ``holdout`` rows are
 kept for evaluation. Global sample index ``i`` maps to training row ``i mod (len - holdout)``.
 
@@ -28,7 +28,7 @@ from torch import nn
 
 from unclip.config import save_config
 from unclip.data.degrade import bsr_degrade, gaussian_blur_degrade, paired_random_crop
-from unclip.data.shapes_cache import ShapesCache
+from unclip.data.embed_cache import EmbeddingCache
 from unclip.diffusion import sample_timesteps, training_losses
 from unclip.diffusion.stage_config import DECODER_DIFFUSION, DIFFUSION_FILE, UPSAMPLER_DIFFUSION, DiffusionConfig
 from unclip.models import build_model, model_config
@@ -41,7 +41,7 @@ class DecoderTaskConfig:
     """What the decoder trains on.
 
     Attributes:
-        cache: directory of a shapes cache (``unclip.data.shapes_cache``).
+        cache: directory of an embedding cache (``unclip.data.embed_cache``; a shapes cache is one).
         preset: decoder preset; its CLIP widths are replaced by the cache's.
         holdout: last rows of the cache never trained on (evaluation).
         use_text: condition on the caption's token states and pooled embedding as well as z_i.
@@ -98,8 +98,8 @@ class _CacheTask:
 
     name = "stage"
 
-    def __init__(self, cache: ShapesCache | str | Path, holdout: int, diffusion: DiffusionConfig) -> None:
-        self.cache = cache if isinstance(cache, ShapesCache) else ShapesCache.load(cache)
+    def __init__(self, cache: EmbeddingCache | str | Path, holdout: int, diffusion: DiffusionConfig) -> None:
+        self.cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache.load(cache)
         if not 0 <= holdout < len(self.cache):
             raise ValueError(f"holdout must be in [0, {len(self.cache)}) for this cache, got {holdout}")
         self.num_train = len(self.cache) - holdout
@@ -121,7 +121,7 @@ class DecoderTask(_CacheTask):
 
     name = "decoder"
 
-    def __init__(self, config: DecoderTaskConfig, cache: ShapesCache | None = None) -> None:
+    def __init__(self, config: DecoderTaskConfig, cache: EmbeddingCache | None = None) -> None:
         super().__init__(cache if cache is not None else config.cache, config.holdout, config.diffusion)
         self.config = config
         meta = self.cache.meta
@@ -207,7 +207,7 @@ class UpsamplerTask(_CacheTask):
 
     name = "upsampler"
 
-    def __init__(self, config: UpsamplerTaskConfig, cache: ShapesCache | None = None) -> None:
+    def __init__(self, config: UpsamplerTaskConfig, cache: EmbeddingCache | None = None) -> None:
         super().__init__(cache if cache is not None else config.cache, config.holdout, config.diffusion)
         if config.degradation not in ("blur", "bsr"):
             raise ValueError(f"degradation must be 'blur' or 'bsr', got {config.degradation!r}")

@@ -11,11 +11,7 @@ ends with the same bits as an uninterrupted one. See ``docs/training.md``.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,18 +26,18 @@ from unclip.io import remove_orphaned_tmp
 from unclip.limits import check_memory, check_threads
 from unclip.train import checkpoint as ckpt_lib
 from unclip.train import parallel
-from unclip.train.config import TrainConfig, result_field_differences
+from unclip.train.bounds import INDEX_BYTES
+from unclip.train.config import TrainConfig
 from unclip.train.dist import DistInfo, all_reduce_, barrier, cleanup, gather_objects, init_distributed, shard_indices
 from unclip.train.ema import ema_decay_at, make_ema, update_ema
 from unclip.train.lr_schedule import lr_at, schedule_state, set_lr
-from unclip.train.settings import setting_differences, task_settings
+from unclip.train.reporting import Reporter, StopFlag
+from unclip.train.resume import load_init_weights, resume_checkpoint
+from unclip.train.settings import task_settings
 from unclip.train.task import TrainTask
 
 # Keys the loop writes into a metrics line; a task metric with the same name is logged as "task/<name>".
 _LOOP_KEYS = {"step", "loss", "lr", "samples_per_s", "grad_norm", "time_s"}
-# Host bytes per sample index of one optimizer step (the index lists shard_indices builds: a Python int and
-# list slots, ~36 bytes and a copy); checked before any list is built, whatever the task.
-INDEX_BYTES = 96
 # Run-directory folders whose files are written atomically (temp file + rename) and may hold orphaned temps.
 _ATOMIC_DIRS = (".", "model", "eval")
 
@@ -87,80 +83,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return groups
 
 
-class _StopFlag:
-    """Set by SIGINT/SIGTERM (first signal: stop after this step; a second SIGINT interrupts at once)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-
-class _Reporter:
-    """Progress bar or log lines (rank 0 only) and the metrics JSONL."""
-
-    def __init__(self, task_name: str, config: TrainConfig, out_dir: Path, info: DistInfo, step: int, progress):
-        self.name, self.config, self.info = task_name, config, info
-        self.metrics_path = out_dir / "metrics.jsonl"
-        show = sys.stderr.isatty() if progress is None else bool(progress)
-        self.bar = None
-        if info.is_main and show:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=config.steps, initial=step, desc=task_name, file=sys.stderr, dynamic_ncols=True)
-
-    def step_done(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def record(self, record: dict[str, Any], announce: bool = True) -> None:
-        if not self.info.is_main:
-            return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-        if not announce:
-            return
-        if self.bar is not None and "loss" in record:
-            self.bar.set_postfix(loss=f"{record['loss']:.4g}", sps=f"{record['samples_per_s']:.1f}", refresh=False)
-        elif "loss" in record:
-            self.say(
-                f"step {record['step']}/{self.config.steps} loss {record['loss']:.4g} lr {record['lr']:.3g} "
-                f"{record['samples_per_s']:.1f} samples/s grad_norm {record['grad_norm']:.3g}"
-            )
-        else:
-            items = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step" and isinstance(v, float))
-            self.say(f"step {record['step']} {items}")
-
-    def say(self, text: str) -> None:
-        if not self.info.is_main:
-            return
-        line = f"[{self.name}] {text}"
-        if self.bar is not None:
-            self.bar.write(line, file=sys.stderr)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _check_task(task: Any) -> None:
     if not isinstance(task, TrainTask):
         missing = [
@@ -180,54 +102,62 @@ def _loss_value(task: TrainTask, out: Any) -> tuple[torch.Tensor, dict[str, floa
     return loss.reshape(()), metrics
 
 
-def _resume_state(
-    task: TrainTask, config: TrainConfig, out_dir: Path, info: DistInfo, settings: dict[str, Any]
-) -> dict[str, Any] | None:
-    path = out_dir / ckpt_lib.CHECKPOINT_NAME
-    if not path.exists():
-        return None
-    ckpt = ckpt_lib.load_checkpoint(path)
-    if ckpt["task"] != task.name:
-        raise ValueError(f"{path} belongs to task {ckpt['task']!r}, not {task.name!r}; use another out_dir")
-    diffs = result_field_differences(ckpt["config"], config_to_dict(config))
-    saved_settings = ckpt.get("task_settings")
-    if isinstance(saved_settings, dict):
-        diffs += setting_differences(saved_settings, settings)
-    elif settings and info.is_main:
-        print(
-            f"[{task.name}] warning: {path} does not record the task's settings (written by an older unclip); "
-            "they cannot be checked on this resume",
-            file=sys.stderr,
-            flush=True,
-        )
-    if diffs:
-        shown, seen = [], set()
-        for name, a, b in diffs:  # one setting seen through several objects (config.x, model_config.x): once
-            key = (name.rsplit(".", 1)[-1], repr(a), repr(b))
-            if key not in seen:
-                seen.add(key)
-                shown.append(f"{name}: checkpoint has {a!r}, now {b!r}")
-        text = "; ".join(shown)
-        raise ValueError(
-            f"cannot resume from {path}: settings that change the result differ ({text}). "
-            "Restore those values, or start over in a new output directory."
-        )
-    return ckpt
+@dataclass
+class _Interval:
+    """What the loop sums between two metrics lines (device tensors, so a step never waits for the device)."""
+
+    loss_sum: torch.Tensor
+    gnorm_sum: torch.Tensor
+    t0: float  # when the interval started (for samples_per_s)
+    task_sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0  # optimizer steps in the interval
+    micro: int = 0  # micro-batches in the interval (this rank)
+
+    @classmethod
+    def start(cls, device: torch.device) -> _Interval:
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        zero = torch.zeros((), device=device, dtype=dtype)
+        return cls(loss_sum=zero, gnorm_sum=zero.clone(), t0=time.monotonic())
 
 
-def _load_init_weights(model: nn.Module, source: Path, task_name: str) -> None:
-    """Load the EMA weights of another run (its directory or its checkpoint file) into ``model``."""
-    path = source / ckpt_lib.CHECKPOINT_NAME if source.is_dir() else source
-    if not path.is_file():
-        raise ValueError(f"init_from={str(source)!r}: no checkpoint at {path}")
-    ckpt = ckpt_lib.load_checkpoint(path)
-    if ckpt.get("task") != task_name:
-        raise ValueError(f"init_from={str(source)!r} belongs to task {ckpt.get('task')!r}, not {task_name!r}")
-    try:
-        model.load_state_dict(ckpt["ema"])
-    except RuntimeError as err:
-        first_line = str(err).splitlines()[0]
-        raise ValueError(f"init_from={str(source)!r} does not fit the task's model: {first_line}") from None
+@dataclass
+class _Run:
+    """Everything one call of :func:`run_training` holds and advances: the handles it trains with, where it
+    is in the data and the schedule, and what it has summed and measured so far."""
+
+    task: TrainTask
+    config: TrainConfig
+    out_dir: Path
+    info: DistInfo
+    amp_dtype: torch.dtype | None  # autocast dtype (None: fp32)
+    use_scaler: bool  # fp16: a GradScaler scales the loss
+    sharded: bool  # FSDP2 over several processes
+    model: nn.Module  # the network (never DDP-wrapped)
+    ema: nn.Module  # its exponential moving average
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    settings: dict[str, Any]  # the task's result-changing settings (checked on resume, in every checkpoint)
+    train_model: nn.Module | None = None  # what the loss runs through: ``model`` or its DDP wrapper
+    reporter: Reporter | None = None
+    step: int = 0  # optimizer steps done in total
+    position: int = 0  # global index of the next sample
+    ema_updates: int = 0
+    lr: float = 0.0  # learning rate of the last step
+    elapsed_before: float = 0.0  # seconds trained before this call (from the checkpoint)
+    start_time: float = 0.0  # time.monotonic() when this call's first step began
+    saved_world: int = 1  # processes that wrote the checkpoint resumed from
+    last_ckpt_step: int = -1  # step of the newest checkpoint on disk (-1: none)
+    stop_reason: str = "done"
+    interval: _Interval | None = None
+    last_metrics: dict[str, float] = field(default_factory=dict)  # last logged train and eval metrics
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    def elapsed(self) -> float:
+        """Seconds trained in total, earlier runs included."""
+        return self.elapsed_before + time.monotonic() - self.start_time
 
 
 def run_training(
@@ -263,290 +193,339 @@ def run_training(
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     info = init_distributed(config.device)
-    stop = _StopFlag()
-    reporter: _Reporter | None = None
+    stop = StopFlag()
+    run: _Run | None = None
     try:
         shard_indices(0, config.batch_size, 0, info.world_size, config.grad_accum)  # validates divisibility
-        device = info.device
-        amp_dtype, use_scaler = resolve_precision(config.precision, device)
-        removed: list[Path] = []
-        if info.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            for sub in _ATOMIC_DIRS:  # temp files of writes a kill interrupted
-                removed += remove_orphaned_tmp(out_dir / sub)
-
-        # Identical initial weights on every rank; then per-rank global streams (e.g. dropout).
-        ckpt_lib.seed_everything(config.seed)
-        model = task.build_model()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"task {task.name!r}: build_model() must return an nn.Module, got {type(model).__name__}")
-        if config.init_from is not None:  # a resumed run's own checkpoint overrides these below
-            _load_init_weights(model, Path(config.init_from), task.name)
-        sharded = config.fsdp and info.distributed
-        if not sharded:
-            model.to(device)
-        model.train()
-        ema = make_ema(model)
-        if config.grad_checkpointing:
-            parallel.apply_gradient_checkpointing(model)
-        if sharded:  # FSDP2 moves each rank's shards to the device
-            parallel.shard_model(model, device, info.world_size)
-            parallel.shard_model(ema, device, info.world_size)
-        ckpt_lib.seed_everything(ckpt_lib.derive_seed(config.seed, info.rank, 1))
-        optimizer = torch.optim.AdamW(
-            param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.adam_eps
-        )
-        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-
-        step, position, ema_updates, elapsed_before, saved_world = 0, 0, 0, 0.0, info.world_size
-        settings = task_settings(task)
-        ckpt = _resume_state(task, config, out_dir, info, settings) if resume else None
-        if ckpt is not None:
-            try:
-                if sharded:
-                    parallel.load_full_model_state(model, ckpt["model"])
-                    parallel.load_full_model_state(ema, ckpt["ema"])
-                else:
-                    model.load_state_dict(ckpt["model"])
-                    ema.load_state_dict(ckpt["ema"])
-            except RuntimeError as err:
-                raise ValueError(
-                    f"{out_dir / ckpt_lib.CHECKPOINT_NAME} does not fit the task's model: {str(err).splitlines()[0]}"
-                ) from None
-            if sharded:
-                parallel.load_full_optimizer_state(model, optimizer, ckpt["optimizer"])
-            else:
-                optimizer.load_state_dict(ckpt["optimizer"])
-            if use_scaler and ckpt.get("scaler") is not None:
-                scaler.load_state_dict(ckpt["scaler"])
-            step, position = int(ckpt["step"]), int(ckpt["data_position"])
-            ema_updates, elapsed_before = int(ckpt.get("ema_updates", step)), float(ckpt.get("elapsed_s", 0.0))
-            rng = ckpt.get("rng") or []
-            saved_world = int(ckpt.get("world_size", 1))
-            if saved_world == info.world_size and info.rank < len(rng):
-                ckpt_lib.restore_rng(rng[info.rank], device)
-            if info.is_main:
-                ckpt_lib.truncate_metrics(out_dir / "metrics.jsonl", step)
-            del ckpt
-        elif info.is_main and (out_dir / "metrics.jsonl").exists():
-            (out_dir / "metrics.jsonl").unlink()
-        barrier(info)
-
-        reporter = _Reporter(task.name, config, out_dir, info, step, progress)
-        if removed:
-            names = ", ".join(str(p.relative_to(out_dir)) for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
-            reporter.say(f"removed {len(removed)} temporary file(s) left by interrupted writes: {names}")
-        if step > 0:
-            reporter.say(f"resumed from step {step} (sample {position})")
-        if saved_world != info.world_size:
-            reporter.say(
-                f"the checkpoint was written by {saved_world} processes, now {info.world_size}: the run continues "
-                "with the same data and schedule, but not bit-identically (random streams are per rank)"
-            )
-        if sharded:
-            reporter.say(f"fully sharded (FSDP2) over {info.world_size} processes ({device.type})")
-        elif info.world_size > 1:
-            reporter.say(f"data parallel over {info.world_size} processes ({device.type})")
-
-        train_model: nn.Module = model
-        if info.distributed and not sharded:
-            train_model = DistributedDataParallel(
-                model,
-                device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=config.ddp_find_unused_parameters,
-            )
+        precision = resolve_precision(config.precision, info.device)
+        removed = _clean_out_dir(out_dir, info)
+        run = _build_run(task, config, out_dir, info, precision)
+        _resume_or_start(run, resume)
+        run.reporter = Reporter(task.name, config, out_dir, info, run.step, progress)
+        _announce(run, removed)
+        run.train_model = _wrap_for_ddp(run)
         stop.install()
-        start_time = time.monotonic()
-
-        def elapsed() -> float:
-            return elapsed_before + time.monotonic() - start_time
-
-        def full_copy(module: nn.Module, where: torch.device | str) -> nn.Module:
-            """An unsharded copy of a sharded network on rank 0 (a collective; other ranks get ``module``)."""
-            state = parallel.full_model_state(module)
-            if not info.is_main:
-                return module
-            with ckpt_lib.preserved_rng(device):
-                copy = task.build_model()
-            copy.load_state_dict(state)
-            return copy.to(where).eval()
-
-        def write_checkpoint() -> None:
-            rng_states = gather_objects(ckpt_lib.capture_rng(device), info)
-            if sharded:  # collectives: every rank takes part, rank 0 receives the full tensors
-                model_state, ema_state = parallel.full_model_state(model), parallel.full_model_state(ema)
-                optimizer_state = parallel.full_optimizer_state(model, optimizer)
-            else:
-                model_state = ema_state = optimizer_state = None
-            if info.is_main:
-                state = {
-                    "task": task.name,
-                    "step": step,
-                    "data_position": position,
-                    "ema_updates": ema_updates,
-                    "model": model_state if sharded else model.state_dict(),
-                    "ema": ema_state if sharded else ema.state_dict(),
-                    "optimizer": optimizer_state if sharded else optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if use_scaler else None,
-                    "lr_schedule": schedule_state(
-                        step,
-                        lr=config.lr,
-                        steps=config.steps,
-                        warmup_steps=config.warmup_steps,
-                        min_lr_ratio=config.min_lr_ratio,
-                    ),
-                    "rng": rng_states,
-                    "world_size": info.world_size,
-                    "elapsed_s": elapsed(),
-                    "task_settings": settings,
-                }
-                ckpt_lib.save_checkpoint(state, out_dir, config_to_dict(config))
-
-        last_metrics: dict[str, float] = {}
-
-        def evaluate() -> None:
-            eval_model = full_copy(ema, device) if sharded else ema
-            if info.is_main:
-                with ckpt_lib.preserved_rng(device), torch.no_grad():
-                    result = task.evaluate(eval_model, step, out_dir / "eval") or {}
-                ema.eval()
-                record = {"step": step, **{f"eval/{k}": float(v) for k, v in result.items()}}
-                last_metrics.update({k: v for k, v in record.items() if k != "step"})
-                reporter.record(record)
-            barrier(info)
-
-        # Interval accumulators (device tensors, so a step never waits for the device).
-        acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-        loss_sum = torch.zeros((), device=device, dtype=acc_dtype)
-        gnorm_sum = torch.zeros((), device=device, dtype=acc_dtype)
-        task_sums: dict[str, float] = {}
-        interval_steps, interval_micro, interval_t0 = 0, 0, time.monotonic()
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=amp_dtype)
-            if amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        stop_reason = "done"
-        last_ckpt_step = step if step > 0 else -1
-        lr = config.lr
-
-        def flush(now_step: int) -> None:
-            nonlocal loss_sum, gnorm_sum, task_sums, interval_steps, interval_micro, interval_t0
-            if interval_steps == 0:
-                return
-            keys = sorted(task_sums)
-            packed = torch.tensor([loss_sum.item(), *[task_sums[k] for k in keys]], dtype=torch.float64)
-            if info.distributed:
-                gathered = gather_objects((keys, packed.tolist()), info)
-                if any(g[0] != keys for g in gathered):
-                    raise RuntimeError(f"task {task.name!r} returned different metric names on different ranks")
-                packed = torch.tensor([g[1] for g in gathered], dtype=torch.float64).sum(0)
-            denom = interval_micro * info.world_size
-            gnorm = gnorm_sum.item() / interval_steps
-            loss = packed[0].item() / denom
-            if not use_scaler and not (math.isfinite(gnorm) and math.isfinite(loss)):
-                raise FloatingPointError(
-                    f"task {task.name!r}: non-finite loss ({loss}) or gradient norm ({gnorm}) by step {now_step}; "
-                    f"the last checkpoint (step {max(last_ckpt_step, 0)}) is still good. Lower lr, set grad_clip, "
-                    "or use precision='fp32'."
-                )
-            dt = max(time.monotonic() - interval_t0, 1e-9)
-            record: dict[str, Any] = {
-                "step": now_step,
-                "loss": loss,
-                "lr": lr,
-                "samples_per_s": interval_steps * config.batch_size / dt,
-                "grad_norm": gnorm,
-                "time_s": elapsed(),
-            }
-            for i, k in enumerate(keys):
-                record[f"task/{k}" if k in _LOOP_KEYS else k] = packed[1 + i].item() / denom
-            last_metrics.update({k: v for k, v in record.items() if k != "step"})
-            reporter.record(record)
-            loss_sum = torch.zeros_like(loss_sum)
-            gnorm_sum = torch.zeros_like(gnorm_sum)
-            task_sums = {}
-            interval_steps, interval_micro, interval_t0 = 0, 0, time.monotonic()
-
-        while step < config.steps:
-            local_stop = stop.requested or (
-                config.max_minutes is not None and time.monotonic() - start_time > 60.0 * config.max_minutes
-            )
-            if info.distributed:  # every rank must stop at the same step
-                local_stop = all_reduce_(torch.tensor([float(local_stop)], device=device), info, "max").item() > 0
-            if local_stop:
-                stop_reason = "signal" if stop.requested else "max_minutes"
-                break
-
-            lr = lr_at(
-                step,
-                lr=config.lr,
-                steps=config.steps,
-                warmup_steps=config.warmup_steps,
-                min_lr_ratio=config.min_lr_ratio,
-            )
-            set_lr(optimizer, lr)
-            optimizer.zero_grad(set_to_none=True)
-            micro_batches = shard_indices(position, config.batch_size, info.rank, info.world_size, config.grad_accum)
-            for micro, indices in enumerate(micro_batches):
-                batch = task.get_batch(indices, device)
-                generator = torch.Generator(device=device)
-                generator.manual_seed(ckpt_lib.derive_seed(config.seed, step, info.rank, micro))
-                last_micro = micro == len(micro_batches) - 1
-                if sharded:
-                    sync = parallel.gradient_sync(model, last_micro)
-                else:
-                    sync = train_model.no_sync() if info.distributed and not last_micro else contextlib.nullcontext()
-                with sync:
-                    with autocast:
-                        loss, metrics = _loss_value(task, task.loss(train_model, batch, generator))
-                    scaler.scale(loss.float() / config.grad_accum).backward()
-                loss_sum += loss.detach().to(acc_dtype)
-                for k, v in metrics.items():
-                    task_sums[k] = task_sums.get(k, 0.0) + float(v)
-                interval_micro += 1
-            scaler.unscale_(optimizer)
-            max_norm = config.grad_clip if config.grad_clip is not None else float("inf")
-            grad_norm = parallel.grad_norm_value(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-            scaler.step(optimizer)
-            scaler.update()
-            update_ema(ema, model, ema_decay_at(ema_updates, config.ema_decay, config.ema_warmup))
-            ema_updates += 1
-            gnorm_sum += grad_norm.detach().to(acc_dtype)
-            step += 1
-            position += config.batch_size
-            interval_steps += 1
-            reporter.step_done()
-
-            if step % config.log_every == 0 or step == config.steps:
-                flush(step)
-            if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
-                flush(step)
-                evaluate()
-                interval_t0 = time.monotonic()
-            if config.ckpt_every and step % config.ckpt_every == 0 and step < config.steps:
-                flush(step)
-                write_checkpoint()
-                last_ckpt_step = step
-                interval_t0 = time.monotonic()
-
-        flush(step)
-        if step != last_ckpt_step:
-            write_checkpoint()
-        if stop_reason != "done":
-            reporter.say(f"stopped at step {step}/{config.steps} ({stop_reason}); checkpoint written")
-        final_ema = full_copy(ema, "cpu") if sharded else ema  # under FSDP: an unsharded copy on rank 0
-        if info.is_main:
-            with ckpt_lib.preserved_rng(device), torch.no_grad():
-                task.export(final_ema, out_dir / "model")
-            final_ema.eval()
-        barrier(info)
+        run.start_time = time.monotonic()
+        run.interval = _Interval.start(run.device)
+        run.last_ckpt_step = run.step if run.step > 0 else -1
+        run.lr = config.lr
+        while run.step < config.steps and not _should_stop(run, stop):
+            _train_step(run)
+            _after_step(run)
+        _flush(run)
+        if run.step != run.last_ckpt_step:
+            _write_checkpoint(run)
+        if run.stop_reason != "done":
+            run.reporter.say(f"stopped at step {run.step}/{config.steps} ({run.stop_reason}); checkpoint written")
+        final_ema = _export(run)
         return TrainResult(
-            model=model, ema_model=final_ema, step=step, metrics=last_metrics, stop_reason=stop_reason, out_dir=out_dir
+            run.model, final_ema, run.step, metrics=run.last_metrics, stop_reason=run.stop_reason, out_dir=out_dir
         )
     finally:
         torch.set_num_threads(threads_before)
         stop.uninstall()
-        if reporter is not None:
-            reporter.close()
+        if run is not None and run.reporter is not None:
+            run.reporter.close()
         cleanup(info)
+
+
+# ------------------------------------------------------------------------------------------ set-up
+
+
+def _clean_out_dir(out_dir: Path, info: DistInfo) -> list[Path]:
+    """Create the run directory (rank 0) and remove the temp files of writes a kill interrupted."""
+    removed: list[Path] = []
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for sub in _ATOMIC_DIRS:
+            removed += remove_orphaned_tmp(out_dir / sub)
+    return removed
+
+
+def _build_run(
+    task: TrainTask, config: TrainConfig, out_dir: Path, info: DistInfo, precision: tuple[torch.dtype | None, bool]
+) -> _Run:
+    """The network, its EMA, the optimizer and the scaler, built in an order every resume repeats."""
+    device = info.device
+    # Identical initial weights on every rank; then per-rank global streams (e.g. dropout).
+    ckpt_lib.seed_everything(config.seed)
+    model = task.build_model()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"task {task.name!r}: build_model() must return an nn.Module, got {type(model).__name__}")
+    if config.init_from is not None:  # a resumed run's own checkpoint overrides these
+        load_init_weights(model, Path(config.init_from), task.name)
+    sharded = config.fsdp and info.distributed
+    if not sharded:
+        model.to(device)
+    model.train()
+    ema = make_ema(model)
+    if config.grad_checkpointing:
+        parallel.apply_gradient_checkpointing(model)
+    if sharded:  # FSDP2 moves each rank's shards to the device
+        parallel.shard_model(model, device, info.world_size)
+        parallel.shard_model(ema, device, info.world_size)
+    ckpt_lib.seed_everything(ckpt_lib.derive_seed(config.seed, info.rank, 1))
+    optimizer = torch.optim.AdamW(
+        param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.adam_eps
+    )
+    amp_dtype, use_scaler = precision
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    return _Run(task=task, config=config, out_dir=out_dir, info=info, amp_dtype=amp_dtype, use_scaler=use_scaler,
+                sharded=sharded, model=model, ema=ema, optimizer=optimizer, scaler=scaler,
+                settings=task_settings(task), saved_world=info.world_size)  # fmt: skip
+
+
+def _resume_or_start(run: _Run, resume: bool) -> None:
+    """Continue from the run directory's checkpoint (weights, optimizer, counters, random streams), or start
+    over (an old metrics file removed). Every rank returns together."""
+    info, out_dir = run.info, run.out_dir
+    ckpt = resume_checkpoint(run.task, run.config, out_dir, info, run.settings) if resume else None
+    if ckpt is not None:
+        _restore(run, ckpt)
+        if info.is_main:
+            ckpt_lib.truncate_metrics(out_dir / "metrics.jsonl", run.step)
+    elif info.is_main and (out_dir / "metrics.jsonl").exists():
+        (out_dir / "metrics.jsonl").unlink()
+    barrier(info)
+
+
+def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
+    model, ema, optimizer = run.model, run.ema, run.optimizer
+    try:
+        if run.sharded:
+            parallel.load_full_model_state(model, ckpt["model"])
+            parallel.load_full_model_state(ema, ckpt["ema"])
+        else:
+            model.load_state_dict(ckpt["model"])
+            ema.load_state_dict(ckpt["ema"])
+    except RuntimeError as err:
+        raise ValueError(
+            f"{run.out_dir / ckpt_lib.CHECKPOINT_NAME} does not fit the task's model: {str(err).splitlines()[0]}"
+        ) from None
+    if run.sharded:
+        parallel.load_full_optimizer_state(model, optimizer, ckpt["optimizer"])
+    else:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if run.use_scaler and ckpt.get("scaler") is not None:
+        run.scaler.load_state_dict(ckpt["scaler"])
+    run.step, run.position = int(ckpt["step"]), int(ckpt["data_position"])
+    run.ema_updates, run.elapsed_before = int(ckpt.get("ema_updates", run.step)), float(ckpt.get("elapsed_s", 0.0))
+    rng = ckpt.get("rng") or []
+    run.saved_world = int(ckpt.get("world_size", 1))
+    if run.saved_world == run.info.world_size and run.info.rank < len(rng):
+        ckpt_lib.restore_rng(rng[run.info.rank], run.device)
+
+
+def _announce(run: _Run, removed: list[Path]) -> None:
+    """Log what was cleaned up, where the run resumes, and how it is parallel."""
+    say, info = run.reporter.say, run.info
+    if removed:
+        names = ", ".join(str(p.relative_to(run.out_dir)) for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
+        say(f"removed {len(removed)} temporary file(s) left by interrupted writes: {names}")
+    if run.step > 0:
+        say(f"resumed from step {run.step} (sample {run.position})")
+    if run.saved_world != info.world_size:
+        say(
+            f"the checkpoint was written by {run.saved_world} processes, now {info.world_size}: the run continues "
+            "with the same data and schedule, but not bit-identically (random streams are per rank)"
+        )
+    if run.sharded:
+        say(f"fully sharded (FSDP2) over {info.world_size} processes ({run.device.type})")
+    elif info.world_size > 1:
+        say(f"data parallel over {info.world_size} processes ({run.device.type})")
+
+
+def _wrap_for_ddp(run: _Run) -> nn.Module:
+    """The module the loss runs through: ``model`` itself, or its DDP wrapper when data parallel."""
+    if not run.info.distributed or run.sharded:
+        return run.model
+    return DistributedDataParallel(
+        run.model,
+        device_ids=[run.device.index] if run.device.type == "cuda" else None,
+        find_unused_parameters=run.config.ddp_find_unused_parameters,
+    )
+
+
+# ------------------------------------------------------------------------------------------ one step
+
+
+def _should_stop(run: _Run, stop: StopFlag) -> bool:
+    """Whether a signal or the time budget ends the run before this step (the same answer on every rank)."""
+    config = run.config
+    local_stop = stop.requested or (
+        config.max_minutes is not None and time.monotonic() - run.start_time > 60.0 * config.max_minutes
+    )
+    if run.info.distributed:  # every rank must stop at the same step
+        local_stop = all_reduce_(torch.tensor([float(local_stop)], device=run.device), run.info, "max").item() > 0
+    if local_stop:
+        run.stop_reason = "signal" if stop.requested else "max_minutes"
+    return bool(local_stop)
+
+
+def _train_step(run: _Run) -> None:
+    """One optimizer step on the next ``batch_size`` samples (micro-batches, clipping, EMA, counters)."""
+    config, info, device, interval = run.config, run.info, run.device, run.interval
+    run.lr = lr_at(
+        run.step, lr=config.lr, steps=config.steps, warmup_steps=config.warmup_steps, min_lr_ratio=config.min_lr_ratio
+    )
+    set_lr(run.optimizer, run.lr)
+    run.optimizer.zero_grad(set_to_none=True)
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=run.amp_dtype)
+        if run.amp_dtype is not None
+        else contextlib.nullcontext()
+    )
+    micro_batches = shard_indices(run.position, config.batch_size, info.rank, info.world_size, config.grad_accum)
+    for micro, indices in enumerate(micro_batches):
+        batch = run.task.get_batch(indices, device)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(ckpt_lib.derive_seed(config.seed, run.step, info.rank, micro))
+        last_micro = micro == len(micro_batches) - 1
+        if run.sharded:
+            sync = parallel.gradient_sync(run.model, last_micro)
+        else:
+            sync = run.train_model.no_sync() if info.distributed and not last_micro else contextlib.nullcontext()
+        with sync:
+            with autocast:
+                loss, metrics = _loss_value(run.task, run.task.loss(run.train_model, batch, generator))
+            run.scaler.scale(loss.float() / config.grad_accum).backward()
+        interval.loss_sum += loss.detach().to(interval.loss_sum.dtype)
+        for k, v in metrics.items():
+            interval.task_sums[k] = interval.task_sums.get(k, 0.0) + float(v)
+        interval.micro += 1
+    run.scaler.unscale_(run.optimizer)
+    max_norm = config.grad_clip if config.grad_clip is not None else float("inf")
+    grad_norm = parallel.grad_norm_value(torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    update_ema(run.ema, run.model, ema_decay_at(run.ema_updates, config.ema_decay, config.ema_warmup))
+    run.ema_updates += 1
+    interval.gnorm_sum += grad_norm.detach().to(interval.gnorm_sum.dtype)
+    run.step += 1
+    run.position += config.batch_size
+    interval.steps += 1
+    run.reporter.step_done()
+
+
+def _after_step(run: _Run) -> None:
+    """The step's scheduled work: a metrics line, an evaluation, a checkpoint."""
+    config, step = run.config, run.step
+    if step % config.log_every == 0 or step == config.steps:
+        _flush(run)
+    if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+        _flush(run)
+        _evaluate(run)
+        run.interval.t0 = time.monotonic()
+    if config.ckpt_every and step % config.ckpt_every == 0 and step < config.steps:
+        _flush(run)
+        _write_checkpoint(run)
+        run.last_ckpt_step = step
+        run.interval.t0 = time.monotonic()
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+def _flush(run: _Run) -> None:
+    """Write the interval's metrics line (losses summed over ranks) and start a new interval."""
+    interval, info, task = run.interval, run.info, run.task
+    if interval.steps == 0:
+        return
+    keys = sorted(interval.task_sums)
+    packed = torch.tensor([interval.loss_sum.item(), *[interval.task_sums[k] for k in keys]], dtype=torch.float64)
+    if info.distributed:
+        gathered = gather_objects((keys, packed.tolist()), info)
+        if any(g[0] != keys for g in gathered):
+            raise RuntimeError(f"task {task.name!r} returned different metric names on different ranks")
+        packed = torch.tensor([g[1] for g in gathered], dtype=torch.float64).sum(0)
+    denom = interval.micro * info.world_size
+    gnorm = interval.gnorm_sum.item() / interval.steps
+    loss = packed[0].item() / denom
+    if not run.use_scaler and not (math.isfinite(gnorm) and math.isfinite(loss)):
+        raise FloatingPointError(
+            f"task {task.name!r}: non-finite loss ({loss}) or gradient norm ({gnorm}) by step {run.step}; "
+            f"the last checkpoint (step {max(run.last_ckpt_step, 0)}) is still good. Lower lr, set grad_clip, "
+            "or use precision='fp32'."
+        )
+    dt = max(time.monotonic() - interval.t0, 1e-9)
+    record: dict[str, Any] = {
+        "step": run.step,
+        "loss": loss,
+        "lr": run.lr,
+        "samples_per_s": interval.steps * run.config.batch_size / dt,
+        "grad_norm": gnorm,
+        "time_s": run.elapsed(),
+    }
+    for i, k in enumerate(keys):
+        record[f"task/{k}" if k in _LOOP_KEYS else k] = packed[1 + i].item() / denom
+    run.last_metrics.update({k: v for k, v in record.items() if k != "step"})
+    run.reporter.record(record)
+    run.interval = _Interval.start(run.device)
+
+
+def _full_copy(run: _Run, module: nn.Module, where: torch.device | str) -> nn.Module:
+    """An unsharded copy of a sharded network on rank 0 (a collective; other ranks get ``module``)."""
+    state = parallel.full_model_state(module)
+    if not run.info.is_main:
+        return module
+    with ckpt_lib.preserved_rng(run.device):
+        copy = run.task.build_model()
+    copy.load_state_dict(state)
+    return copy.to(where).eval()
+
+
+def _evaluate(run: _Run) -> None:
+    """The task's evaluation of the EMA on rank 0, its training random streams left as they were."""
+    eval_model = _full_copy(run, run.ema, run.device) if run.sharded else run.ema
+    if run.info.is_main:
+        with ckpt_lib.preserved_rng(run.device), torch.no_grad():
+            result = run.task.evaluate(eval_model, run.step, run.out_dir / "eval") or {}
+        run.ema.eval()
+        record = {"step": run.step, **{f"eval/{k}": float(v) for k, v in result.items()}}
+        run.last_metrics.update({k: v for k, v in record.items() if k != "step"})
+        run.reporter.record(record)
+    barrier(run.info)
+
+
+def _write_checkpoint(run: _Run) -> None:
+    """``checkpoint.pt``: weights, EMA, optimizer, counters, every rank's random streams, the task's settings."""
+    info, config, sharded = run.info, run.config, run.sharded
+    rng_states = gather_objects(ckpt_lib.capture_rng(run.device), info)
+    if sharded:  # collectives: every rank takes part, rank 0 receives the full tensors
+        model_state, ema_state = parallel.full_model_state(run.model), parallel.full_model_state(run.ema)
+        optimizer_state = parallel.full_optimizer_state(run.model, run.optimizer)
+    if not info.is_main:
+        return
+    state = {
+        "task": run.task.name,
+        "step": run.step,
+        "data_position": run.position,
+        "ema_updates": run.ema_updates,
+        "model": model_state if sharded else run.model.state_dict(),
+        "ema": ema_state if sharded else run.ema.state_dict(),
+        "optimizer": optimizer_state if sharded else run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict() if run.use_scaler else None,
+        "lr_schedule": schedule_state(
+            run.step,
+            lr=config.lr,
+            steps=config.steps,
+            warmup_steps=config.warmup_steps,
+            min_lr_ratio=config.min_lr_ratio,
+        ),  # fmt: skip
+        "rng": rng_states,
+        "world_size": info.world_size,
+        "elapsed_s": run.elapsed(),
+        "task_settings": run.settings,
+    }
+    ckpt_lib.save_checkpoint(state, run.out_dir, config_to_dict(config))
+
+
+def _export(run: _Run) -> nn.Module:
+    """``task.export`` of the final EMA on rank 0 (under FSDP an unsharded CPU copy); returns that EMA."""
+    final_ema = _full_copy(run, run.ema, "cpu") if run.sharded else run.ema
+    if run.info.is_main:
+        with ckpt_lib.preserved_rng(run.device), torch.no_grad():
+            run.task.export(final_ema, run.out_dir / "model")
+        final_ema.eval()
+    barrier(run.info)
+    return final_ema

@@ -1,6 +1,6 @@
 """Training the two priors on a shapes cache, as :class:`~unclip.train.task.TrainTask`\\ s.
 
-Both tasks read a :class:`~unclip.data.shapes_cache.ShapesCache` (CLIP image embeddings z_i, caption
+Both tasks read an :class:`~unclip.data.embed_cache.EmbeddingCache` (CLIP image embeddings z_i, caption
 encodings, per world sample) instead of running CLIP every step. The last ``holdout`` rows of the cache are
 held out: no batch ever contains them, and :meth:`evaluate` measures on them.
 
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unclip.config import save_config
-from unclip.data.shapes_cache import ShapesCache
+from unclip.data.embed_cache import EmbeddingCache
 from unclip.diffusion import sample_timesteps, training_losses
 from unclip.diffusion.stage_config import DIFFUSION_FILE, PRIOR_DIFFUSION, DiffusionConfig
 from unclip.encoders.base import TextEmbedding
@@ -70,7 +70,7 @@ class _CachePriorTask:
 
     def __init__(
         self,
-        cache: ShapesCache | str | Path,
+        cache: EmbeddingCache | str | Path,
         null_text: TextEmbedding,
         holdout: int,
         data_seed: int,
@@ -78,8 +78,8 @@ class _CachePriorTask:
         eval_seed: int,
         export_dtype: torch.dtype | None,
     ):
-        if not isinstance(cache, ShapesCache):
-            cache = ShapesCache.load(cache)
+        if not isinstance(cache, EmbeddingCache):
+            cache = EmbeddingCache.load(cache)
         if not isinstance(holdout, int) or holdout < 0:
             raise ValueError(f"holdout must be an integer >= 0, got {holdout!r}")
         if len(cache) - holdout < 2:
@@ -197,8 +197,9 @@ class DiffusionPriorTask(_CachePriorTask):
     """Diffusion prior on a shapes cache (see the module doc).
 
     Args:
-        cache: a loaded :class:`ShapesCache` or its directory.
-        null_text: CLIP encoding of ``""`` (batch 1) from the cache's CLIP (:func:`null_text_for_cache`).
+        cache: a loaded :class:`EmbeddingCache` or its directory.
+        null_text: CLIP encoding of ``""`` (batch 1) from the cache's CLIP
+            (:func:`~unclip.data.embed_cache.null_text_for_cache`).
         config: :class:`PriorConfig` (dimensions must match the cache) or a preset name (its D, W, L are
             taken from the cache).
         holdout: the last ``holdout`` rows are never trained on.
@@ -215,7 +216,7 @@ class DiffusionPriorTask(_CachePriorTask):
 
     def __init__(
         self,
-        cache: ShapesCache | str | Path,
+        cache: EmbeddingCache | str | Path,
         null_text: TextEmbedding,
         config: PriorConfig | str = "shapes",
         holdout: int = 1000,
@@ -297,7 +298,7 @@ class ARPriorTask(_CachePriorTask):
 
     def __init__(
         self,
-        cache: ShapesCache | str | Path,
+        cache: EmbeddingCache | str | Path,
         null_text: TextEmbedding,
         config: ARPriorConfig | str = "shapes",
         holdout: int = 1000,

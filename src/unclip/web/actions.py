@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from unclip.pipeline.options import GenerationDefaults
+from unclip.samplers.registry import sampler_spec
 from unclip.web.jobs import ProgressFn, RunFn
 from unclip.web.schemas import GenerateRequest, InterpolateRequest, TextDiffRequest, VariationsRequest
 
@@ -43,10 +44,13 @@ def _check_steps(params: dict[str, Any], names: tuple[str, ...], max_steps: int)
     for name in names:
         if params[name] > max_steps:
             raise FieldError((name,), f"{name} = {params[name]} is above this server's limit of {max_steps}")
-    if params.get("sampler") == "unclip":
+    if params.get("sampler") is not None:
+        min_steps = sampler_spec(params["sampler"]).min_steps
         for name in names:
-            if params[name] < 2:
-                raise FieldError((name,), f"{name} must be >= 2 with sampler 'unclip', got {params[name]}")
+            if params[name] < min_steps:
+                raise FieldError(
+                    (name,), f"{name} must be >= {min_steps} with sampler {params['sampler']!r}, got {params[name]}"
+                )
 
 
 def _labelled(images: list[Image.Image], params: dict[str, Any], extra: list[dict[str, Any]] | None = None):

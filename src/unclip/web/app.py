@@ -24,7 +24,7 @@ from PIL import Image
 from starlette.types import Receive, Scope, Send
 
 from unclip.config import config_to_dict
-from unclip.samplers.run import SAMPLER_NAMES
+from unclip.samplers.registry import SAMPLER_NAMES, SAMPLERS
 from unclip.web import actions, errors
 from unclip.web.config import MAX_UPLOAD_SIDE, ServeConfig
 from unclip.web.jobs import Job, JobManager, QueueFull
@@ -178,6 +178,7 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
             "max_queue": config.max_queue, "max_upload_side": MAX_UPLOAD_SIDE, "max_streams": config.max_streams,
         }  # fmt: skip
         return {"model": config.model, "image_size": pipe.image_size, "samplers": list(SAMPLER_NAMES),
+                "sampler_min_steps": {name: spec.min_steps for name, spec in SAMPLERS.items()},
                 "defaults": config_to_dict(pipe.defaults), "limits": shown}  # fmt: skip
 
     # ------------------------------------------------------------------ images

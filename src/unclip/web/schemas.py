@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from unclip.samplers.run import SAMPLER_NAMES
+from unclip.samplers.registry import SAMPLER_NAMES
 from unclip.web.config import (
     MAX_BEST_OF,
     MAX_ETA,
@@ -254,5 +254,6 @@ class ServerConfigInfo(BaseModel):
     model: str
     image_size: int
     samplers: list[str]
+    sampler_min_steps: dict[str, int] = Field(description="Fewest steps per stage each sampler takes.")
     defaults: dict[str, Any]
     limits: ServerLimits

@@ -62,6 +62,7 @@ async function loadConfig() {
   $("model-line").textContent = `Model: ${config.model} · ${config.image_size}×${config.image_size} px`;
   const sampler = $("sampler");
   for (const name of config.samplers) sampler.append(el("option", { value: name, text: name }));
+  sampler.addEventListener("change", applyStepMinimum);
   $("num-images").max = config.limits.max_images;
   $("frames").max = config.limits.max_frames;
   for (const [id] of FIELDS) $(id).max = id.endsWith("steps") ? config.limits.max_steps : config.limits.max_guidance;
@@ -83,6 +84,14 @@ function resetDefaults() {
   const d = state.config.defaults;
   $("sampler").value = d.sampler;
   for (const [id, field] of FIELDS) $(id).value = d[field];
+  applyStepMinimum();
+}
+
+// The fewest steps the chosen sampler takes (the server's sampler registry, e.g. 2 for "unclip").
+const minSteps = () => (state.config.sampler_min_steps || {})[$("sampler").value] || 1;
+
+function applyStepMinimum() {
+  for (const [id] of FIELDS) if (id.endsWith("steps")) $(id).min = minSteps();
 }
 
 function readForm() {
@@ -100,6 +109,9 @@ function readForm() {
   for (const [id, field, parse] of FIELDS) {
     const value = parse($(id).value, 10);
     if (Number.isNaN(value)) throw new Error(`${$(id).labels[0].textContent}: enter a number.`);
+    if (id.endsWith("steps") && value < minSteps()) {
+      throw new Error(`${$(id).labels[0].textContent}: the ${$("sampler").value} sampler needs at least ${minSteps()}.`);
+    }
     if (value !== d[field]) body[field] = value;
   }
   return body;
@@ -331,6 +343,7 @@ function restore(entry) {
   $("seed").value = b.seed === undefined ? "" : b.seed;
   resetDefaults();
   if (b.sampler) $("sampler").value = b.sampler;
+  applyStepMinimum();
   for (const [id, field] of FIELDS) if (b[field] !== undefined) $(id).value = b[field];
   $("prompt").focus();
   announce("Settings restored into the form.");
