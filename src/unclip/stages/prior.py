@@ -25,7 +25,6 @@ __all__ = [
     "repeat_text",
     "sample_ar_prior",
     "sample_prior",
-    "sample_prior_unclip",
     "select_best_of",
 ]
 
@@ -167,26 +166,6 @@ def sample_prior(
     if best_of == 1:
         return candidates[:, 0]
     return select_best_of(candidates, cond.pooled.view(b, best_of, d)[:, 0])[0]
-
-
-def sample_prior_unclip(
-    prior: DiffusionPrior,
-    text: TextEmbedding,
-    null_text: TextEmbedding | None,
-    *,
-    steps: int,
-    guidance_scale: float,
-    best_of: int,
-    clamp: float | None,
-    generator: torch.Generator | None,
-    diffusion: DiffusionConfig,
-    progress: ProgressFn | None = None,
-) -> Tensor:
-    """Deprecated alias: :func:`sample_prior` with ``sampler="unclip"`` (kept while callers move over)."""
-    return sample_prior(
-        prior, text, null_text, steps=steps, sampler="unclip", guidance_scale=guidance_scale, best_of=best_of,
-        clamp=clamp, generator=generator, diffusion=diffusion, progress=progress,
-    )  # fmt: skip
 
 
 @torch.no_grad()
