@@ -37,12 +37,16 @@ PEAK_BF16_TFLOPS = (
 )  # fmt: skip
 
 
+def peak_for_name(name: str) -> float | None:
+    """The dense bf16 peak (TFLOP/s) of a device named ``name`` (e.g. "NVIDIA H100 PCIe"), or None if unknown."""
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
+
+
 def peak_tflops(device: torch.device) -> float | None:
     """The dense bf16 peak of a CUDA device from :data:`PEAK_BF16_TFLOPS`, or None if unknown."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
+    return peak_for_name(torch.cuda.get_device_name(device))
 
 
 def synthetic_cache(image_size: int, clip_dim: int, token_width: int, text_len: int, rows: int, seed: int = 0):

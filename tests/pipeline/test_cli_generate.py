@@ -36,17 +36,81 @@ def test_generate_to_directory_and_file(model_dir, tmp_path):
     assert np.array_equal(np.asarray(Image.open(again / "0002.png")), np.asarray(Image.open(out / "0002.png")))
 
 
-def test_manipulation_commands(model_dir, tmp_path):
-    src = tmp_path / "src.png"
-    Image.new("RGB", (40, 30), (200, 30, 30)).save(src)
+def _frames(directory):
+    return [np.asarray(Image.open(p), dtype=np.int16) for p in sorted(directory.glob("0*.png"))]
+
+
+@pytest.fixture(scope="module")
+def source_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("src") / "src.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _reconstruction(model_dir, source_image, rows: int, seed: int) -> list[np.ndarray]:
+    """The image's z_i decoded from its DDIM-inverted x_T (eta 0), ``rows`` times in one batch, computed directly."""
+    import torch
+
+    from unclip.images import tensor_to_output
+    from unclip.pipeline import UnCLIPPipeline
+
+    pipe = UnCLIPPipeline.from_pretrained(model_dir)
+    z_i, x_T = pipe.invert(str(source_image))
+    settings = pipe._ddim_settings(None, None)
+    with torch.no_grad():  # one batch of ``rows``: the upsamplers draw the same noise as the command's batch
+        recon = pipe.decode(z_i.repeat(rows, 1), None, settings, torch.Generator().manual_seed(seed),
+                            x_T=x_T.repeat(rows, 1, 1, 1), eta=0.0, sampler="ddim")  # fmt: skip
+    return [np.asarray(im, dtype=np.int16) for im in tensor_to_output(recon, "pil")]
+
+
+def test_edit_at_theta_zero_reproduces_the_inversion(model_dir, source_image, tmp_path):
+    m = ["--model", str(model_dir), "--seed", "5"]
+    r = run(["edit", str(source_image), "--to", "a blue circle", "--theta", "0", "--theta", "0.5", *m,
+             "-o", str(tmp_path / "e")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    at_zero, at_half = _frames(tmp_path / "e")
+    assert np.abs(at_zero - _reconstruction(model_dir, source_image, 2, 5)[0]).max() <= 1  # PNG rounding only
+    assert (at_half != at_zero).mean() > 0.3  # same x_T and upsampler noise: only the text diff moves it
+
+
+def test_variations_are_seeded_draws_around_the_reconstruction(model_dir, source_image, tmp_path):
     m = ["--model", str(model_dir)]
-    assert run(["vary", str(src), "-n", "2", *m, "-o", str(tmp_path / "v")]).exit_code == 0
-    assert run(["interpolate", str(src), str(src), "--frames", "3", *m, "-o", str(tmp_path / "i")]).exit_code == 0
-    assert len(list((tmp_path / "i").glob("0*.png"))) == 3
-    r = run(
-        ["edit", str(src), "--to", "a blue circle", "--theta", "0", "--theta", "0.5", *m, "-o", str(tmp_path / "e")]
-    )
-    assert r.exit_code == 0 and len(list((tmp_path / "e").glob("0*.png"))) == 2
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        r = run(["vary", str(source_image), "-n", "2", *m, "--seed", seed, "-o", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+    a, b, c = (_frames(tmp_path / n) for n in "abc")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # same seed, same variations
+    assert (a[0] != a[1]).mean() > 0.3  # eta 1: the two variations differ
+    assert (a[0] != c[0]).mean() > 0.3  # another seed, other draws
+    r = run(["vary", str(source_image), "-n", "2", "--eta", "0", *m, "--seed", "3", "-o", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    for got, want in zip(_frames(tmp_path / "d"), _reconstruction(model_dir, source_image, 2, 3)):
+        assert np.abs(got - want).max() <= 1  # eta 0: a variation is the reconstruction
+
+
+def test_interpolating_an_image_with_itself_decodes_its_embedding_from_one_noise(model_dir, source_image, tmp_path):
+    import torch
+
+    from unclip.images import tensor_to_output
+    from unclip.pipeline import UnCLIPPipeline
+
+    other = tmp_path / "other.png"
+    Image.new("RGB", (30, 30), (20, 40, 220)).save(other)
+    m = ["--model", str(model_dir), "--seed", "2", "--frames", "3"]
+    assert run(["interpolate", str(source_image), str(source_image), *m, "-o", str(tmp_path / "same")]).exit_code == 0
+    pipe = UnCLIPPipeline.from_pretrained(model_dir)
+    generator = torch.Generator().manual_seed(2)
+    size = pipe.decoder.model.config.image_size
+    x_T = torch.randn((1, 3, size, size), generator=generator).repeat(3, 1, 1, 1)
+    z = pipe.embed_images([str(source_image)]).repeat(3, 1)
+    with torch.no_grad():
+        want = pipe.decode(z, None, pipe._ddim_settings(None, None), generator, x_T=x_T, eta=0.0, sampler="ddim")
+    for got, ref in zip(_frames(tmp_path / "same"), tensor_to_output(want, "pil")):
+        assert np.abs(got - np.asarray(ref, dtype=np.int16)).max() <= 1
+    assert run(["interpolate", str(source_image), str(other), *m, "-o", str(tmp_path / "ab")]).exit_code == 0
+    ab = _frames(tmp_path / "ab")
+    assert (ab[2] != ab[0]).mean() > 0.3  # the far end is the other image
 
 
 @pytest.mark.parametrize(
