@@ -18,9 +18,10 @@ from PIL import Image
 from unclip.config import save_config
 from unclip.data.shapes import ShapesWorld
 from unclip.experiments import EXPERIMENTS, ExperimentContext, get_spec, run_experiment
+from unclip.experiments import verdicts as V
 from unclip.experiments.ar_vs_diffusion import PriorCompareSettings
 from unclip.experiments.binding import BindingSettings, binding_caption, binding_measures
-from unclip.experiments.common import ResultStore, markdown_table
+from unclip.experiments.common import ResultStore, Verdict, markdown_table
 from unclip.experiments.diversity import DiversitySettings, matched_gap
 from unclip.experiments.guidance_fid import SweepSettings
 from unclip.experiments.models import ComparisonDecoderTask, DecoderBudget, comparison_decoder, decode_with
@@ -90,6 +91,62 @@ def _unit_interval(values) -> bool:
     return all(v is None or 0.0 <= v <= 1.0 for v in values)
 
 
+def _num(x):
+    """A JSON number back as a float (the outputs write NaN as null)."""
+    return float("nan") if x is None else x
+
+
+def _same(a, b) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and a == pytest.approx(b, nan_ok=True))
+
+
+def recomputed_held(name: str, r: dict) -> bool | None:
+    """The verdict :mod:`unclip.experiments.verdicts` gives on the numbers experiment ``name`` wrote to its
+    JSON ``results`` (checking the stored intermediates of the rule on the way)."""
+    if name == "ar_vs_diffusion":
+        e, img = r["embeddings"], r["images"]
+        return V.ar_vs_diffusion_verdict(
+            _num(e["diffusion"]["cos_image"]), _num(e["ar"]["cos_image"]), _num(e["diffusion"]["fd"]),
+            _num(e["ar"]["fd"]), _num(img["diffusion"]["accuracy"]["mean"]), _num(img["ar"]["accuracy"]["mean"]),
+            img["diffusion"]["n"],
+        )[0]  # fmt: skip
+    if name == "binding":
+        u, c = r["generated"]["unclip"], r["generated"]["caption"]
+        diffs = [V.binding_difference(_num(u[g]["bound"]), u[g]["n"], _num(c[g]["bound"]), c[g]["n"]) for g in u]
+        assert all(_same(list(d), s) for d, s in zip(diffs, r["difference_bound"])) and len(diffs) == len(u)
+        return V.binding_verdict(diffs)
+    if name == "diversity":
+        res = r["results"]
+        pts = {m: [(_num(v["mean_accuracy"]), _num(v["mean_entropy"])) for v in res[m].values()] for m in res}
+        held, gap = V.diversity_verdict(pts["unclip"], pts["caption"])
+        assert _same(gap, r["matched_entropy_gap"])
+        return held
+    if name == "guidance_fid":
+        curves = {m: [_num(v["fd"]) for v in per_g.values()] for m, per_g in r["fd_and_accuracy"].items()}
+        assert all(_same(V.fd_rise(curves[m]), r["fd_rise"][m]) for m in curves)
+        return V.guidance_fid_verdict(curves["unclip"], curves["caption"])
+    if name == "prior_matters":
+        fd = {m: _num(v) for m, v in r["best_fd"].items()}
+        return V.prior_matters_verdict(fd["unclip"], fd["text_embedding"], fd["zero_shot"])
+    if name == "pca":
+        held, coarse, fine = V.pca_verdict(r["k90"], {a: _num(v) for a, v in r["above_chance"].items()})
+        assert _same(coarse, r["median_k90_coarse"]) and _same(fine, r["median_k90_fine"])
+        assert V.pca_encoded({a: _num(v) for a, v in r["above_chance"].items()}) == r["encoded"]
+        return held
+    if name == "text_diffs":
+        edits = r["edits"]
+        for e in edits.values():
+            assert e["passes"] == V.text_diff_passes([_num(x) for x in e["flip_rate"]],
+                                                     [_num(x) for x in e["mean_stability"]])  # fmt: skip
+        return V.text_diffs_verdict(e["passes"] for e in edits.values())
+    if name == "variations":
+        probe, kept = r["probe_above_chance"], r["preservation_above_chance"]
+        rho = V.spearman([_num(probe[a]) for a in probe], [_num(kept[a]) for a in probe])
+        assert _same(rho if math.isfinite(rho) else None, r["spearman_above_chance"])
+        return V.variations_verdict(r["spearman_above_chance"])
+    raise AssertionError(f"no verdict rule for {name}")
+
+
 def test_every_experiment_writes_its_outputs_and_resumes(world):
     assert set(TEST_SETTINGS) == set(EXPERIMENTS)
     readme = write_readme(world / "docs").read_text()
@@ -99,8 +156,11 @@ def test_every_experiment_writes_its_outputs_and_resumes(world):
         paths = run_experiment(name, make_ctx(world, logs), "test", settings=TEST_SETTINGS[name])
         assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values()), name
         data = json.loads(paths["json"].read_text())
-        assert data["name"] == name and data["verdict"]["label"] in ("held", "did not hold", "inconclusive")
-        assert data["verdict"]["held"] in (True, False, None)
+        assert data["name"] == name
+        # the written verdict is what the experiment's rule gives on the numbers it wrote
+        held = recomputed_held(name, data["results"])
+        assert data["verdict"]["held"] is held, (name, data["verdict"], held)
+        assert data["verdict"]["label"] == Verdict(held, "").label, name
         md = paths["md"].read_text()
         assert data["verdict"]["label"] in md and f"![{name}]({name}.png)" in md and "|---|" in md
         assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

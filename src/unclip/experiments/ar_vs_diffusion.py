@@ -19,7 +19,6 @@ measures; else inconclusive.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from unclip.experiments.common import (
     markdown_table,
     new_figure,
 )
+from unclip.experiments.verdicts import ar_vs_diffusion_verdict
 
 METHODS = ("diffusion", "ar", "text_embedding", "true_z_i")
 LABELS = {"diffusion": "diffusion prior", "ar": "AR prior", "text_embedding": "z_t (no prior)",
@@ -189,14 +189,10 @@ def run(ctx: ExperimentContext, s: PriorCompareSettings) -> ExperimentResult:
                                lambda m=m: image_unit(m), f"decode {m}") for m in METHODS}  # fmt: skip
     acc = {m: images[m]["accuracy"]["mean"] for m in METHODS}
     n_img = images["diffusion"]["n"]
-    se = math.sqrt(sum(max(acc[m] * (1 - acc[m]), 0.0) / n_img for m in ("diffusion", "ar")))
     d, a = emb["diffusion"], emb["ar"]
-    if d["cos_image"] > a["cos_image"] and d["fd"] < a["fd"] and acc["diffusion"] >= acc["ar"] - 1.96 * se:
-        held = True
-    elif a["cos_image"] > d["cos_image"] and a["fd"] < d["fd"]:
-        held = False
-    else:
-        held = None
+    held, se = ar_vs_diffusion_verdict(
+        d["cos_image"], a["cos_image"], d["fd"], a["fd"], acc["diffusion"], acc["ar"], n_img
+    )
     ratio = None
     if info["diffusion"].get("approx_train_flops") and info["ar"].get("approx_train_flops"):
         ratio = info["diffusion"]["approx_train_flops"] / info["ar"]["approx_train_flops"]

@@ -18,7 +18,6 @@ difference, not held when above by as much, else inconclusive.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +36,7 @@ from unclip.experiments.common import (
 from unclip.experiments.guidance_fid import decoder_info
 from unclip.experiments.models import FULL_DECODERS, QUICK_DECODERS, DecoderBudget
 from unclip.experiments.sweep import SETTING_LABELS, SETTINGS, decoder_for, generate
+from unclip.experiments.verdicts import binding_difference, binding_verdict
 
 COMPARED = ("unclip", "caption")
 
@@ -93,10 +93,6 @@ def _rates(measures: list[dict[str, bool]]) -> dict[str, float]:
     return out
 
 
-def _stderr(p: float, n: int) -> float:
-    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
-
-
 def run(ctx: ExperimentContext, s: BindingSettings) -> ExperimentResult:
     from unclip.measure.oracle import predict
     from unclip.measure.quality import held_out_captions
@@ -142,9 +138,8 @@ def run(ctx: ExperimentContext, s: BindingSettings) -> ExperimentResult:
     diffs = []
     for g in gs:
         u, b = res["unclip"][g], res["caption"][g]
-        diffs.append((u["bound"] - b["bound"], math.hypot(_stderr(u["bound"], u["n"]), _stderr(b["bound"], b["n"]))))
-    d, se = max(diffs, key=lambda x: abs(x[0]))
-    held = True if d < -1.96 * se else (False if d > 1.96 * se else None)
+        diffs.append(binding_difference(u["bound"], u["n"], b["bound"], b["n"]))
+    held = binding_verdict(diffs)
     verdict = Verdict(held, "binding accuracy unCLIP − caption-only: " + ", ".join(
         f"{x:+.3f} ± {e:.3f} (g={g})" for (x, e), g in zip(diffs, gs)) + f"; both colours on the right objects "
         f"unCLIP {res['unclip'][gs[0]]['colours_bound']:.3f} vs {res['caption'][gs[0]]['colours_bound']:.3f}; "

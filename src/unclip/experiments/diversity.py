@@ -19,7 +19,6 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from unclip.experiments.common import (
@@ -35,6 +34,9 @@ from unclip.experiments.common import (
 from unclip.experiments.guidance_fid import decoder_info
 from unclip.experiments.models import FULL_DECODERS, QUICK_DECODERS, DecoderBudget
 from unclip.experiments.sweep import SETTING_LABELS, SETTINGS, generate
+from unclip.experiments.verdicts import diversity_verdict, matched_gap
+
+__all__ = ["DiversitySettings", "SPEC", "caption_unit", "matched_gap", "run"]
 
 COMPARED = ("unclip", "caption")
 
@@ -73,21 +75,6 @@ def caption_unit(ctx: ExperimentContext, s: DiversitySettings, setting: str, gui
             "mean_entropy": statistics.fmean(ent.values()) if ent else float("nan"), "images": len(preds)}  # fmt: skip
 
 
-def matched_gap(model: list[tuple[float, float]], base: list[tuple[float, float]]) -> float | None:
-    """Mean entropy gap ``H_model(a) - H_base(a)`` at matched accuracy a, taken at every point of either
-    curve whose accuracy lies in the other curve's accuracy range (the other curve's entropy linearly
-    interpolated in accuracy); None when neither curve has a point in the other's range.
-    Points are (accuracy, entropy)."""
-
-    def at(points: list[tuple[float, float]], a: float) -> float:
-        return float(np.interp(a, [p[0] for p in points], [p[1] for p in points]))
-
-    model, base = sorted(model), sorted(base)
-    gaps = [h - at(base, a) for a, h in model if base[0][0] <= a <= base[-1][0]]
-    gaps += [at(model, a) - h for a, h in base if model[0][0] <= a <= model[-1][0]]
-    return float(np.mean(gaps)) if gaps else None
-
-
 def run(ctx: ExperimentContext, s: DiversitySettings) -> ExperimentResult:
     store = ResultStore(ctx.run_dir("diversity") / "units")
     progress = Progress("diversity", len(COMPARED) * len(s.guidances), ctx.log)
@@ -102,13 +89,11 @@ def run(ctx: ExperimentContext, s: DiversitySettings) -> ExperimentResult:
                 f"{m} at guidance {key}",
             )
     pts = {m: [(res[m][g]["mean_accuracy"], res[m][g]["mean_entropy"]) for g in gs] for m in COMPARED}
-    gap = matched_gap(pts["unclip"], pts["caption"])
+    held, gap = diversity_verdict(pts["unclip"], pts["caption"])
     if gap is not None:
-        held = True if gap > 0.05 else (False if gap < -0.05 else None)
         how = f"unCLIP's entropy minus the baseline's at matched accuracy: {gap:+.3f}"
     else:
         (au, hu), (ab, hb) = max(pts["unclip"]), max(pts["caption"])
-        held = True if (au >= ab and hu > hb) else (False if (au <= ab and hu < hb) else None)
         how = (f"no overlapping accuracy range; at their most accurate points unCLIP {au:.2f} acc / {hu:.2f} "
                f"entropy vs baseline {ab:.2f} / {hb:.2f}")  # fmt: skip
     collapse = {m: res[m][gs[-1]]["mean_entropy"] - res[m][gs[0]]["mean_entropy"] for m in COMPARED}

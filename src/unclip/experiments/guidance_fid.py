@@ -33,6 +33,7 @@ from unclip.experiments.sweep import (
     summarise_scores,
     unit_key,
 )
+from unclip.experiments.verdicts import fd_rise, guidance_fid_verdict
 
 
 @dataclass
@@ -94,9 +95,10 @@ def run(ctx: ExperimentContext, s: SweepSettings) -> ExperimentResult:
     compared = ("unclip", "caption")
     results, real, size = sweep_table(ctx, "guidance_fid", compared, s)
     gs = [f"{g:g}" for g in s.guidances]
-    rise = {m: results[m][gs[-1]]["fd"] - min(results[m][g]["fd"] for g in gs) for m in compared}
-    slope = {m: float(np.polyfit(list(s.guidances), [results[m][g]["fd"] for g in gs], 1)[0]) for m in compared}
-    held = rise["unclip"] < rise["caption"]
+    curves = {m: [results[m][g]["fd"] for g in gs] for m in compared}
+    rise = {m: fd_rise(curves[m]) for m in compared}
+    slope = {m: float(np.polyfit(list(s.guidances), curves[m], 1)[0]) for m in compared}
+    held = guidance_fid_verdict(curves["unclip"], curves["caption"])
     verdict = Verdict(held, f"FD rise from best guidance to {gs[-1]}: unCLIP {rise['unclip']:.2f} vs caption-only "
                             f"{rise['caption']:.2f} (slopes {slope['unclip']:+.3f} vs {slope['caption']:+.3f} per "
                             f"unit of guidance; real-image floor {real['fd']:.2f}).")  # fmt: skip

@@ -16,7 +16,6 @@ verdict is inconclusive.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 
 import torch
@@ -38,10 +37,10 @@ from unclip.experiments.probe import (
     one_object_labels,
     probe_accuracy,
 )
-
-COARSE = ("background", "colour", "size", "position")
-FINE = ("shape", "fill")
-ENCODED_MIN = 0.2  # an attribute is encoded when the probe on all of z_i closes 20% of the chance-to-perfect gap
+from unclip.experiments.verdicts import PCA_COARSE as COARSE
+from unclip.experiments.verdicts import PCA_ENCODED_MIN as ENCODED_MIN
+from unclip.experiments.verdicts import PCA_FINE as FINE
+from unclip.experiments.verdicts import pca_encoded, pca_verdict
 
 
 @dataclass
@@ -87,25 +86,20 @@ def run(ctx: ExperimentContext, s: PCASettings) -> ExperimentResult:
             )  # fmt: skip
     chance = {a: majority_accuracy(tr_labels[a], te_labels[a]) for a in PROBE_ATTRIBUTES}
     above = {a: normalised_above_chance(acc[a][str(dim)], chance[a]) for a in PROBE_ATTRIBUTES}
-    encoded = [a for a in PROBE_ATTRIBUTES if above[a] >= ENCODED_MIN]
+    encoded = pca_encoded(above)
     k90: dict[str, int | None] = dict.fromkeys(PROBE_ATTRIBUTES)
     for a in encoded:
         target = chance[a] + 0.9 * (acc[a][str(dim)] - chance[a])
         k90[a] = next((k for k in ks if acc[a][str(k)] >= target), dim)
-    coarse_k = [k90[a] for a in COARSE if a in encoded]
-    fine_k = [k90[a] for a in FINE if a in encoded]
     count = (f"{k_needed} of {dim} components ({100 * k_needed / dim:.0f}%) reconstruct z_i with < 1% relative MSE "
              f"(held-out {100 * heldout_rel:.2f}%; paper 319/1024 = 31%)")  # fmt: skip
     missing = [a for a in PROBE_ATTRIBUTES if a not in encoded]
     unenc = f"; not encoded by z_i (probe within {ENCODED_MIN:.0%} of chance): {', '.join(missing)}" if missing else ""
     order = ", ".join(f"{a} {k90[a]}" for a in sorted(encoded, key=lambda a: k90[a]))
-    if coarse_k and fine_k:
-        coarse, fine = statistics.median(coarse_k), statistics.median(fine_k)
-        held: bool | None = coarse < fine
+    held, coarse, fine = pca_verdict(k90, above)
+    if held is not None:
         verdict = Verdict(held, f"{count}; median k90 coarse {coarse:g} vs fine {fine:g} (k90: {order}){unenc}.")
     else:
-        coarse = statistics.median(coarse_k) if coarse_k else None
-        fine = statistics.median(fine_k) if fine_k else None
         verdict = Verdict(None, f"{count}; early vs late cannot be compared (k90: {order}){unenc}.")
     header = ["attribute", "chance", *[f"k={k}" for k in ks], "above chance (all of z_i)", "k90"]
     rows = [[a, chance[a], *[acc[a][str(k)] for k in ks], above[a], k90[a] if a in encoded else "not encoded"]

@@ -18,6 +18,7 @@ from unclip.experiments.common import (
 )
 from unclip.experiments.guidance_fid import FULL, QUICK, SweepSettings, decoder_info, sweep_table
 from unclip.experiments.sweep import SETTING_LABELS
+from unclip.experiments.verdicts import prior_matters_verdict
 
 COMPARED = ("unclip", "text_embedding", "zero_shot")
 PAPER_FID = {"unclip": 7.99, "text_embedding": 9.16, "zero_shot": 16.55}
@@ -30,7 +31,7 @@ def run(ctx: ExperimentContext, s: SweepSettings) -> ExperimentResult:
     fd = {m: results[m][best[m]]["fd"] for m in COMPARED}
     acc = {m: results[m][best[m]]["accuracy"]["mean"] for m in COMPARED}
     best_acc = {m: max(results[m][g]["accuracy"]["mean"] for g in gs) for m in COMPARED}
-    held = fd["unclip"] < fd["text_embedding"] < fd["zero_shot"]
+    held = prior_matters_verdict(fd["unclip"], fd["text_embedding"], fd["zero_shot"])
     order = " < ".join(SETTING_LABELS[m] for m in sorted(COMPARED, key=fd.get))
     verdict = Verdict(
         held,

@@ -35,6 +35,7 @@ from unclip.experiments.common import (
 )
 from unclip.experiments.probe import PROBE_ATTRIBUTES
 from unclip.experiments.variations import _attr
+from unclip.experiments.verdicts import text_diff_passes, text_diffs_verdict
 
 EDIT_KINDS = ("colour", "shape", "size")
 
@@ -117,7 +118,6 @@ def run(ctx: ExperimentContext, s: TextDiffSettings) -> ExperimentResult:
         results[(kind, start)] = progress.unit(store, f"{kind}_{start}", lambda k=kind, c=start: unit(k, c),
                                                f"{kind} edits of sources {start}..")  # fmt: skip
     summary: dict[str, Any] = {}
-    held = True
     rows = []
     for kind in s.kinds:
         units = [results[(kind, c)] for c in range(0, s.sources, s.chunk)]
@@ -126,8 +126,7 @@ def run(ctx: ExperimentContext, s: TextDiffSettings) -> ExperimentResult:
         others = [a for a in PROBE_ATTRIBUTES if a != kind]
         stab = {a: [sum(u["stable"][a][j] for u in units) / n for j in range(len(thetas))] for a in others}
         mean_stab = [float(np.mean([stab[a][j] for a in others])) for j in range(len(thetas))]
-        ok = flip[-1] - flip[0] >= 0.25 and mean_stab[-1] >= 0.8 * mean_stab[0]
-        held = held and ok
+        ok = text_diff_passes(flip, mean_stab)
         summary[kind] = {"n": n, "flip_rate": flip, "stability": stab, "mean_stability": mean_stab, "passes": ok,
                          "examples": units[0]["edits"]}  # fmt: skip
         for j, t in enumerate(thetas):
@@ -137,6 +136,7 @@ def run(ctx: ExperimentContext, s: TextDiffSettings) -> ExperimentResult:
         f"{summary[k]['mean_stability'][0]:.2f} -> {summary[k]['mean_stability'][-1]:.2f}"
         for k in s.kinds
     )
+    held = text_diffs_verdict(summary[k]["passes"] for k in s.kinds)
     verdict = Verdict(held, f"θ {thetas[0]:g} -> {thetas[-1]:g}: {desc}.")
     table_parts = []
     for kind in s.kinds:

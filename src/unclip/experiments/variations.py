@@ -40,6 +40,8 @@ from unclip.experiments.probe import (
     one_object_labels,
     probe_accuracy,
 )
+from unclip.experiments.verdicts import spearman as _spearman
+from unclip.experiments.verdicts import variations_verdict
 
 
 @dataclass
@@ -69,13 +71,6 @@ def _attr(record: dict[str, Any], attribute: str) -> Any:
     if attribute == "background":
         return record["background"]
     return record["objects"][0][attribute] if record["objects"] else None
-
-
-def _spearman(a: list[float], b: list[float]) -> float:
-    ra, rb = np.argsort(np.argsort(a)).astype(float), np.argsort(np.argsort(b)).astype(float)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def run(ctx: ExperimentContext, s: VariationSettings) -> ExperimentResult:
@@ -138,7 +133,7 @@ def run(ctx: ExperimentContext, s: VariationSettings) -> ExperimentResult:
     kept_norm = {a: normalised_above_chance(kept[a], marginal[a]) for a in PROBE_ATTRIBUTES}
     rho = _spearman([probe_norm[a] for a in PROBE_ATTRIBUTES], [kept_norm[a] for a in PROBE_ATTRIBUTES])
     raw_rho = _spearman([probe[a] for a in PROBE_ATTRIBUTES], [kept[a] for a in PROBE_ATTRIBUTES])
-    held = None if not np.isfinite(rho) else (True if rho >= 0.6 else (False if rho <= 0 else None))
+    held = variations_verdict(rho)
     order = sorted(PROBE_ATTRIBUTES, key=lambda a: -probe_norm[a])
     verdict = Verdict(held, f"Spearman ρ = {rho:.2f} between probe accuracy on z_i and preservation under variation "
                             f"(both above chance; raw rates ρ = {raw_rho:.2f}); best kept: "

@@ -1,0 +1,171 @@
+"""The verdict rules of the paper-claim experiments, as pure functions of plain numbers.
+
+Each experiment measures (sampling, decoding, probing) and then decides whether its claim held with one of
+these functions; each implements exactly the rule its experiment's module docstring states, so the rules
+can be tested on constructed numbers and checked against the numbers an experiment wrote to its JSON.
+``True`` = held, ``False`` = did not hold, ``None`` = inconclusive (see
+:class:`~unclip.experiments.common.Verdict`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+Z_95 = 1.96  # standard errors of a two-sided 95% interval
+DIVERSITY_MARGIN = 0.05  # entropy gap at matched accuracy beyond which diversity differs
+PCA_COARSE = ("background", "colour", "size", "position")
+PCA_FINE = ("shape", "fill")
+PCA_ENCODED_MIN = 0.2  # an attribute is encoded when the probe on all of z_i closes 20% of the chance-to-perfect gap
+TEXT_DIFF_MIN_FLIP_GAIN = 0.25
+TEXT_DIFF_MIN_STABILITY_KEPT = 0.8
+VARIATIONS_HELD_RHO = 0.6
+VARIATIONS_NOT_HELD_RHO = 0.0
+
+
+def proportion_se(p: float, n: int) -> float:
+    """Binomial standard error sqrt(p (1 - p) / n) of a rate p over n trials (n < 1 counts as 1)."""
+    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+# ----------------------------------------------------------------------------- 3. diffusion vs AR prior
+
+
+def ar_vs_diffusion_verdict(
+    cos_diffusion: float,
+    cos_ar: float,
+    fd_diffusion: float,
+    fd_ar: float,
+    acc_diffusion: float,
+    acc_ar: float,
+    n_images: int,
+) -> tuple[bool | None, float]:
+    """(held, se): held if diffusion has cos >, FD < and acc >= AR's - 1.96 se; not if AR has cos >, FD <; else None."""
+    se = math.sqrt(sum(max(a * (1 - a), 0.0) / n_images for a in (acc_diffusion, acc_ar)))
+    if cos_diffusion > cos_ar and fd_diffusion < fd_ar and acc_diffusion >= acc_ar - Z_95 * se:
+        return True, se
+    if cos_ar > cos_diffusion and fd_ar < fd_diffusion:
+        return False, se
+    return None, se
+
+
+# ----------------------------------------------------------------------------- 7. binding
+
+
+def binding_difference(unclip_rate: float, unclip_n: int, caption_rate: float, caption_n: int) -> tuple[float, float]:
+    """(unCLIP's binding rate - the caption-only decoder's, standard error of that difference)."""
+    return unclip_rate - caption_rate, math.hypot(
+        proportion_se(unclip_rate, unclip_n), proportion_se(caption_rate, caption_n)
+    )
+
+
+def binding_verdict(differences: Sequence[tuple[float, float]]) -> bool | None:
+    """At the (difference, se) of largest |difference|: held when d < -1.96 se, not held when d > 1.96 se, else None."""
+    d, se = max(differences, key=lambda x: abs(x[0]))
+    return True if d < -Z_95 * se else (False if d > Z_95 * se else None)
+
+
+# ----------------------------------------------------------------------------- 1. diversity
+
+
+def matched_gap(model: list[tuple[float, float]], base: list[tuple[float, float]]) -> float | None:
+    """Mean H_model - H_base over points of either (acc, entropy) curve in the other's acc range (interpolated)."""
+
+    def at(points: list[tuple[float, float]], a: float) -> float:
+        return float(np.interp(a, [p[0] for p in points], [p[1] for p in points]))
+
+    model, base = sorted(model), sorted(base)
+    gaps = [h - at(base, a) for a, h in model if base[0][0] <= a <= base[-1][0]]
+    gaps += [at(model, a) - h for a, h in base if model[0][0] <= a <= model[-1][0]]
+    return float(np.mean(gaps)) if gaps else None
+
+
+def diversity_verdict(
+    unclip: list[tuple[float, float]], caption: list[tuple[float, float]]
+) -> tuple[bool | None, float | None]:
+    """(held, matched_gap): > 0.05 held, < -0.05 not; no overlap: max points, (acc >=, H >) held, (<=, <) not."""
+    gap = matched_gap(unclip, caption)
+    if gap is not None:
+        return (True if gap > DIVERSITY_MARGIN else (False if gap < -DIVERSITY_MARGIN else None)), gap
+    (au, hu), (ab, hb) = max(unclip), max(caption)
+    return (True if (au >= ab and hu > hb) else (False if (au <= ab and hu < hb) else None)), None
+
+
+# ----------------------------------------------------------------------------- 4. guidance and FD
+
+
+def fd_rise(fd_by_guidance: Sequence[float]) -> float:
+    """FD at the largest guidance (the last) minus the best (lowest) FD over the sweep."""
+    return fd_by_guidance[-1] - min(fd_by_guidance)
+
+
+def guidance_fid_verdict(fd_unclip: Sequence[float], fd_caption: Sequence[float]) -> bool:
+    """Held when unCLIP's fd_rise is strictly below the caption-only decoder's (FDs in guidance order)."""
+    return fd_rise(fd_unclip) < fd_rise(fd_caption)
+
+
+# ----------------------------------------------------------------------------- 8. PCA
+
+
+def pca_encoded(above_chance: Mapping[str, float]) -> list[str]:
+    """Attributes z_i encodes: probe on all of z_i at least 0.2 of the way from chance to perfect (mapping order)."""
+    return [a for a, v in above_chance.items() if v >= PCA_ENCODED_MIN]
+
+
+def pca_verdict(
+    k90: Mapping[str, int | None], above_chance: Mapping[str, float]
+) -> tuple[bool | None, float | None, float | None]:
+    """(held, coarse, fine medians of encoded attributes' k90): held if coarse < fine, None if a side has none."""
+    encoded = pca_encoded(above_chance)
+    coarse_k = [k90[a] for a in PCA_COARSE if a in encoded]
+    fine_k = [k90[a] for a in PCA_FINE if a in encoded]
+    coarse = statistics.median(coarse_k) if coarse_k else None
+    fine = statistics.median(fine_k) if fine_k else None
+    if coarse is None or fine is None:
+        return None, coarse, fine
+    return coarse < fine, coarse, fine
+
+
+# ----------------------------------------------------------------------------- 2. the prior matters
+
+
+def prior_matters_verdict(unclip_fd: float, text_embedding_fd: float, zero_shot_fd: float) -> bool:
+    """Held when the best FDs are in the paper's order, unCLIP < z_t-trained decoder < z_t zero-shot (strict)."""
+    return unclip_fd < text_embedding_fd < zero_shot_fd
+
+
+# ----------------------------------------------------------------------------- 6. text diffs
+
+
+def text_diff_passes(flip_rate: Sequence[float], mean_stability: Sequence[float]) -> bool:
+    """An edit kind passes if flip rate gains >= 0.25 from first to last θ and stability keeps >= 0.8 of its start."""
+    return (
+        flip_rate[-1] - flip_rate[0] >= TEXT_DIFF_MIN_FLIP_GAIN
+        and mean_stability[-1] >= TEXT_DIFF_MIN_STABILITY_KEPT * mean_stability[0]
+    )
+
+
+def text_diffs_verdict(passes: Iterable[bool]) -> bool:
+    """Held when every edit kind passes (text_diff_passes); no kinds counts as held."""
+    return all(passes)
+
+
+# ----------------------------------------------------------------------------- 5. variations
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman correlation of a and b (ordinal ranks: ties not averaged); NaN for fewer than two values."""
+    ra, rb = np.argsort(np.argsort(a)).astype(float), np.argsort(np.argsort(b)).astype(float)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def variations_verdict(rho: float | None) -> bool | None:
+    """Held when Spearman ρ >= 0.6, not held when ρ <= 0, else (or ρ undefined: None/NaN) None."""
+    if rho is None or not np.isfinite(rho):
+        return None
+    return True if rho >= VARIATIONS_HELD_RHO else (False if rho <= VARIATIONS_NOT_HELD_RHO else None)
