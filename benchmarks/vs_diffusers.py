@@ -12,9 +12,9 @@ other processes' load than wall time), medians over repeats, with their ratio ou
 resident-memory increase during a run; the largest and mean pixel difference between the two outputs.
 ``--json PATH`` writes all of it.
 
-Stage boundaries are taken at the first forward call of each stage's network (text+prior | decoder |
-super-resolution), so each stage includes its own scheduler arithmetic. Absolute times on a shared machine
-are noisy; the ratio of runs made side by side in one process is the number to read.
+Stage boundaries are taken at the first forward call of each stage's network (ours: of its first U-Net
+block) (text+prior | decoder | super-resolution), so each stage includes its own scheduler arithmetic.
+Absolute times on a shared machine are noisy; the ratio of runs made side by side in one process is the number to read.
 """
 
 from __future__ import annotations
@@ -128,7 +128,11 @@ def run_diffusers(pipe, steps, batch, seed) -> tuple[dict[str, dict[str, float]]
 
 def run_ours(pipe, steps, batch, seed) -> tuple[dict[str, dict[str, float]], np.ndarray, float]:
     up = pipe.upsamplers[0]
-    marks, remove = _stage_clock({"decoder": [pipe.decoder.model], "super_res": [up.model, up.last_step_model]})
+    # our samplers run the networks' per-step bodies (``conditioned``), not ``forward``: clock the first block
+    first = lambda net: net.input_blocks[0]  # noqa: E731
+    marks, remove = _stage_clock(
+        {"decoder": [first(pipe.decoder.model)], "super_res": [first(up.model), first(up.last_step_model)]}
+    )
     with PeakRSS() as mem:
         start = _now()
         out = pipe(

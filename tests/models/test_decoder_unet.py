@@ -200,3 +200,27 @@ def test_bad_inputs_raise_clear_errors(tiny):
     assert no_text(x, t, z_i).shape == (3, 6, 16, 16)
     with pytest.raises(ValueError, match="text_width=None"):
         no_text(x, t, z_i, tokens)
+
+
+def test_conditioned_decoder_projects_the_context_once_and_equals_forward_at_every_step(monkeypatch):
+    """decoder.conditioned(...) computes the z_i/text projections and each attention layer's context keys and
+    values once; calling it at three steps (new x and t each time) equals a fresh forward each time (float64)."""
+    model = _randomized(build_model("decoder", "tiny")).double()
+    x, _, z_i, tokens, mask, pooled = _inputs(model.config)
+    x, z_i, tokens, pooled = x.double(), z_i.double(), tokens.double(), pooled.double()
+    drop = torch.tensor([False, True, False])
+    kv_calls = []
+    original = SpatialAttention.context_key_values
+    monkeypatch.setattr(
+        SpatialAttention, "context_key_values", lambda self, ctx: kv_calls.append(self) or original(self, ctx)
+    )
+    attention_layers = sum(isinstance(m, SpatialAttention) for m in model.modules())
+    with torch.no_grad():
+        cached = model.conditioned(z_i, tokens, mask, pooled, drop, dtype=torch.float64)
+        outputs = [cached(x * (1 - 0.3 * s), torch.tensor([900, 500, 20]) - 100 * s) for s in range(3)]
+        assert len(kv_calls) == attention_layers == len(set(map(id, kv_calls)))  # once per layer, not per step
+        for s, out in enumerate(outputs):
+            fresh = model(x * (1 - 0.3 * s), torch.tensor([900, 500, 20]) - 100 * s, z_i, tokens, mask, pooled, drop)
+            torch.testing.assert_close(out, fresh, rtol=0, atol=1e-12)
+        with pytest.raises(ValueError, match=r"x must be \[3, 3, H, W\] for this conditioning"):
+            cached(x[:2], torch.tensor([1, 2]))

@@ -52,6 +52,29 @@ def _hidden_states(model, *args):
     return seen["h"], out
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_cached_text_prefix_equals_the_full_forward_at_every_step(dtype, tol):
+    """conditioned(text) computes the text tokens' keys/values once; each step then runs three tokens. Along a
+    12-step walk (x_t and t change every step, the text does not) it equals the uncached forward."""
+    model = _model().to(dtype)
+    _, _, pooled, tokens, mask = _inputs()
+    pooled, tokens = pooled.to(dtype), tokens.to(dtype)
+    cached = model.conditioned(pooled, tokens, mask)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, CFG.clip_dim, generator=g, dtype=dtype)
+    with torch.no_grad():
+        for step in range(12):
+            t = torch.tensor([999 - 83 * step, 500 - 40 * step, 7 * step])
+            full = model(x, t, pooled, tokens, mask)
+            fast = cached(x, t)
+            torch.testing.assert_close(fast, full, rtol=tol, atol=tol)
+            x = 0.7 * x + 0.3 * full  # the next step's input depends on the prediction
+    with pytest.raises(ValueError, match=r"conditioned on 3 captions"):
+        cached(x[:2], t[:2])
+    with pytest.raises(ValueError, match="text_tokens must have shape"):
+        model.conditioned(pooled, tokens[:, :4], mask)
+
+
 def test_attention_mask_is_causal_with_key_padding():
     text_mask = torch.tensor([[True, True, False], [True, False, False]])
     m = prefix_attention_mask(text_mask, 5)[:, 0]

@@ -87,3 +87,24 @@ def test_bad_inputs(tiny):
         tiny(x, t[:1], low)
     with pytest.raises(ValueError, match="low_res_size"):
         UpsamplerUNet(dataclasses.replace(tiny.config, low_res_size=32))
+
+
+def test_conditioned_upsampler_resizes_once_and_equals_forward(tiny, monkeypatch):
+    """upsampler.conditioned(low_res, size) resizes the conditioning image once; later calls equal forward."""
+    import unclip.models.upsampler_unet as module
+
+    c = tiny.config
+    g = torch.Generator().manual_seed(1)
+    low = torch.rand(2, 3, c.low_res_size, c.low_res_size, generator=g) * 2 - 1
+    x = torch.randn(2, 3, c.image_size, c.image_size, generator=g)
+    resizes = []
+    original = module.bicubic_resize
+    monkeypatch.setattr(module, "bicubic_resize", lambda *a, **k: resizes.append(1) or original(*a, **k))
+    with torch.no_grad():
+        cached = tiny.conditioned(low, (c.image_size, c.image_size))
+        outs = [cached(x * (s + 1), torch.tensor([700, 300]) - 200 * s) for s in range(3)]
+        assert len(resizes) == 1
+        for s, out in enumerate(outs):
+            torch.testing.assert_close(out, tiny(x * (s + 1), torch.tensor([700, 300]) - 200 * s, low), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="for this conditioning"):
+        cached(x[:, :, :8, :8], torch.tensor([1, 2]))

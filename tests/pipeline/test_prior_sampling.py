@@ -45,6 +45,9 @@ class _StubPrior(nn.Module):
         m = mask.float()[..., None]
         return 0.5 * x + pooled + (tokens * m).sum(1) / m.sum(1).clamp(min=1)
 
+    def conditioned(self, text_pooled, text_tokens, text_mask):
+        return lambda noisy_z, t: self(noisy_z, t, text_pooled, text_tokens, text_mask)
+
     def forward(self, noisy_z, t, text_pooled, text_tokens, text_mask):
         self.calls.append((noisy_z.clone(), t.clone(), text_pooled.clone(), text_mask.clone()))
         return self.formula(noisy_z, text_pooled, text_tokens, text_mask)
@@ -123,7 +126,8 @@ def test_every_sampler_runs_on_the_prior(sampler):
 def test_unclip_sampler_on_the_prior_is_the_shipped_float32_walk():
     """sample_prior(sampler="unclip") is the shipped float32 walk: the CFG batch [null; text] over B·k candidate
     rows, x0 clamped in normalised space, the float32 UnCLIPScheduler walk (x_T for all rows, then one noise per
-    step), de-normalised, best-of-k by cosine: equal, bit for bit, to those steps written out."""
+    step), de-normalised, best-of-k by cosine: equal to those steps written out with the uncached forward (to
+    float rounding: the sampler runs the prior with its text keys/values cached)."""
     from unclip.diffusion.stage_config import PRIOR_DIFFUSION
     from unclip.samplers import Predictor, classifier_free_guidance, unclip_sample, unclip_timesteps
 
@@ -142,7 +146,7 @@ def test_unclip_sampler_on_the_prior_is_the_shipped_float32_walk():
         z = unclip_sample(Predictor(denoiser, param, clip_x0=5.0), PRIOR_DIFFUSION.make_schedule(), steps,
                           shape=(b * k, D), generator=torch.Generator().manual_seed(5))  # fmt: skip
     reference, _ = select_best_of(prior.denormalize(z).view(b, k, D), text.pooled)
-    assert torch.equal(ours, reference)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
     stub = _StubPrior()  # one forward per step on [null; text], at the UnCLIPScheduler's timesteps
     sample_prior(stub, text, null, sampler="unclip", generator=torch.Generator().manual_seed(5), **kw)

@@ -30,13 +30,13 @@ def test_text_to_image_shapes_and_seed_determinism(pipe):
 def test_guidance_is_one_batched_forward(pipe, monkeypatch):
     calls = []
     decoder = pipe.decoder.model
-    original = decoder.forward
+    original = decoder.run_trunk  # the U-Net's per-step body (the sampler runs it conditioned, not via forward)
 
-    def spy(x, t, **kw):
-        calls.append(x.shape[0])
-        return original(x, t, **kw)
+    def spy(h, emb, *args, **kw):
+        calls.append(h.shape[0])
+        return original(h, emb, *args, **kw)
 
-    monkeypatch.setattr(decoder, "forward", spy)
+    monkeypatch.setattr(decoder, "run_trunk", spy)
     pipe("a red circle", num_images_per_prompt=3, seed=0, decoder_guidance_scale=5.0, prior_guidance_scale=2.0)
     assert calls == [6] * FAST["decoder_steps"]  # [uncond; cond] in one call per step
     calls.clear()
@@ -137,13 +137,13 @@ def base_pipe():
 def test_batched_vary_and_edit_equal_the_per_image_calls(base_pipe, monkeypatch):
     images = [_source(0), _source(1, 24), _source(2)]
     batch_sizes = []
-    original = base_pipe.decoder.model.forward
+    original = base_pipe.decoder.model.run_trunk  # the per-step U-Net body
 
-    def spy(x, t, **kw):
-        batch_sizes.append(x.shape[0])
-        return original(x, t, **kw)
+    def spy(h, emb, *args, **kw):
+        batch_sizes.append(h.shape[0])
+        return original(h, emb, *args, **kw)
 
-    monkeypatch.setattr(base_pipe.decoder.model, "forward", spy)
+    monkeypatch.setattr(base_pipe.decoder.model, "run_trunk", spy)
     batched = base_pipe.vary(images, num_images=2, eta=0.0, seed=0, output_type="pt")
     assert batched.shape == (6, 3, 16, 16)
     assert set(batch_sizes) == {3, 12}  # inversion [3] (unguided), then one guided decoder batch [2 x 3 x 2]

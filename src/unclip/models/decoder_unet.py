@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from unclip.models.unet_common import UNetTrunk, check_unet_args
+from unclip.nn.attention import AttentionContext
 from unclip.nn.norm import LayerNorm32
 
 
@@ -157,7 +158,37 @@ class DecoderUNet(UNetTrunk):
             raise ValueError(f"t must be [B]=[{b}], got shape {tuple(t.shape)}")
         if image_embedding.shape != (b, c.clip_dim):
             raise ValueError(f"image_embedding must be [{b}, {c.clip_dim}], got {tuple(image_embedding.shape)}")
-        dtype = x.dtype
+        conditioned = self.conditioned(image_embedding, text_tokens, text_mask, text_pooled, drop_image, dtype=x.dtype)
+        return conditioned(x, t)
+
+    def conditioned(
+        self,
+        image_embedding: torch.Tensor,
+        text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        text_pooled: torch.Tensor | None = None,
+        drop_image: torch.Tensor | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+    ) -> ConditionedDecoder:
+        """This network with its conditioning fixed, for sampling: ``conditioned(...)(x, t) == forward(x, t, ...)``.
+
+        What does not depend on the step is computed here once: the z_i and pooled-text projections added
+        to the time embedding, the context tokens (z_i tokens and projected text states) and, lazily on
+        first use, every attention layer's keys/values of them (:class:`~unclip.nn.attention.AttentionContext`).
+
+        Args:
+            image_embedding .. drop_image: as :meth:`forward`, batch B.
+            dtype: the dtype the network will run in (default: its weights').
+
+        Returns:
+            a callable ``(x [B, 3, H, W], t [B]) -> [B, out_channels, H, W]``.
+        """
+        c = self.config
+        dtype = dtype if dtype is not None else self.clip_emb.weight.dtype
+        if image_embedding.dim() != 2 or image_embedding.shape[1] != c.clip_dim:
+            raise ValueError(f"image_embedding must be [B, {c.clip_dim}], got {tuple(image_embedding.shape)}")
+        b = image_embedding.shape[0]
         image_embedding = image_embedding.to(dtype)
         if drop_image is not None:
             if drop_image.shape != (b,) or drop_image.dtype != torch.bool:
@@ -167,14 +198,15 @@ class DecoderUNet(UNetTrunk):
             null = self.null_image_embedding.to(dtype)[None].expand(b, -1)
             image_embedding = torch.where(drop_image[:, None], null, image_embedding)
 
-        emb = self.time_embedding(t, dtype) + self.clip_emb(image_embedding)
+        image_term = self.clip_emb(image_embedding)
+        text_term = None
         if self.text_feat_proj is not None:
             if text_pooled is None:
-                emb = emb + self.text_feat_proj.bias.to(dtype)
+                text_term = self.text_feat_proj.bias.to(dtype)
             else:
                 if text_pooled.shape != (b, c.clip_dim):
                     raise ValueError(f"text_pooled must be [{b}, {c.clip_dim}], got {tuple(text_pooled.shape)}")
-                emb = emb + self.text_feat_proj(text_pooled.to(dtype))
+                text_term = self.text_feat_proj(text_pooled.to(dtype))
         elif text_pooled is not None:
             raise ValueError("this decoder was built with use_pooled_text=False but got text_pooled")
 
@@ -196,7 +228,33 @@ class DecoderUNet(UNetTrunk):
                 context_mask = torch.cat([text_mask.new_ones(b, c.clip_tokens), text_mask], dim=1)
         elif text_mask is not None:
             raise ValueError("text_mask given without text_tokens")
-        return self.run_trunk(x, emb, context, context_mask)
+        return ConditionedDecoder(self, image_term, text_term, AttentionContext(context, context_mask))
+
+
+class ConditionedDecoder:
+    """A :class:`DecoderUNet` with its step-independent conditioning computed (see ``DecoderUNet.conditioned``)."""
+
+    def __init__(
+        self,
+        decoder: DecoderUNet,
+        image_term: torch.Tensor,
+        text_term: torch.Tensor | None,
+        context: AttentionContext,
+    ) -> None:
+        self.decoder, self.image_term, self.text_term, self.context = decoder, image_term, text_term, context
+        self.batch = image_term.shape[0]
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x [B, 3, H, W] noisy images, t [B] timesteps -> [B, out_channels, H, W]."""
+        b, channels = self.batch, self.decoder.config.in_channels
+        if x.dim() != 4 or x.shape[:2] != (b, channels):
+            raise ValueError(f"x must be [{b}, {channels}, H, W] for this conditioning, got {tuple(x.shape)}")
+        if t.shape != (b,):
+            raise ValueError(f"t must be [B]=[{b}], got shape {tuple(t.shape)}")
+        emb = self.decoder.time_embedding(t, x.dtype) + self.image_term  # summed in forward's historical order
+        if self.text_term is not None:
+            emb = emb + self.text_term
+        return self.decoder.run_trunk(x, emb, self.context)
 
 
 def condition_dropout(

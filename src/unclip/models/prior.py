@@ -36,10 +36,11 @@ from torch import Tensor, nn
 from unclip.models.text_embedding import TextEmbedding
 from unclip.nn.embeddings import timestep_embedding
 from unclip.nn.norm import LayerNorm32
-from unclip.nn.transformer import TransformerBlock
+from unclip.nn.transformer import KeyValues, TransformerBlock
 
 __all__ = [
     "PRESETS",
+    "ConditionedPrior",
     "DiffusionPrior",
     "PriorConfig",
     "prefix_attention_mask",
@@ -226,6 +227,30 @@ class DiffusionPrior(nn.Module):
             if tuple(tensor.shape) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
 
+    def _prefix_tokens(self, text_pooled: Tensor, text_tokens: Tensor) -> Tensor:
+        """The step-independent first L + 1 tokens (text token states, pooled z_t), positions added.
+
+        [B, D], [B, L, W] -> [B, L + 1, width].
+        """
+        dtype = self.prd_emb.dtype
+        seq = torch.cat(
+            [self.text_enc_proj(text_tokens.to(dtype)), self.text_emb_proj(text_pooled.to(dtype))[:, None]], dim=1
+        )
+        return seq + self.positional_embedding[:, : seq.shape[1]]
+
+    def _step_tokens(self, noisy_z: Tensor, t: Tensor) -> Tensor:
+        """The last three tokens (timestep, noised z_i, query), positions added: [B, D], [B] -> [B, 3, width]."""
+        c = self.config
+        dtype = self.prd_emb.dtype
+        t_emb = self.time_embed(timestep_embedding(t, c.width).to(dtype))
+        query = self.prd_emb[:, 0].expand(noisy_z.shape[0], -1)
+        seq = torch.stack([t_emb, self.clip_img_proj(noisy_z.to(dtype)), query], dim=1)
+        return seq + self.positional_embedding[:, c.text_len + 1 :]
+
+    def _output(self, query_state: Tensor) -> Tensor:
+        """The query token's last hidden state [B, width] -> x0 prediction [B, D]."""
+        return self.out_proj(self.final_ln(query_state))
+
     def forward(
         self, noisy_z: Tensor, t: Tensor, text_pooled: Tensor, text_tokens: Tensor, text_mask: Tensor
     ) -> Tensor:
@@ -242,21 +267,63 @@ class DiffusionPrior(nn.Module):
             [B, D] x0 prediction in normalised CLIP space.
         """
         self._check_inputs(noisy_z, t, text_pooled, text_tokens, text_mask)
-        c = self.config
-        dtype = self.prd_emb.dtype
-        t_emb = self.time_embed(timestep_embedding(t, c.width).to(dtype))
-        seq = torch.cat(
-            [
-                self.text_enc_proj(text_tokens.to(dtype)),
-                self.text_emb_proj(text_pooled.to(dtype))[:, None],
-                t_emb[:, None],
-                self.clip_img_proj(noisy_z.to(dtype))[:, None],
-                self.prd_emb.expand(noisy_z.shape[0], -1, -1),
-            ],
-            dim=1,
-        )
-        h = seq + self.positional_embedding
+        h = torch.cat([self._prefix_tokens(text_pooled, text_tokens), self._step_tokens(noisy_z, t)], dim=1)
         mask = prefix_attention_mask(text_mask, h.shape[1])
         for block in self.transformer["resblocks"]:
             h = block(h, mask)
-        return self.out_proj(self.final_ln(h[:, -1]))
+        return self._output(h[:, -1])
+
+    def conditioned(self, text_pooled: Tensor, text_tokens: Tensor, text_mask: Tensor) -> ConditionedPrior:
+        """This network with its text fixed, for sampling: ``conditioned(...)(noisy_z, t) == forward(...)``.
+
+        Under the causal mask the L + 1 text tokens never see the timestep or z_t, so their keys and values at
+        every layer are the same at every step: they are computed here once, and each call runs only the last
+        three tokens (timestep, noised z_i, query) against them.
+
+        Args:
+            text_pooled: [B, D]; text_tokens: [B, L, W]; text_mask: [B, L] bool.
+
+        Returns:
+            a callable ``(noisy_z [B, D], t [B]) -> [B, D]`` x0 prediction.
+        """
+        c = self.config
+        b = text_pooled.shape[0]
+        for name, tensor, shape in (
+            ("text_pooled", text_pooled, (b, c.clip_dim)),
+            ("text_tokens", text_tokens, (b, c.text_len, c.text_width)),
+            ("text_mask", text_mask, (b, c.text_len)),
+        ):
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+        prefix_len = c.text_len + 1
+        h = self._prefix_tokens(text_pooled, text_tokens)
+        prefix_mask = prefix_attention_mask(text_mask, prefix_len)
+        blocks = list(self.transformer["resblocks"])
+        past = []
+        for i, block in enumerate(blocks):
+            past.append(block.key_values(h))
+            if i + 1 < len(blocks):  # the last block's prefix outputs are never read
+                h = block(h, prefix_mask)
+        step_mask = prefix_attention_mask(text_mask, prefix_len + NUM_EXTRA_TOKENS - 1)[:, :, prefix_len:]
+        return ConditionedPrior(self, past, step_mask)
+
+
+class ConditionedPrior:
+    """A :class:`DiffusionPrior` with cached text keys/values (see :meth:`DiffusionPrior.conditioned`)."""
+
+    def __init__(self, prior: DiffusionPrior, past: list[KeyValues], step_mask: Tensor) -> None:
+        self.prior, self.past, self.step_mask = prior, past, step_mask
+        self.batch = step_mask.shape[0]
+
+    def __call__(self, noisy_z: Tensor, t: Tensor) -> Tensor:
+        """noisy_z [B, D] (normalised x_t), t [B] -> [B, D] x0 prediction."""
+        d = self.prior.config.clip_dim
+        if tuple(noisy_z.shape) != (self.batch, d) or tuple(t.shape) != (self.batch,):
+            raise ValueError(
+                f"conditioned on {self.batch} captions: noisy_z must be [{self.batch}, {d}] and t [{self.batch}], "
+                f"got {tuple(noisy_z.shape)} and {tuple(t.shape)}"
+            )
+        h = self.prior._step_tokens(noisy_z, t)
+        for block, kv in zip(self.prior.transformer["resblocks"], self.past):
+            h = block(h, self.step_mask, kv)
+        return self.prior._output(h[:, -1])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from unclip.nn.attention import SpatialAttention
+from unclip.nn.attention import AttentionContext, SpatialAttention
 from unclip.nn.embeddings import timestep_embedding
 from unclip.nn.norm import group_norm
 from unclip.nn.resblock import Downsample, ResBlock, Upsample, zero_module
@@ -25,7 +25,7 @@ class UNetStage(nn.Sequential):
         self,
         h: torch.Tensor,
         emb: torch.Tensor,
-        context: torch.Tensor | None = None,
+        context: torch.Tensor | AttentionContext | None = None,
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         for layer in self:
@@ -151,10 +151,11 @@ class UNetTrunk(nn.Module):
         self,
         h: torch.Tensor,
         emb: torch.Tensor,
-        context: torch.Tensor | None = None,
+        context: torch.Tensor | AttentionContext | None = None,
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """h [B, C_in, H, W], emb [B, 4*model_channels], context [B, S, E], mask [B, S] -> [B, C_out, H, W]."""
+        """h [B, C_in, H, W], emb [B, 4*model_channels], context [B, S, E] (or an AttentionContext holding
+        tokens, mask and cached projections), mask [B, S] -> [B, C_out, H, W]."""
         skips = []
         for block in self.input_blocks:
             h = block(h, emb, context, context_mask)

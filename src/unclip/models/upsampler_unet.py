@@ -102,11 +102,45 @@ class UpsamplerUNet(UNetTrunk):
             raise ValueError(f"t must be [B]=[{b}], got shape {tuple(t.shape)}")
         if low_res.dim() != 4 or low_res.shape[:2] != x.shape[:2]:
             raise ValueError(f"low_res must be [{b}, {c.in_channels}, h, w], got shape {tuple(low_res.shape)}")
-        cond = bicubic_resize(low_res.to(x.dtype), tuple(x.shape[-2:]))
-        h = torch.cat([x, cond], dim=1)
+        return self.conditioned(low_res, (x.shape[-2], x.shape[-1]), dtype=x.dtype)(x, t)
+
+    def conditioned(
+        self, low_res: torch.Tensor, size: tuple[int, int], *, dtype: torch.dtype | None = None
+    ) -> ConditionedUpsampler:
+        """This network with its low-resolution input fixed, for sampling: the resize to ``size`` is done once.
+
+        Args:
+            low_res: [B, 3, h, w] conditioning images in [-1, 1].
+            size: (H, W) of the images the sampler will pass.
+            dtype: the dtype the network will run in (default: its weights').
+
+        Returns:
+            a callable ``(x [B, 3, H, W], t [B]) -> eps`` equal to ``forward(x, t, low_res)``.
+        """
+        c = self.config
+        if low_res.dim() != 4 or low_res.shape[1] != c.in_channels:
+            raise ValueError(f"low_res must be [B, {c.in_channels}, h, w], got shape {tuple(low_res.shape)}")
+        dtype = dtype if dtype is not None else self.out[2].weight.dtype
+        return ConditionedUpsampler(self, bicubic_resize(low_res.to(dtype), tuple(size)))
+
+
+class ConditionedUpsampler:
+    """An :class:`UpsamplerUNet` with its resized conditioning image [B, 3, H, W] computed once."""
+
+    def __init__(self, upsampler: UpsamplerUNet, resized_low_res: torch.Tensor) -> None:
+        self.upsampler, self.resized_low_res = upsampler, resized_low_res
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x [B, 3, H, W], t [B] -> [B, out_channels, H, W]."""
+        cond = self.resized_low_res
+        if x.shape != cond.shape:
+            raise ValueError(f"x must be {tuple(cond.shape)} for this conditioning, got {tuple(x.shape)}")
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must be [B]=[{x.shape[0]}], got shape {tuple(t.shape)}")
+        h = torch.cat([x, cond.to(x.dtype)], dim=1)
         if x.is_contiguous(memory_format=torch.channels_last):
             h = h.contiguous(memory_format=torch.channels_last)
-        return self.run_trunk(h, self.time_embedding(t, x.dtype))
+        return self.upsampler.run_trunk(h, self.upsampler.time_embedding(t, x.dtype))
 
 
 def _karlo() -> UpsamplerConfig:

@@ -54,6 +54,43 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out.masked_fill(~mask, float("-inf"))
 
 
+class AttentionContext:
+    """Context tokens shared by every attention layer of a network, with each layer's keys/values cached.
+
+    A sampler calls the network many times with the same context; each :class:`SpatialAttention` projects
+    the tokens once (on first use) and reuses the projection on later calls.
+
+    Args:
+        tokens: [B, S, E] context tokens.
+        mask: [B, S] bool (True = may be attended to), or None for all.
+    """
+
+    def __init__(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        if mask is not None and mask.shape != tokens.shape[:2]:
+            raise ValueError(f"context mask {tuple(mask.shape)} does not match tokens {tuple(tokens.shape)}")
+        self.tokens, self.mask = tokens, mask
+        self._key_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._key_masks: dict[int, torch.Tensor] = {}
+
+    def key_values(self, layer: SpatialAttention) -> tuple[torch.Tensor, torch.Tensor]:
+        """``layer``'s keys and values of the tokens, each [B, heads, S, d] (computed on first use)."""
+        cached = self._key_values.get(id(layer))
+        if cached is None:
+            cached = self._key_values[id(layer)] = layer.context_key_values(self.tokens)
+        return cached
+
+    def key_mask(self, pixels: int) -> torch.Tensor | None:
+        """[B, 1, 1, S + pixels] bool: the token mask followed by ``pixels`` always-visible keys (or None)."""
+        if self.mask is None:
+            return None
+        keep = self._key_masks.get(pixels)
+        if keep is None:
+            b = self.mask.shape[0]
+            keep = torch.cat([self.mask, self.mask.new_ones(b, pixels)], dim=1)[:, None, None, :]
+            self._key_masks[pixels] = keep
+        return keep
+
+
 class SpatialAttention(nn.Module):
     """GLIDE/ADM attention over the pixels of a feature map, with optional context tokens as extra keys/values.
 
@@ -85,14 +122,27 @@ class SpatialAttention(nn.Module):
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
+    def context_key_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context tokens [B, S, E] -> this layer's keys and values, each [B, heads, S, d]."""
+        if self.encoder_kv is None:
+            raise ValueError("this attention block was built without context_channels but got a context")
+        b, s, _ = context.shape
+        kv = F.linear(context, self.encoder_kv.weight[:, :, 0], self.encoder_kv.bias)
+        ek, ev = kv.view(b, s, self.heads, 2, self.channels // self.heads).permute(3, 0, 2, 1, 4).unbind(0)
+        return ek, ev
+
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | AttentionContext | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend.
 
         Args:
             x: [B, C, H, W] feature map.
-            context: [B, S, E] context tokens, or None (then only the pixels are keys).
+            context: [B, S, E] context tokens, an :class:`AttentionContext` (tokens, mask and cached
+                projections; ``context_mask`` must then be None), or None (then only the pixels are keys).
             context_mask: [B, S] bool, True for tokens that may be attended to; None = all. At least the
                 pixels are always attended to, so an all-False mask is allowed.
 
@@ -106,17 +156,19 @@ class SpatialAttention(nn.Module):
         qkv = F.linear(tokens, self.qkv.weight[:, :, 0], self.qkv.bias).view(b, n, self.heads, 3, d)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # [B, heads, N, d]
         mask = None
-        if context is not None:
-            if self.encoder_kv is None:
-                raise ValueError("this attention block was built without context_channels but got a context")
-            s = context.shape[1]
-            kv = F.linear(context, self.encoder_kv.weight[:, :, 0], self.encoder_kv.bias)
-            ek, ev = kv.view(b, s, self.heads, 2, d).permute(3, 0, 2, 1, 4).unbind(0)
-            k = torch.cat([ek, k], dim=2)
-            v = torch.cat([ev, v], dim=2)
+        if isinstance(context, AttentionContext):
+            if context_mask is not None:
+                raise ValueError("pass the mask inside the AttentionContext, not as context_mask")
+            ek, ev = context.key_values(self)
+            mask = context.key_mask(n)
+        elif context is not None:
+            ek, ev = self.context_key_values(context)
             if context_mask is not None:
                 keep = torch.cat([context_mask, context_mask.new_ones(b, n)], dim=1)
                 mask = keep[:, None, None, :]
+        if context is not None:
+            k = torch.cat([ek, k], dim=2)
+            v = torch.cat([ev, v], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, heads, N, d]
         out = F.linear(out.transpose(1, 2).reshape(b, n, c), self.proj_out.weight[:, :, 0], self.proj_out.bias)
         return x + out.transpose(1, 2).reshape(b, c, hgt, wid)

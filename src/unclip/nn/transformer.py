@@ -14,6 +14,8 @@ Mapping to diffusers' ``BasicTransformerBlock`` (PriorTransformer): ``ln_1 -> no
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,8 +23,21 @@ from torch import nn
 from unclip.nn.norm import LayerNorm32
 
 
-def _prepare_mask(mask: torch.Tensor | None, batch: int, length: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """Mask [T,T] | [B,T,T] | [B,1|H,T,T] (bool: True = may attend; float: additive) -> 4-D for SDPA."""
+class KeyValues(NamedTuple):
+    """One attention layer's keys and values of earlier tokens, each [B, H, P, W/H] (a prefix cache)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+def _prepare_mask(
+    mask: torch.Tensor | None, batch: int, length: int, dtype: torch.dtype, key_length: int | None = None
+) -> torch.Tensor | None:
+    """Mask [T,S] | [B,T,S] | [B,1|H,T,S] (bool: True = may attend; float: additive) -> 4-D for SDPA.
+
+    T = ``length`` queries, S = ``key_length`` keys (default T).
+    """
+    key_length = length if key_length is None else key_length
     if mask is None:
         return None
     if mask.dim() == 2:
@@ -31,8 +46,11 @@ def _prepare_mask(mask: torch.Tensor | None, batch: int, length: int, dtype: tor
         mask = mask[:, None]
     elif mask.dim() != 4:
         raise ValueError(f"attention mask must be 2-, 3- or 4-D, got shape {tuple(mask.shape)}")
-    if mask.shape[-2:] != (length, length) or mask.shape[0] not in (1, batch):
-        raise ValueError(f"attention mask of shape {tuple(mask.shape)} does not fit batch {batch}, length {length}")
+    if mask.shape[-2:] != (length, key_length) or mask.shape[0] not in (1, batch):
+        raise ValueError(
+            f"attention mask of shape {tuple(mask.shape)} does not fit batch {batch}, "
+            f"{length} queries and {key_length} keys"
+        )
     if mask.dtype != torch.bool:
         mask = mask.to(dtype)
     return mask
@@ -55,16 +73,36 @@ class MultiheadSelfAttention(nn.Module):
         self.c_qkv = nn.Linear(width, 3 * width)
         self.c_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, T, W]; mask see :class:`TransformerBlock`. Returns [B, T, W]."""
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, W] -> q, k, v, each [B, H, T, W/H]."""
         b, t, w = x.shape
         qkv = self.c_qkv(x).view(b, t, self.heads, 3, w // self.heads)
-        q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each [B, H, T, d]
+        q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)
+        return q, k, v
+
+    def key_values(self, x: torch.Tensor) -> KeyValues:
+        """Keys and values of the (already normalised) tokens x [B, P, W], for later queries to attend to."""
+        _, k, v = self._qkv(x)
+        return KeyValues(k, v)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, past: KeyValues | None = None) -> torch.Tensor:
+        """x [B, T, W]; mask see :class:`TransformerBlock`. Returns [B, T, W].
+
+        With ``past`` (keys/values of P earlier tokens, [B, H, P, W/H]) the T queries attend to the P + T
+        keys ``[past; x]`` and ``mask`` is [.., T, P + T].
+        """
+        b, t, w = x.shape
+        q, k, v = self._qkv(x)
+        if past is not None:
+            if past.keys.shape[0] != b:
+                raise ValueError(f"cached keys have batch {past.keys.shape[0]}, the queries {b}")
+            k = torch.cat([past.keys.to(k.dtype), k], dim=2)
+            v = torch.cat([past.values.to(v.dtype), v], dim=2)
         out = F.scaled_dot_product_attention(
             q,
             k,
             v,
-            attn_mask=_prepare_mask(mask, b, t, q.dtype),
+            attn_mask=_prepare_mask(mask, b, t, q.dtype, k.shape[2]),
             dropout_p=self.dropout if self.training else 0.0,
         )
         return self.c_proj(out.transpose(1, 2).reshape(b, t, w))
@@ -101,7 +139,11 @@ class TransformerBlock(nn.Module):
         self.mlp = MLP(width, mlp_mult)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def key_values(self, x: torch.Tensor) -> KeyValues:
+        """This block's attention keys/values of the tokens x [B, P, W] (its input), for a prefix cache."""
+        return self.attn.key_values(self.ln_1(x))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, past: KeyValues | None = None) -> torch.Tensor:
         """Apply the block.
 
         Args:
@@ -109,9 +151,11 @@ class TransformerBlock(nn.Module):
             mask: None, or [T, T] / [B, T, T] / [B, 1 or H, T, T]; bool (True = query may attend to key)
                 or float (added to the attention logits, e.g. 0 / -inf). Every query row must keep at
                 least one key, otherwise that row's output is NaN.
+            past: keys/values of P earlier tokens (:meth:`key_values` of their input to this block); the
+                queries then attend to ``[past; x]`` and ``mask`` is [.., T, P + T].
 
         Returns:
             [B, T, W].
         """
-        x = x + self.drop(self.attn(self.ln_1(x), mask))
+        x = x + self.drop(self.attn(self.ln_1(x), mask, past))
         return x + self.drop(self.mlp(self.ln_2(x)))

@@ -1,7 +1,7 @@
 """Sampling the image stages: the decoder (z_i [+ text] -> base image) and the upsamplers.
 
 Each function binds a network's conditioning into a denoiser, wraps classifier-free guidance once
-(:func:`unclip.samplers.classifier_free_guidance`), reads the output through the stage's
+(:func:`unclip.samplers.guided_denoiser`), reads the output through the stage's
 :class:`~unclip.diffusion.stage_config.DiffusionConfig`, and runs a sampler from :mod:`unclip.samplers`.
 
 Decoder guidance follows the paper and the decoder's training dropout: the unconditional branch has
@@ -24,7 +24,7 @@ from unclip.diffusion.stage_config import DiffusionConfig
 from unclip.encoders.base import TextEmbedding
 from unclip.models.decoder_unet import DecoderUNet
 from unclip.models.upsampler_unet import UpsamplerUNet
-from unclip.samplers import Predictor, ProgressFn, classifier_free_guidance, ddim_invert, run_sampler
+from unclip.samplers import Predictor, ProgressFn, concat_conditioning, ddim_invert, guided_denoiser, run_sampler
 from unclip.samplers.registry import sampler_spec
 
 __all__ = [
@@ -102,7 +102,10 @@ def decoder_predictor(
     """The guided decoder as a :class:`Predictor` (x0 clamped to [-1, 1] by default, as Karlo)."""
     cond, uncond = decoder_conditioning(decoder, image_embedding, text, null_text)
     param = diffusion.parameterization()
-    denoiser = classifier_free_guidance(decoder, guidance_scale, cond=cond, uncond=uncond, param=param)
+    if guidance_scale == 1.0:
+        denoiser = decoder.conditioned(**cond)
+    else:  # the doubled batch [uncond; cond], its step-independent projections computed once
+        denoiser = guided_denoiser(decoder.conditioned(**concat_conditioning(uncond, cond)), guidance_scale, param)
     return Predictor(denoiser, param, clip_x0=clip_x0)
 
 
@@ -194,14 +197,16 @@ def sample_upsampler(
     c = upsampler.config
     cond = low_res.clamp(-1, 1).to(device=device, dtype=dtype)
     param = diffusion.parameterization()
+    size = (c.image_size, c.image_size) if x_T is None else (x_T.shape[-2], x_T.shape[-1])
+    model = upsampler.conditioned(cond, size, dtype=dtype)  # the low-res resize, once per call
     if last_step_model is None:
-        predictor = Predictor(lambda x, t: upsampler(x, t, low_res=cond), param, clip_x0=1.0)
+        predictor = Predictor(model, param, clip_x0=1.0)
     else:
         final_t = final_timestep(sampler, diffusion.make_schedule(), steps)
+        last_model = last_step_model.conditioned(cond, size, dtype=dtype)
 
         def denoise(x: Tensor, t: Tensor) -> Tensor:
-            net = last_step_model if int(t[0]) == final_t else upsampler
-            return net(x, t, low_res=cond)
+            return last_model(x, t) if int(t[0]) == final_t else model(x, t)
 
         predictor = Predictor(denoise, param, clip_x0=1.0)
     return run_sampler(

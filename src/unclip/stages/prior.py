@@ -17,7 +17,7 @@ from unclip.diffusion.stage_config import PRIOR_DIFFUSION, DiffusionConfig
 from unclip.encoders.base import TextEmbedding
 from unclip.models.ar_prior import ARPrior
 from unclip.models.prior import DiffusionPrior
-from unclip.samplers import Predictor, ProgressFn, classifier_free_guidance, run_sampler
+from unclip.samplers import Predictor, ProgressFn, concat_conditioning, guided_denoiser, run_sampler
 
 __all__ = [
     "PRIOR_DIFFUSION",
@@ -144,9 +144,10 @@ def sample_prior(
         _check_text(null_text, c.clip_dim, c.text_len, c.text_width, "null_text")
         null = repeat_text(null_text.to(device=device, dtype=dtype), best_of, batch=b)
         uncond = {"text_pooled": null.pooled, "text_tokens": null.tokens, "text_mask": null.mask.bool()}
-        denoiser = classifier_free_guidance(prior, guidance_scale, cond=kwargs, uncond=uncond, param=param_kind)
+        doubled = prior.conditioned(**concat_conditioning(uncond, kwargs))  # text keys/values cached once
+        denoiser = guided_denoiser(doubled, guidance_scale, param_kind)
     else:
-        denoiser = lambda x, t: prior(x, t, **kwargs)  # noqa: E731
+        denoiser = prior.conditioned(**kwargs)
     predictor = Predictor(denoiser, param_kind, clip_x0=clamp)
     z = run_sampler(
         sampler,
