@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from unclip.nn.attention import AttentionContext, SpatialAttention
+from unclip.nn.conv import Conv2d
 from unclip.nn.embeddings import timestep_embedding
 from unclip.nn.norm import group_norm
 from unclip.nn.resblock import Downsample, ResBlock, Upsample, zero_module
@@ -107,7 +108,7 @@ class UNetTrunk(nn.Module):
             return SpatialAttention(ch, head_channels, context_channels, norm_groups)
 
         ch = channel_mult[0] * model_channels
-        self.input_blocks = nn.ModuleList([UNetStage(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([UNetStage(Conv2d(in_channels, ch, 3, padding=1))])
         skip_channels = [ch]
         ds = 1
         for level, mult in enumerate(channel_mult):
@@ -140,7 +141,7 @@ class UNetTrunk(nn.Module):
                     ds //= 2
                 self.output_blocks.append(UNetStage(*layers))
         self.out = nn.Sequential(
-            group_norm(ch, norm_groups), nn.SiLU(), zero_module(nn.Conv2d(ch, out_channels, 3, padding=1))
+            group_norm(ch, norm_groups), nn.SiLU(), zero_module(Conv2d(ch, out_channels, 3, padding=1))
         )
 
     def time_embedding(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -155,7 +156,12 @@ class UNetTrunk(nn.Module):
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """h [B, C_in, H, W], emb [B, 4*model_channels], context [B, S, E] (or an AttentionContext holding
-        tokens, mask and cached projections), mask [B, S] -> [B, C_out, H, W]."""
+        tokens, mask and cached projections), mask [B, S] -> [B, C_out, H, W].
+
+        The trunk runs channels_last (faster convolutions on CPU and GPU, no copies in the attention layers);
+        the output is channels_last too, which elementwise sampler arithmetic does not notice.
+        """
+        h = h.contiguous(memory_format=torch.channels_last)
         skips = []
         for block in self.input_blocks:
             h = block(h, emb, context, context_mask)

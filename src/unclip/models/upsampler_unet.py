@@ -138,8 +138,6 @@ class ConditionedUpsampler:
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must be [B]=[{x.shape[0]}], got shape {tuple(t.shape)}")
         h = torch.cat([x, cond.to(x.dtype)], dim=1)
-        if x.is_contiguous(memory_format=torch.channels_last):
-            h = h.contiguous(memory_format=torch.channels_last)
         return self.upsampler.run_trunk(h, self.upsampler.time_embedding(t, x.dtype))
 
 

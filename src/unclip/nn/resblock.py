@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unclip.nn.conv import Conv2d
 from unclip.nn.norm import group_norm
 
 
@@ -31,7 +32,7 @@ class Downsample(nn.Module):
         out_channels = out_channels or channels
         if not use_conv and out_channels != channels:
             raise ValueError("average-pool downsampling cannot change the channel count")
-        self.op = nn.Conv2d(channels, out_channels, 3, stride=2, padding=1) if use_conv else None
+        self.op = Conv2d(channels, out_channels, 3, stride=2, padding=1) if use_conv else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x) if self.op is not None else F.avg_pool2d(x, kernel_size=2, stride=2)
@@ -45,7 +46,7 @@ class Upsample(nn.Module):
         out_channels = out_channels or channels
         if not use_conv and out_channels != channels:
             raise ValueError("nearest-neighbour upsampling cannot change the channel count")
-        self.conv = nn.Conv2d(channels, out_channels, 3, padding=1) if use_conv else None
+        self.conv = Conv2d(channels, out_channels, 3, padding=1) if use_conv else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -88,7 +89,7 @@ class ResBlock(nn.Module):
         self.channels, self.out_channels = channels, out_channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.in_layers = nn.Sequential(
-            group_norm(channels, norm_groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            group_norm(channels, norm_groups), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1)
         )
         self.updown = up or down
         self.resample: nn.Module | None = None
@@ -103,12 +104,34 @@ class ResBlock(nn.Module):
             group_norm(out_channels, norm_groups),
             nn.SiLU(),
             nn.Dropout(dropout),
-            zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
+            zero_module(Conv2d(out_channels, out_channels, 3, padding=1)),
         )
-        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        self.skip_connection = nn.Identity() if out_channels == channels else Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """x [B, C_in, H, W], emb [B, E] -> [B, C_out, H', W'] (H' = 2H up, H/2 down, else H)."""
+        """x [B, C_in, H, W], emb [B, E] -> [B, C_out, H', W'] (H' = 2H up, H/2 down, else H).
+
+        Without autograd (sampling) the activations, the FiLM and the residual are applied in place on
+        tensors this block created (the same arithmetic, fewer allocations); ``x`` is never modified.
+        """
+        if torch.is_grad_enabled():
+            return self._forward_autograd(x, emb)
+        norm_in, _, conv_in = self.in_layers
+        h = F.silu(norm_in(x), inplace=True)
+        if self.resample is not None:
+            h, x = self.resample(h), self.resample(x)
+        h = conv_in(h)
+        emb_out = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        norm_out, _, dropout, conv_out = self.out_layers
+        if self.use_scale_shift_norm:
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = norm_out(h).mul_(1 + scale).add_(shift)
+        else:
+            h = norm_out(h.add_(emb_out))
+        h = conv_out(dropout(F.silu(h, inplace=True)))
+        return h.add_(self.skip_connection(x))  # == skip(x) + h: IEEE addition commutes exactly
+
+    def _forward_autograd(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.resample is not None:
             h = self.in_layers[1](self.in_layers[0](x))
             h = self.in_layers[2](self.resample(h))
