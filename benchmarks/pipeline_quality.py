@@ -38,6 +38,7 @@ def main() -> None:
         metavar="FIELD=VALUE",
         help="Override a generation default (e.g. decoder_guidance_scale=5); repeatable.",
     )
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="the pipeline's dtype")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -46,6 +47,8 @@ def main() -> None:
     from unclip.measure.quality import reference_entropy, text_diff_quality, text_to_image_quality, variation_quality
 
     pipe = UnCLIPPipeline.from_pretrained(args.model)
+    if args.precision == "bf16":
+        pipe.to("cpu", torch.bfloat16)  # networks in bf16, sampler arithmetic in float32
     for item in args.set:
         field, _, value = item.partition("=")
         if not hasattr(pipe.defaults, field) or not value:
@@ -54,7 +57,8 @@ def main() -> None:
         setattr(pipe.defaults, field, kind(value))
     oracle = load_oracle()
     log = lambda m: print(f"  {m}", flush=True)  # noqa: E731
-    results: dict = {"model": args.model, "seed": args.seed, "defaults": pipe.defaults.__dict__}
+    results: dict = {"model": args.model, "seed": args.seed, "defaults": pipe.defaults.__dict__,
+                     "precision": args.precision}  # fmt: skip
     t0 = time.time()
     if "t2i" not in args.skip:
         results["one_object"] = text_to_image_quality(

@@ -132,6 +132,7 @@ def run(
     images_per_caption: int = 4,
     real_per_caption: int = 16,
     log=print,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Measure every setting; returns the JSON-able results (see the module docstring)."""
     from unclip import UnCLIPPipeline
@@ -142,6 +143,8 @@ def run(
 
     settings_list = parse_settings(settings_text)
     pipe = UnCLIPPipeline.from_pretrained(model)
+    if precision == "bf16":
+        pipe.to("cpu", torch.bfloat16)  # networks in bf16 (prior included), sampler arithmetic in float32
     oracle = load_oracle()
     samples = held_out_captions(seed, captions, objects=1)
     specs = [s.specified for s in samples]
@@ -186,6 +189,7 @@ def run(
                 "fd": frechet_distance(floor["features"], ref_features)}  # fmt: skip
     return {
         "model": model,
+        "precision": precision,
         "model_date": model_date(model),
         "run_date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average_1min_end": os.getloadavg()[0],
@@ -253,6 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--real-per-caption", type=int, default=16, help="real renders per caption (FD reference)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="the pipeline's dtype")
     args = parser.parse_args(argv)
     try:
         parse_settings(args.settings)
@@ -263,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     result = run(args.model, args.settings, args.seed, args.captions, args.images_per_caption, args.real_per_caption,
-                 log=lambda m: print(f"  {m}", flush=True))  # fmt: skip
+                 log=lambda m: print(f"  {m}", flush=True), precision=args.precision)  # fmt: skip
     print(format_table(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Our UnCLIPPipeline against diffusers' UnCLIPPipeline on the same weights, steps, sampler and seed.
 
     python benchmarks/vs_diffusers.py [--size small|tiny] [--steps N] [--batch 1] [--repeats 3] [--threads 2]
+                                      [--ours-precision fp32|bf16]
 
 One random-weight diffusers pipeline of the chosen size (``small``: prior ~25M, decoder ~40M at 64 px,
 super-resolution ~5M at 256 px, as issue 6 asks; ``tiny``: the unit-test size) is saved with diffusers'
@@ -10,7 +11,9 @@ every stage) with guidance 4/8 from ``torch.Generator().manual_seed(seed)``, alt
 run each. Printed: per-stage and total wall time and CPU time (process time, all threads; less sensitive to
 other processes' load than wall time), medians over repeats, with their ratio ours/diffusers; the peak
 resident-memory increase during a run; the largest and mean pixel difference between the two outputs.
-``--json PATH`` writes all of it.
+``--json PATH`` writes all of it. ``--ours-precision bf16`` runs our pipeline in bfloat16 (``pipe.to("cpu",
+torch.bfloat16)``: the networks in bf16, the sampler arithmetic in float32) against diffusers in float32 —
+diffusers 0.42 cannot run its UnCLIPPipeline in bf16 on a CPU (its antialiased resize has no bf16 kernel).
 
 Stage boundaries are taken at the first forward call of each stage's network (ours: of its first U-Net
 block) (text+prior | decoder | super-resolution), so each stage includes its own scheduler arithmetic.
@@ -157,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--ours-precision", choices=["fp32", "bf16"], default="fp32", help="our pipeline's dtype")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 2:
         parser.error("--steps must be >= 2 (UnCLIPScheduler)")
@@ -174,19 +178,21 @@ def main(argv: list[str] | None = None) -> dict:
         directory = save_diffusers_unclip(build_random_diffusers_unclip(spec_for(args.size)), Path(tmp) / "p")
         theirs = diffusers.UnCLIPPipeline.from_pretrained(str(directory))
         ours = UnCLIPPipeline.from_pretrained(directory)
+    if args.ours_precision == "bf16":
+        ours.to("cpu", torch.bfloat16)
     theirs.set_progress_bar_config(disable=True)
     setup = {
         "size": args.size, "prior_m": count(theirs.prior), "decoder_m": count(theirs.decoder, theirs.text_proj),
         "decoder_px": theirs.decoder.config.sample_size, "super_res_m": count(theirs.super_res_first),
         "super_res_px": theirs.super_res_first.config.sample_size, "steps": list(steps), "batch": args.batch,
         "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
+        "diffusers": diffusers.__version__, "ours_precision": args.ours_precision,
     }  # fmt: skip
     print(
         f"size {args.size}: prior {setup['prior_m']:.2f}M, decoder {setup['decoder_m']:.2f}M "
         f"({setup['decoder_px']} px), super-res {setup['super_res_m']:.2f}M x 2 ({setup['super_res_px']} px); "
         f"steps {steps}; batch {args.batch}; threads {args.threads}; torch {torch.__version__}, "
-        f"diffusers {diffusers.__version__}"
+        f"diffusers {diffusers.__version__}; ours in {args.ours_precision}, diffusers in fp32"
     )
     warm = (2, 2, 2)
     run_diffusers(theirs, warm, args.batch, args.seed)

@@ -18,6 +18,7 @@ import click
 
 from unclip.cli.outputs import OutputTarget, plan_output, write_images
 from unclip.pipeline import bounds
+from unclip.precision import PRECISIONS
 
 SAMPLERS = ("ddpm", "ddim", "dpm++", "unclip")
 """The names in the sampler registry (unclip.samplers.registry.SAMPLERS), written out so that `unclip --help` does not
@@ -77,15 +78,24 @@ class _Progress:
             self.bar.close()
 
 
-def _load(model: str, device: str):
-    from unclip.pipeline import UnCLIPPipeline
+def _load(model: str, device: str, precision: str):
+    """The pipeline on ``device`` in the dtype ``precision`` names; ``auto``: the model's own default, resolved on
+    this hardware (:mod:`unclip.precision`). Returns ``(pipe, precision name that ran)``."""
+    import torch
 
-    return UnCLIPPipeline.from_pretrained(model, device=device)
+    from unclip.pipeline import UnCLIPPipeline
+    from unclip.precision import resolve_precision
+
+    pipe = UnCLIPPipeline.from_pretrained(model, device=device)
+    dtype = resolve_precision(pipe.defaults.precision if precision == "auto" else precision, device)
+    if dtype != torch.float32:
+        pipe.to(device, dtype)
+    return pipe, {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def _run(
     action: Callable[[Any, Any], list], model: str, device: str, target: OutputTarget, quiet: bool,
-    params: dict[str, Any], per_image: list[dict[str, Any]] | None = None,
+    params: dict[str, Any], per_image: list[dict[str, Any]] | None = None, precision: str = "auto",
 ) -> None:  # fmt: skip
     """Load the model, run ``action(pipe, progress)``, write the images; one-line errors and warnings.
 
@@ -101,7 +111,7 @@ def _run(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            pipe = _load(model, device)
+            pipe, ran_in = _load(model, device, precision)
             images = action(pipe, progress)
     except (ValueError, TypeError, OSError, RuntimeError) as err:
         progress.close()
@@ -109,7 +119,7 @@ def _run(
         raise click.ClickException(str(err)) from None
     progress.close()
     _echo_warnings(caught, quiet)
-    shared = {"model": model, **{k: v for k, v in params.items() if v is not None}}
+    shared = {"model": model, "precision": ran_in, **{k: v for k, v in params.items() if v is not None}}
     metadata = [{**shared, "index": i, **(per_image[i] if per_image else {})} for i in range(len(images))]
     try:
         paths = write_images(images, target, metadata)
@@ -128,13 +138,20 @@ def _echo_warnings(caught: list, quiet: bool) -> None:
 
 
 def common_options(func):
-    """--model, --seed, --device, -o, --quiet: every generating command takes them."""
+    """--model, --seed, --device, --precision, -o, --quiet: every generating command takes them."""
     options = [
         click.option("--model", "-m", default="shapes", show_default=True, help="Built-in model name or directory."),
         click.option(
             "--seed", type=click.IntRange(0, bounds.MAX_SEED), default=0, show_default=True, help="Random seed."
         ),
         click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda."),
+        click.option(
+            "--precision",
+            type=click.Choice(PRECISIONS),
+            default="auto",
+            show_default=True,
+            help="Network dtype; auto: the model's default (bf16 only where the hardware has it natively).",
+        ),  # fmt: skip
         click.option("--decoder-steps", type=Steps, default=None, help="Decoder sampling steps."),
         click.option("--decoder-guidance", type=Guidance, default=None, help="Decoder guidance scale."),
         click.option(
@@ -172,7 +189,7 @@ def _count(num_images: int | None, target: OutputTarget) -> int:
 @click.option("--eta", type=FiniteFloat(0.0, bounds.MAX_ETA), default=None, help="DDIM eta.")
 @common_options
 def generate(prompt, num_images, sampler, prior_steps, upsampler_steps, prior_guidance, best_of, eta, model, seed,
-             device, decoder_steps, decoder_guidance, out, quiet) -> None:  # fmt: skip
+             device, precision, decoder_steps, decoder_guidance, out, quiet) -> None:  # fmt: skip
     """Text to image: N images for PROMPT (several prompts: N images each)."""
     prompts = list(prompt)
     target = plan_output(out)
@@ -201,7 +218,7 @@ def generate(prompt, num_images, sampler, prior_steps, upsampler_steps, prior_gu
 
     params = {"command": "generate", "prompt": prompts[0] if len(prompts) == 1 else prompts, "seed": seed,
               "num_images_per_prompt": num_images, **{k: v for k, v in settings.items() if v is not None}}  # fmt: skip
-    _run(action, model, device, target, quiet, params)
+    _run(action, model, device, target, quiet, params, precision=precision)
 
 
 @click.command()
@@ -211,7 +228,7 @@ def generate(prompt, num_images, sampler, prior_steps, upsampler_steps, prior_gu
 @click.option("--eta", type=FiniteFloat(0.0, bounds.MAX_ETA), default=1.0, show_default=True,
               help="DDIM eta (> 0 varies).")  # fmt: skip
 @common_options
-def vary(image, num_images, eta, model, seed, device, decoder_steps, decoder_guidance, out, quiet) -> None:
+def vary(image, num_images, eta, model, seed, device, precision, decoder_steps, decoder_guidance, out, quiet) -> None:
     """Variations of IMAGE: keep its CLIP embedding, resample the details."""
     target = plan_output(out)
     num_images = _count(num_images, target)
@@ -224,7 +241,7 @@ def vary(image, num_images, eta, model, seed, device, decoder_steps, decoder_gui
 
     params = {"command": "vary", "image": str(image), "seed": seed, "num_images": num_images, "eta": eta,
               "decoder_steps": decoder_steps, "decoder_guidance_scale": decoder_guidance}  # fmt: skip
-    _run(action, model, device, target, quiet, params)
+    _run(action, model, device, target, quiet, params, precision=precision)
 
 
 @click.command()
@@ -234,7 +251,7 @@ def vary(image, num_images, eta, model, seed, device, decoder_steps, decoder_gui
 @click.option("--noise", type=click.Choice(["fixed", "slerp"]), default="fixed", show_default=True,
               help="x_T shared by all frames, or slerped between the images' inversions.")  # fmt: skip
 @common_options
-def interpolate(image_a, image_b, frames, noise, model, seed, device, decoder_steps, decoder_guidance, out,
+def interpolate(image_a, image_b, frames, noise, model, seed, device, precision, decoder_steps, decoder_guidance, out,
                 quiet) -> None:  # fmt: skip
     """Interpolate between IMAGE_A and IMAGE_B in CLIP image-embedding space."""
     target = plan_output(out)
@@ -250,7 +267,7 @@ def interpolate(image_a, image_b, frames, noise, model, seed, device, decoder_st
     params = {"command": "interpolate", "image_a": str(image_a), "image_b": str(image_b), "seed": seed,
               "num_frames": frames, "noise": noise, "decoder_steps": decoder_steps,
               "decoder_guidance_scale": decoder_guidance}  # fmt: skip
-    _run(action, model, device, target, quiet, params)
+    _run(action, model, device, target, quiet, params, precision=precision)
 
 
 @click.command()
@@ -260,7 +277,7 @@ def interpolate(image_a, image_b, frames, noise, model, seed, device, decoder_st
 @click.option("--theta", "thetas", type=FiniteFloat(*bounds.THETA_RANGE), multiple=True,
               help="Edit strengths (repeat; default 0 0.25 0.5).")  # fmt: skip
 @common_options
-def edit(image, to_text, from_text, thetas, model, seed, device, decoder_steps, decoder_guidance, out,
+def edit(image, to_text, from_text, thetas, model, seed, device, precision, decoder_steps, decoder_guidance, out,
          quiet) -> None:  # fmt: skip
     """Text diff: move IMAGE's CLIP embedding toward --to (away from --from)."""
     target = plan_output(out)
@@ -276,4 +293,4 @@ def edit(image, to_text, from_text, thetas, model, seed, device, decoder_steps, 
 
     params = {"command": "edit", "image": str(image), "to_text": to_text, "from_text": from_text, "seed": seed,
               "decoder_steps": decoder_steps, "decoder_guidance_scale": decoder_guidance}  # fmt: skip
-    _run(action, model, device, target, quiet, params, per_image=[{"theta": t} for t in thetas])
+    _run(action, model, device, target, quiet, params, per_image=[{"theta": t} for t in thetas], precision=precision)

@@ -242,15 +242,17 @@ class ConditionedDecoder:
         context: AttentionContext,
     ) -> None:
         self.decoder, self.image_term, self.text_term, self.context = decoder, image_term, text_term, context
-        self.batch = image_term.shape[0]
+        self.batch, self.dtype = image_term.shape[0], image_term.dtype
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x [B, 3, H, W] noisy images, t [B] timesteps -> [B, out_channels, H, W]."""
+        """x [B, 3, H, W] noisy images (any float dtype: cast to the conditioning's), t [B] timesteps
+        -> [B, out_channels, H, W] in the conditioning's dtype."""
         b, channels = self.batch, self.decoder.config.in_channels
         if x.dim() != 4 or x.shape[:2] != (b, channels):
             raise ValueError(f"x must be [{b}, {channels}, H, W] for this conditioning, got {tuple(x.shape)}")
         if t.shape != (b,):
             raise ValueError(f"t must be [B]=[{b}], got shape {tuple(t.shape)}")
+        x = x.to(self.dtype)
         emb = self.decoder.time_embedding(t, x.dtype) + self.image_term  # summed in forward's historical order
         if self.text_term is not None:
             emb = emb + self.text_term

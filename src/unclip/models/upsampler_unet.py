@@ -131,13 +131,14 @@ class ConditionedUpsampler:
         self.upsampler, self.resized_low_res = upsampler, resized_low_res
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x [B, 3, H, W], t [B] -> [B, out_channels, H, W]."""
+        """x [B, 3, H, W] (cast to the conditioning's dtype), t [B] -> [B, out_channels, H, W] in that dtype."""
         cond = self.resized_low_res
+        x = x.to(cond.dtype)
         if x.shape != cond.shape:
             raise ValueError(f"x must be {tuple(cond.shape)} for this conditioning, got {tuple(x.shape)}")
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must be [B]=[{x.shape[0]}], got shape {tuple(t.shape)}")
-        h = torch.cat([x, cond.to(x.dtype)], dim=1)
+        h = torch.cat([x, cond], dim=1)
         return self.upsampler.run_trunk(h, self.upsampler.time_embedding(t, x.dtype))
 
 

@@ -60,6 +60,7 @@ class GenerationDefaults:
     eta: float = 0.0
     prior_clamp: float = 10.0
     inversion_steps: int = 50
+    precision: str = "auto"  # what ``--precision auto`` runs: "auto" (bf16 where native), "fp32", "bf16"
 
 
 @dataclass

@@ -41,6 +41,7 @@ from unclip.pipeline.options import (  # noqa: F401 - re-exported
     unet_bytes_per_sample,
 )
 from unclip.pipeline.priors import ARPriorStage, DiffusionPriorStage, Prior, as_prior  # noqa: F401 - re-exported
+from unclip.precision import PRECISIONS
 from unclip.samplers import ProgressFn
 from unclip.samplers.registry import sampler_spec
 from unclip.stages.decoding import invert_decoder, sample_decoder, sample_upsampler
@@ -154,6 +155,9 @@ class UnCLIPPipeline:
                 _check_scale(f.name, value, bounds.MAX_GUIDANCE)
             elif f.name == "eta":
                 _check_scale(f.name, value, bounds.MAX_ETA)
+            elif f.name == "precision":
+                if value not in PRECISIONS:
+                    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
             elif f.name != "sampler":
                 _check_scale(f.name, value)
         for name in ("prior_steps", "decoder_steps", "upsampler_steps"):

@@ -41,6 +41,7 @@ from unclip.samplers.base import (
     dynamic_threshold,
     initial_noise,
     randn,
+    sampling_dtype,
 )
 from unclip.samplers.ddim import ddim_sample, ddim_sigma, ddim_step
 from unclip.samplers.ddim_inversion import ddim_inversion_step, ddim_invert
@@ -77,6 +78,7 @@ __all__ = [
     "unclip_timesteps",
     "classifier_free_guidance",
     "concat_conditioning",
+    "sampling_dtype",
     "guided_denoiser",
     "SAMPLER_NAMES",
     "SAMPLERS",

@@ -33,7 +33,19 @@ __all__ = [
     "randn",
     "initial_noise",
     "report",
+    "sampling_dtype",
 ]
+
+
+def sampling_dtype(network_dtype: torch.dtype) -> torch.dtype:
+    """The dtype a sampler keeps x_t, the noise and its arithmetic in for a network of ``network_dtype``.
+
+    Half-precision networks (bf16, fp16) are sampled in float32: the network runs in its own dtype, while
+    the diffusion arithmetic (x0/eps conversion, clamps, posterior means, noise) stays float32, as each
+    step adds a small update to x_t that half precision would round away. Other dtypes are kept.
+    """
+    return torch.float32 if network_dtype in (torch.bfloat16, torch.float16) else network_dtype
+
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 """``(x_t [B, ...], t long [B] original step indices) -> raw output [B, ...]`` (variance channels included)."""

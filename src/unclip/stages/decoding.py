@@ -24,7 +24,15 @@ from unclip.diffusion.stage_config import DiffusionConfig
 from unclip.encoders.base import TextEmbedding
 from unclip.models.decoder_unet import DecoderUNet
 from unclip.models.upsampler_unet import UpsamplerUNet
-from unclip.samplers import Predictor, ProgressFn, concat_conditioning, ddim_invert, guided_denoiser, run_sampler
+from unclip.samplers import (
+    Predictor,
+    ProgressFn,
+    concat_conditioning,
+    ddim_invert,
+    guided_denoiser,
+    run_sampler,
+    sampling_dtype,
+)
 from unclip.samplers.registry import sampler_spec
 
 __all__ = [
@@ -127,6 +135,8 @@ def sample_decoder(
 ) -> Tensor:
     """Decode B image embeddings into [B, 3, S, S] images in [-1, 1] (S = the decoder's image size).
 
+    A bf16/fp16 decoder runs in its dtype; the sampler's arithmetic and the result are float32.
+
     ``null_text``: see :func:`decoder_conditioning`.
     """
     device, dtype = _device_dtype(decoder)
@@ -141,7 +151,7 @@ def sample_decoder(
         shape=None if x_T is not None else (b, decoder.config.in_channels, size, size),
         generator=generator,
         device=device,
-        dtype=dtype,
+        dtype=sampling_dtype(dtype),
         eta=eta,
         progress=progress,
         stage="decoder",
@@ -169,7 +179,7 @@ def invert_decoder(
         decoder, diffusion, image_embedding, None, guidance_scale=1.0, clip_x0=None, null_text=null_text
     )
     schedule = diffusion.make_schedule().respace(str(steps))  # the spacing run_sampler("ddim", steps) uses
-    return ddim_invert(predictor, schedule, images.to(device=device, dtype=dtype), progress=progress)
+    return ddim_invert(predictor, schedule, images.to(device=device, dtype=sampling_dtype(dtype)), progress=progress)
 
 
 @torch.no_grad()
@@ -218,7 +228,7 @@ def sample_upsampler(
         shape=None if x_T is not None else (low_res.shape[0], c.in_channels, c.image_size, c.image_size),
         generator=generator,
         device=device,
-        dtype=dtype,
+        dtype=sampling_dtype(dtype),
         eta=eta,
         progress=progress,
         stage=stage,

@@ -17,7 +17,14 @@ from unclip.diffusion.stage_config import PRIOR_DIFFUSION, DiffusionConfig
 from unclip.encoders.base import TextEmbedding
 from unclip.models.ar_prior import ARPrior
 from unclip.models.prior import DiffusionPrior
-from unclip.samplers import Predictor, ProgressFn, concat_conditioning, guided_denoiser, run_sampler
+from unclip.samplers import (
+    Predictor,
+    ProgressFn,
+    concat_conditioning,
+    guided_denoiser,
+    run_sampler,
+    sampling_dtype,
+)
 
 __all__ = [
     "PRIOR_DIFFUSION",
@@ -117,7 +124,8 @@ def sample_prior(
         progress: ``progress(stage, step, total)`` callback.
 
     Returns:
-        [B, D] image embeddings z_i (de-normalised), in the prior's dtype.
+        [B, D] image embeddings z_i (de-normalised), in :func:`~unclip.samplers.sampling_dtype` of the prior's
+        dtype (float32 for a bf16/fp16 prior).
     """
     c = prior.config
     if steps < 1:
@@ -158,7 +166,7 @@ def sample_prior(
         shape=None if x_T is not None else (b * best_of, d),
         generator=generator,
         device=device,
-        dtype=dtype,
+        dtype=sampling_dtype(dtype),  # the network runs in its dtype, the walk in float32 for bf16/fp16
         eta=eta,
         progress=progress,
         stage="prior",
