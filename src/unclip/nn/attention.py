@@ -73,7 +73,13 @@ class AttentionContext:
         self._key_masks: dict[int, torch.Tensor] = {}
 
     def key_values(self, layer: SpatialAttention) -> tuple[torch.Tensor, torch.Tensor]:
-        """``layer``'s keys and values of the tokens, each [B, heads, S, d] (computed on first use)."""
+        """``layer``'s keys and values of the tokens, each [B, heads, S, d] (computed on first use).
+
+        Cached only without autograd (sampling): under autograd every call recomputes, so gradient
+        checkpointing's recomputation saves the same tensors as the first pass.
+        """
+        if torch.is_grad_enabled():
+            return layer.context_key_values(self.tokens)
         cached = self._key_values.get(id(layer))
         if cached is None:
             cached = self._key_values[id(layer)] = layer.context_key_values(self.tokens)

@@ -111,10 +111,10 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """x [B, C_in, H, W], emb [B, E] -> [B, C_out, H', W'] (H' = 2H up, H/2 down, else H).
 
-        Without autograd (sampling) the activations, the FiLM and the residual are applied in place on
+        In eval mode without autograd (sampling) the activations, the FiLM and the residual are applied in place on
         tensors this block created (the same arithmetic, fewer allocations); ``x`` is never modified.
         """
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or self.training:  # training (e.g. checkpoint recompute) keeps one path
             return self._forward_autograd(x, emb)
         norm_in, _, conv_in = self.in_layers
         h = F.silu(norm_in(x), inplace=True)
