@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from unclip.models.pca_quantizer import PCAQuantizer, QuantileQuantizer
 from unclip.models.prior import prefix_attention_mask, text_dropout
-from unclip.models.text_embedding import TextEmbedding
+from unclip.models.text_embedding import TextEmbedding, check_text_shapes
 from unclip.nn.norm import LayerNorm32
 from unclip.nn.transformer import TransformerBlock
 
@@ -211,14 +211,10 @@ class ARPrior(nn.Module):
 
     def _check_text(self, pooled: Tensor, tokens: Tensor, mask: Tensor) -> None:
         c = self.config
-        b = pooled.shape[0]
-        for name, tensor, shape in (
-            ("text_pooled", pooled, (b, c.clip_dim)),
-            ("text_tokens", tokens, (b, c.text_len, c.text_width)),
-            ("text_mask", mask, (b, c.text_len)),
-        ):
-            if tuple(tensor.shape) != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+        check_text_shapes(
+            pooled, tokens, mask, batch=pooled.shape[0], clip_dim=c.clip_dim, text_len=c.text_len,
+            text_width=c.text_width,
+        )  # fmt: skip
 
     def _embed(self, text_pooled: Tensor, text_tokens: Tensor, dot: Tensor | None, comps: Tensor | None) -> Tensor:
         dtype = self.positional_embedding.dtype

@@ -154,12 +154,10 @@ class DecoderUNet(UNetTrunk):
         b = x.shape[0]
         if x.dim() != 4 or x.shape[1] != c.in_channels:
             raise ValueError(f"x must be [B, {c.in_channels}, H, W], got shape {tuple(x.shape)}")
-        if t.shape != (b,):
-            raise ValueError(f"t must be [B]=[{b}], got shape {tuple(t.shape)}")
         if image_embedding.shape != (b, c.clip_dim):
             raise ValueError(f"image_embedding must be [{b}, {c.clip_dim}], got {tuple(image_embedding.shape)}")
         conditioned = self.conditioned(image_embedding, text_tokens, text_mask, text_pooled, drop_image, dtype=x.dtype)
-        return conditioned(x, t)
+        return conditioned(x, t)  # checks t
 
     def conditioned(
         self,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from unclip.models.text_embedding import TextEmbedding
+from unclip.models.text_embedding import TextEmbedding, check_text_shapes
 from unclip.nn.embeddings import timestep_embedding
 from unclip.nn.norm import LayerNorm32
 from unclip.nn.transformer import KeyValues, TransformerBlock
@@ -216,16 +216,16 @@ class DiffusionPrior(nn.Module):
     def _check_inputs(self, noisy_z: Tensor, t: Tensor, pooled: Tensor, tokens: Tensor, mask: Tensor) -> None:
         c = self.config
         b = noisy_z.shape[0]
-        expected = {
-            "noisy_z": (noisy_z, (b, c.clip_dim)),
-            "t": (t, (b,)),
-            "text_pooled": (pooled, (b, c.clip_dim)),
-            "text_tokens": (tokens, (b, c.text_len, c.text_width)),
-            "text_mask": (mask, (b, c.text_len)),
-        }
-        for name, (tensor, shape) in expected.items():
+        for name, tensor, shape in (("noisy_z", noisy_z, (b, c.clip_dim)), ("t", t, (b,))):
             if tuple(tensor.shape) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+        self._check_text(pooled, tokens, mask, b)
+
+    def _check_text(self, pooled: Tensor, tokens: Tensor, mask: Tensor, batch: int) -> None:
+        c = self.config
+        check_text_shapes(
+            pooled, tokens, mask, batch=batch, clip_dim=c.clip_dim, text_len=c.text_len, text_width=c.text_width
+        )
 
     def _prefix_tokens(self, text_pooled: Tensor, text_tokens: Tensor) -> Tensor:
         """The step-independent first L + 1 tokens (text token states, pooled z_t), positions added.
@@ -287,14 +287,7 @@ class DiffusionPrior(nn.Module):
             a callable ``(noisy_z [B, D], t [B]) -> [B, D]`` x0 prediction.
         """
         c = self.config
-        b = text_pooled.shape[0]
-        for name, tensor, shape in (
-            ("text_pooled", text_pooled, (b, c.clip_dim)),
-            ("text_tokens", text_tokens, (b, c.text_len, c.text_width)),
-            ("text_mask", text_mask, (b, c.text_len)),
-        ):
-            if tuple(tensor.shape) != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+        self._check_text(text_pooled, text_tokens, text_mask, text_pooled.shape[0])
         prefix_len = c.text_len + 1
         h = self._prefix_tokens(text_pooled, text_tokens)
         prefix_mask = prefix_attention_mask(text_mask, prefix_len)

@@ -42,3 +42,18 @@ class TextEmbedding:
             torch.cat([i.tokens for i in items]),
             torch.cat([i.mask for i in items]),
         )
+
+
+def check_text_shapes(
+    pooled: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, *, batch: int, clip_dim: int, text_len: int,
+    text_width: int,
+) -> None:  # fmt: skip
+    """Raise a ValueError naming the first of ``text_pooled`` [B, D], ``text_tokens`` [B, L, W], ``text_mask``
+    [B, L] whose shape differs (B = ``batch``)."""
+    for name, tensor, shape in (
+        ("text_pooled", pooled, (batch, clip_dim)),
+        ("text_tokens", tokens, (batch, text_len, text_width)),
+        ("text_mask", mask, (batch, text_len)),
+    ):
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
