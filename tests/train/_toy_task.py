@@ -100,6 +100,7 @@ def main() -> None:
         config = config_from_dict(TrainConfig, job["config"])
         run_training(ToyTask(**job.get("task", {})), config, Path(job["out_dir"]), progress=False)
     if own_group:
+        dist.barrier()  # no rank closes its connections while the other still has work in flight
         dist.destroy_process_group()
 
 

@@ -218,6 +218,9 @@ def run_training(
         if run.stop_reason != "done":
             run.reporter.say(f"stopped at step {run.step}/{config.steps} ({run.stop_reason}); checkpoint written")
         final_ema = _export(run)
+        # every rank done with its collectives before any returns (and may tear the group down): a rank that
+        # closes its connections while another still has gloo work in flight aborts that process
+        barrier(info)
         return TrainResult(
             run.model, final_ema, run.step, metrics=run.last_metrics, stop_reason=run.stop_reason, out_dir=out_dir
         )
