@@ -23,7 +23,8 @@ from unclip.diffusion.stage_config import DIFFUSION_FILE, DiffusionConfig
 from unclip.io import atomic_write_text
 from unclip.models.serialization import load_model, save_model
 from unclip.pipeline.formats import find_format, format_names, read_index
-from unclip.pipeline.options import FORMAT, INDEX_FILE, GenerationDefaults, Stage, model_dir
+from unclip.pipeline.hub import resolve_model_dir
+from unclip.pipeline.options import FORMAT, INDEX_FILE, GenerationDefaults, Stage
 from unclip.pipeline.priors import PRIOR_KINDS
 
 if TYPE_CHECKING:
@@ -33,10 +34,15 @@ __all__ = ["load_pipeline", "save_pipeline"]
 
 
 def load_pipeline(
-    path: str | Path = "shapes", device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    path: str | Path = "shapes",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> UnCLIPPipeline:
-    """A pipeline from a built-in name (``"shapes"``) or a directory: ours, or one a registered format reads."""
-    directory = model_dir(path)
+    """A pipeline from a built-in name (``"shapes"``), a directory (ours, or one a registered format reads) or a
+    hub id ``"org/name"`` at ``revision``, through the Hugging Face cache ``cache_dir`` (:mod:`unclip.pipeline.hub`)."""
+    directory = resolve_model_dir(path, revision=revision, cache_dir=cache_dir)
     index = read_index(directory, INDEX_FILE)
     if index is None or index.get("format") != FORMAT:
         fmt = find_format(directory, index)
