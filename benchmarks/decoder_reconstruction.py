@@ -41,6 +41,8 @@ def main() -> None:
     from unclip.measure.quality import reconstruction_quality
 
     pipe = UnCLIPPipeline.from_pretrained(args.model)
+
+    pipe.set_progress_bar_config(disable=True)
     cache = EmbeddingCache.load(args.cache)
     oracle = load_oracle()
     settings = pipe._settings(decoder_guidance_scale=args.guidance, decoder_steps=args.steps)

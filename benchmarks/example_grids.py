@@ -60,6 +60,8 @@ def main() -> None:
     from unclip.data.shapes import ShapesWorld
 
     pipe = UnCLIPPipeline.from_pretrained(args.model)
+
+    pipe.set_progress_bar_config(disable=True)
     world = ShapesWorld(seed=args.seed, two_object_prob=0.0)
     two = ShapesWorld(seed=args.seed, two_object_prob=1.0)
     args.out.mkdir(parents=True, exist_ok=True)

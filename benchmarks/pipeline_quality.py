@@ -47,6 +47,8 @@ def main() -> None:
     from unclip.measure.quality import reference_entropy, text_diff_quality, text_to_image_quality, variation_quality
 
     pipe = UnCLIPPipeline.from_pretrained(args.model)
+
+    pipe.set_progress_bar_config(disable=True)
     if args.precision == "bf16":
         pipe.to("cpu", torch.bfloat16)  # networks in bf16, sampler arithmetic in float32
     for item in args.set:

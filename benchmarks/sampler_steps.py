@@ -143,6 +143,7 @@ def run(
 
     settings_list = parse_settings(settings_text)
     pipe = UnCLIPPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
     if precision == "bf16":
         pipe.to("cpu", torch.bfloat16)  # networks in bf16 (prior included), sampler arithmetic in float32
     oracle = load_oracle()

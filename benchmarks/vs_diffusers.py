@@ -141,7 +141,7 @@ def run_ours(pipe, steps, batch, seed) -> tuple[dict[str, dict[str, float]], np.
         out = pipe(
             [PROMPT] * batch, generator=torch.Generator().manual_seed(seed), prior_steps=steps[0],
             decoder_steps=steps[1], upsampler_steps=steps[2], sampler="unclip", best_of=1, output_type="np",
-        )  # fmt: skip
+        ).images  # fmt: skip
         end = _now()
     remove()
     return _split(marks, start, end), out, mem.increase_mib
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.ours_precision == "bf16":
         ours.to("cpu", torch.bfloat16)
     theirs.set_progress_bar_config(disable=True)
+    ours.set_progress_bar_config(disable=True)
     setup = {
         "size": args.size, "prior_m": count(theirs.prior), "decoder_m": count(theirs.decoder, theirs.text_proj),
         "decoder_px": theirs.decoder.config.sample_size, "super_res_m": count(theirs.super_res_first),

@@ -199,5 +199,5 @@ def test_own_data_guide_end_to_end(folder, clip_dir, tmp_path):
                           [stage("upsampler", "upsampler")])  # fmt: skip
     pipe.save_pretrained(tmp_path / "pipeline")
     loaded = UnCLIPPipeline.from_pretrained(tmp_path / "pipeline")
-    images = loaded("a red circle", seed=0, prior_steps=2, decoder_steps=2, upsampler_steps=2, output_type="pt")
+    images = loaded("a red circle", seed=0, prior_steps=2, decoder_steps=2, upsampler_steps=2, output_type="pt").images
     assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()

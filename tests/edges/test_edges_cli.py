@@ -291,7 +291,7 @@ def test_unclip_sampler_runs_v_prediction_models(pipe):
     """issue 15 item 8: `--sampler unclip` failed on the built-in model (v prediction); the tiny pipeline's
     decoder and upsampler are v models too."""
     assert pipe.decoder.diffusion.prediction == "v"
-    out = pipe("a star", sampler="unclip", seed=0, output_type="pt")
+    out = pipe("a star", sampler="unclip", seed=0, output_type="pt").images
     assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
 
 

@@ -236,13 +236,13 @@ def test_batched_manipulations_equal_the_pipeline_methods():
     images = [Image.fromarray(world.render_index(i, pipe.image_size)) for i in range(3)]
     batched = batched_variations(pipe, images, 2, eta=0.0, steps=3, generator=torch.Generator().manual_seed(0))
     for i, image in enumerate(images):
-        one = pipe.vary(image, num_images=2, eta=0.0, decoder_steps=3, seed=0, output_type="pt") * 2 - 1
+        one = pipe.vary(image, num_images=2, eta=0.0, decoder_steps=3, seed=0, output_type="pt").images * 2 - 1
         torch.testing.assert_close(batched[2 * i : 2 * i + 2], one, atol=2e-5, rtol=0)
     thetas = [0.0, 0.3]
     edits = batched_edits(pipe, images[:2], ["a blue circle", "a red star"], ["a red circle", ""], thetas, 3,
                           torch.Generator().manual_seed(0))  # fmt: skip
     one = pipe.edit(images[1], to_text="a red star", from_text=None, thetas=thetas, decoder_steps=3, seed=0,
-                    output_type="pt") * 2 - 1  # fmt: skip
+                    output_type="pt").images * 2 - 1  # fmt: skip
     torch.testing.assert_close(edits[2:4], one, atol=2e-5, rtol=0)
 
 

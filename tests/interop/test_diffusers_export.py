@@ -36,7 +36,7 @@ def _run_both(ours: UnCLIPPipeline, theirs, steps=(4, 4, 3), seed=0):
     mine = ours(
         ["a red circle", "blue"], seed=seed, prior_steps=steps[0], decoder_steps=steps[1],
         upsampler_steps=steps[2], sampler="unclip", best_of=1, output_type="np",
-    )  # fmt: skip
+    ).images  # fmt: skip
     ref = theirs(
         ["a red circle", "blue"], generator=torch.Generator().manual_seed(seed),
         prior_num_inference_steps=steps[0], decoder_num_inference_steps=steps[1],

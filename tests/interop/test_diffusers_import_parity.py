@@ -88,7 +88,9 @@ def test_text_to_image_matches_diffusers(ref_t2i, ours_t2i):
     # a = alpha_bar(999) ~ 4e-9, for the rare pixels that escape the [-1, 1] clamp there; typical differences are
     # 1e-5..4e-4, see docs/interop.md.)
     ref = ref_t2i(PROMPTS, num_images_per_prompt=2, generator=torch.Generator().manual_seed(1), output_type="np")
-    ours = ours_t2i(PROMPTS, num_images_per_prompt=2, generator=torch.Generator().manual_seed(1), output_type="np")
+    ours = ours_t2i(
+        PROMPTS, num_images_per_prompt=2, generator=torch.Generator().manual_seed(1), output_type="np"
+    ).images
     assert ours.shape == ref.images.shape == (4, 32, 32, 3)
     assert ref.images.std() > 0.05
     assert np.abs(ours - ref.images).max() <= 1e-3
@@ -101,10 +103,10 @@ def test_text_to_image_matches_diffusers(ref_t2i, ours_t2i):
     ours = ours_t2i(
         PROMPTS, num_images_per_prompt=2, generator=torch.Generator().manual_seed(3), prior_steps=4, decoder_steps=5,
         upsampler_steps=3, **kwargs,
-    )  # fmt: skip
+    ).images  # fmt: skip
     assert ours.shape == (4, 32, 32, 3) and np.abs(ours - ref).max() <= 1e-3
     other = ours_t2i(PROMPTS, num_images_per_prompt=2, seed=6, prior_steps=4, decoder_steps=5, upsampler_steps=3,
-                     **kwargs)  # fmt: skip
+                     **kwargs).images  # fmt: skip
     assert np.abs(other - ref).max() > 0.05
 
 
@@ -164,7 +166,7 @@ def test_sampling_logic_is_diffusers_given_the_same_networks(t2i_dir, ours_t2i, 
         mine = ours_t2i(
             PROMPTS, generator=torch.Generator().manual_seed(seed), prior_steps=steps[0], decoder_steps=steps[1],
             upsampler_steps=steps[2], **kwargs,
-        )  # fmt: skip
+        ).images  # fmt: skip
         assert theirs.std() > 0.05 and np.abs(mine - theirs).max() <= 1e-4, (seed, steps)
 
 
@@ -197,9 +199,9 @@ def test_imported_pipeline_does_what_ours_does(variation_dir, tmp_path):
     a = Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8))
     b = Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8))
     fast = dict(decoder_steps=3, output_type="pt")
-    assert pipe.vary(a, num_images=2, seed=0, **fast).shape == (2, 3, 32, 32)
-    assert pipe.interpolate(a, b, num_frames=3, seed=0, **fast).shape == (3, 3, 32, 32)
-    assert pipe.edit(a, to_text="blue", thetas=[0.0, 0.5], **fast).shape == (2, 3, 32, 32)
+    assert pipe.vary(a, num_images=2, seed=0, **fast).images.shape == (2, 3, 32, 32)
+    assert pipe.interpolate(a, b, num_frames=3, seed=0, **fast).images.shape == (3, 3, 32, 32)
+    assert pipe.edit(a, to_text="blue", thetas=[0.0, 0.5], **fast).images.shape == (2, 3, 32, 32)
 
     pipe.save_pretrained(tmp_path / "ours")
     index = json.loads((tmp_path / "ours" / "model_index.json").read_text())

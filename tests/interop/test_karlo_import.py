@@ -187,7 +187,9 @@ def test_karlo_folder_loads_the_same_modules(karlo_case):
     assert pipe.decoder.diffusion.variance == "learned_range" and pipe.prior.diffusion.prediction == "x0"
     assert pipe.image_size == 64
     # same modules, same settings -> same images as the diffusers import
-    karlo_style = pipe("a red circle", seed=0, prior_steps=3, decoder_steps=3, upsampler_steps=2, output_type="pt")
+    karlo_style = pipe(
+        "a red circle", seed=0, prior_steps=3, decoder_steps=3, upsampler_steps=2, output_type="pt"
+    ).images
     assert karlo_style.shape == (1, 3, 64, 64)
     pipe.defaults = replace(pipe.defaults, prior_clamp=5.0)
     kwargs = dict(seed=0, prior_steps=3, decoder_steps=3, upsampler_steps=2, sampler="unclip", output_type="pt")

@@ -8,6 +8,7 @@ from unclip.data.shapes import ShapesWorld, full_spec, scene_record
 from unclip.measure import quality
 from unclip.measure.oracle import score_specified
 from unclip.measure.quality import held_out_captions, text_diff_quality, text_to_image_quality, variation_quality
+from unclip.pipeline.options import UnCLIPOutput
 
 
 class PerfectOracle:
@@ -41,7 +42,7 @@ class RenderingPipe:
         out = torch.zeros(len(records), 3, 16, 16)
         for i, record in enumerate(records):
             out[i, 0, 0, 0] = _tag(self.oracle, record)
-        return out
+        return UnCLIPOutput(out)
 
     def __call__(self, caption, num_images_per_prompt, seed, output_type, **kw):
         match = next(s for s in held_out_captions(7, 50, 1) + held_out_captions(7, 20, 2) if s.caption == caption)

@@ -39,7 +39,7 @@ def test_bf16_pipeline_runs_networks_in_bf16_and_samples_in_float32(model_dir):
                progress=lambda stage, step, total: steps.append(stage))  # fmt: skip
     assert conv_inputs and set(conv_inputs) == {torch.bfloat16}  # the networks run in bf16
     assert out.images.dtype == torch.float32 and out.image_embeddings.dtype == torch.float32  # the walk: float32
-    reference = fp32("a red circle", num_images_per_prompt=2, seed=0, output_type="pt")
+    reference = fp32("a red circle", num_images_per_prompt=2, seed=0, output_type="pt").images
     assert torch.isfinite(out.images).all()
     assert float((out.images - reference).abs().mean()) < 0.05  # same images, to bf16 rounding
     assert sampling_dtype(torch.bfloat16) == sampling_dtype(torch.float16) == torch.float32

@@ -23,7 +23,7 @@ def test_builtin_model_is_small_and_complete():
 )
 def test_builtin_model_draws_the_named_colour_and_shape(prompt, colour, shape):
     pipe = UnCLIPPipeline.from_pretrained("shapes")
-    images = pipe(prompt, num_images_per_prompt=4, seed=0, output_type="pt")  # the model's default settings
+    images = pipe(prompt, num_images_per_prompt=4, seed=0, output_type="pt").images  # the model's default settings
     assert images.shape == (4, 3, 64, 64) and pipe.image_size == 64
     readings = predict(load_oracle(), images * 2 - 1)
     hits = [any(o["colour"] == colour and o["shape"] == shape for o in r["objects"]) for r in readings]

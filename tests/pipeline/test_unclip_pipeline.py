@@ -21,9 +21,9 @@ def test_text_to_image_shapes_and_seed_determinism(pipe):
     images = pipe(["a red circle", "a blue star"], num_images_per_prompt=2, seed=0)
     assert len(images) == 4 and all(isinstance(i, Image.Image) for i in images)
     assert images[0].size == (pipe.image_size, pipe.image_size) == (32, 32)
-    again = pipe(["a red circle", "a blue star"], num_images_per_prompt=2, seed=0, output_type="np")
+    again = pipe(["a red circle", "a blue star"], num_images_per_prompt=2, seed=0, output_type="np").images
     assert np.array_equal(np.asarray(images[3]), np.round(again[3] * 255).astype(np.uint8))
-    other = pipe("a red circle", seed=1, output_type="np")
+    other = pipe("a red circle", seed=1, output_type="np").images
     assert not np.array_equal(other[0], again[0])
 
 
@@ -60,8 +60,8 @@ def test_every_sampler_runs(pipe, sampler, monkeypatch):
 def test_save_and_load_give_identical_images(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "p")
     loaded = UnCLIPPipeline.from_pretrained(tmp_path / "p")
-    a = pipe("a green cross", seed=3, output_type="pt")
-    b = loaded("a green cross", seed=3, output_type="pt")
+    a = pipe("a green cross", seed=3, output_type="pt").images
+    b = loaded("a green cross", seed=3, output_type="pt").images
     assert torch.equal(a, b)
     assert loaded.defaults == pipe.defaults
 
@@ -71,9 +71,9 @@ def test_manipulations(pipe, tmp_path):
     path = tmp_path / "src.png"
     source.save(path)
     assert len(pipe.vary(path, num_images=3, seed=0)) == 3
-    frames = pipe.interpolate(source, path, num_frames=3, seed=0, output_type="pt")
+    frames = pipe.interpolate(source, path, num_frames=3, seed=0, output_type="pt").images
     assert frames.shape == (3, 3, 32, 32)
-    frames_slerp = pipe.interpolate(source, source.convert("L"), num_frames=2, noise="slerp", output_type="pt")
+    frames_slerp = pipe.interpolate(source, source.convert("L"), num_frames=2, noise="slerp", output_type="pt").images
     assert frames_slerp.shape == (2, 3, 32, 32)
     edits = pipe.edit(source, to_text="a blue circle", from_text="a red circle", thetas=[0.0, 0.5], seed=0)
     assert len(edits) == 2
@@ -144,25 +144,28 @@ def test_batched_vary_and_edit_equal_the_per_image_calls(base_pipe, monkeypatch)
         return original(h, emb, *args, **kw)
 
     monkeypatch.setattr(base_pipe.decoder.model, "run_trunk", spy)
-    batched = base_pipe.vary(images, num_images=2, eta=0.0, seed=0, output_type="pt")
+    batched = base_pipe.vary(images, num_images=2, eta=0.0, seed=0, output_type="pt").images
     assert batched.shape == (6, 3, 16, 16)
     assert set(batch_sizes) == {3, 12}  # inversion [3] (unguided), then one guided decoder batch [2 x 3 x 2]
     batch_sizes.clear()
     for i, image in enumerate(images):
-        one = base_pipe.vary(image, num_images=2, eta=0.0, seed=0, output_type="pt")
+        one = base_pipe.vary(image, num_images=2, eta=0.0, seed=0, output_type="pt").images
         torch.testing.assert_close(batched[2 * i : 2 * i + 2], one, atol=2e-5, rtol=0)
     assert not torch.allclose(batched[0], batched[2], atol=1e-3)  # the images really differ
     thetas = [0.0, 0.5]
     to_texts, from_texts = ["a blue circle", "a red star", "a green cross"], ["a red circle", None, "a cross"]
-    edits = base_pipe.edit(images, to_text=to_texts, from_text=from_texts, thetas=thetas, seed=0, output_type="pt")
+    edits = base_pipe.edit(
+        images, to_text=to_texts, from_text=from_texts, thetas=thetas, seed=0, output_type="pt"
+    ).images
     assert edits.shape == (6, 3, 16, 16)
     for i, image in enumerate(images):
         one = base_pipe.edit(image, to_text=to_texts[i], from_text=from_texts[i], thetas=thetas, seed=0,
-                             output_type="pt")  # fmt: skip
+                             output_type="pt").images  # fmt: skip
         torch.testing.assert_close(edits[2 * i : 2 * i + 2], one, atol=2e-5, rtol=0)
     # one caption for every image
-    same = base_pipe.edit(images[:2], to_text="a blue circle", thetas=[0.5], output_type="pt")
-    torch.testing.assert_close(same[1:], base_pipe.edit(images[1], "a blue circle", thetas=[0.5], output_type="pt"),
+    same = base_pipe.edit(images[:2], to_text="a blue circle", thetas=[0.5], output_type="pt").images
+    one = base_pipe.edit(images[1], "a blue circle", thetas=[0.5], output_type="pt").images
+    torch.testing.assert_close(same[1:], one,
                                atol=2e-5, rtol=0)  # fmt: skip
     with pytest.raises(ValueError, match="one per image"):
         base_pipe.edit(images, to_text=["a", "b"])
@@ -171,10 +174,10 @@ def test_batched_vary_and_edit_equal_the_per_image_calls(base_pipe, monkeypatch)
 def test_one_image_in_a_list_is_the_single_image_call(pipe):
     """With noise (eta 1, a DDPM upsampler) a batch of one is the same computation as the single image, bit for bit."""
     source = _source(3, 40)
-    assert torch.equal(pipe.vary([source], num_images=2, seed=4, output_type="pt"),
-                       pipe.vary(source, num_images=2, seed=4, output_type="pt"))  # fmt: skip
-    assert torch.equal(pipe.edit([source], "a blue circle", thetas=[0.0, 0.5], seed=4, output_type="pt"),
-                       pipe.edit(source, "a blue circle", thetas=[0.0, 0.5], seed=4, output_type="pt"))  # fmt: skip
+    assert torch.equal(pipe.vary([source], num_images=2, seed=4, output_type="pt").images,
+                       pipe.vary(source, num_images=2, seed=4, output_type="pt").images)  # fmt: skip
+    edits = pipe.edit([source], "a blue circle", thetas=[0.0, 0.5], seed=4, output_type="pt").images
+    assert torch.equal(edits, pipe.edit(source, "a blue circle", thetas=[0.0, 0.5], seed=4, output_type="pt").images)
 
 
 def test_edit_at_theta_zero_is_the_ddim_reconstruction(pipe, base_pipe):
@@ -184,14 +187,16 @@ def test_edit_at_theta_zero_is_the_ddim_reconstruction(pipe, base_pipe):
 
     source = _source(5)
     # θ = 0 decodes the image's own z_i from its inverted x_T: pipe.invert then pipe.decode (DDIM, eta 0)
-    edit = pipe.edit(source, to_text="a blue star", from_text="a red circle", thetas=[0.0], seed=7, output_type="pt")
+    edit = pipe.edit(
+        source, to_text="a blue star", from_text="a red circle", thetas=[0.0], seed=7, output_type="pt"
+    ).images
     z_i, x_T = pipe.invert(source)
     settings = replace(pipe.defaults, decoder_steps=pipe.defaults.inversion_steps)
     decoded = pipe.decode(z_i, None, settings, torch.Generator().manual_seed(7), x_T=x_T, eta=0.0, sampler="ddim")
     torch.testing.assert_close(edit, tensor_to_output(decoded, "pt"), atol=1e-6, rtol=0)
     # and that reconstruction is the image (unguided, enough steps, no upsampler)
     back = base_pipe.edit(source, "a blue star", thetas=[0.0], decoder_guidance_scale=1.0, decoder_steps=50,
-                          output_type="pt") * 2 - 1  # fmt: skip
+                          output_type="pt").images * 2 - 1  # fmt: skip
     assert (back[0] - pil_to_tensor([source], 16)[0]).abs().max() < 0.05
 
 
@@ -226,7 +231,7 @@ def test_both_priors_satisfy_the_interface_and_round_trip(pipe, tmp_path):
         loaded = UnCLIPPipeline.from_pretrained(tmp_path / kind)
         assert type(loaded.prior) is type(p.prior)
         kw = dict(seed=3, output_type="pt")
-        assert torch.equal(loaded("a green cross", **kw), p("a green cross", **kw))
+        assert torch.equal(loaded("a green cross", **kw).images, p("a green cross", **kw).images)
     assert not (tmp_path / "ar_prior" / "prior" / "diffusion.json").exists()
 
 

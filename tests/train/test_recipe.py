@@ -20,7 +20,7 @@ def test_test_recipe_trains_every_stage_and_resumes(tmp_path):
         assert (out / stage / "checkpoint.pt").is_file()
     pipe = UnCLIPPipeline.from_pretrained(out / "pipeline")
     assert pipe.image_size == get_recipe("test").cache_image_size
-    images = pipe("a red circle", num_images_per_prompt=2, seed=0, output_type="pt")
+    images = pipe("a red circle", num_images_per_prompt=2, seed=0, output_type="pt").images
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
     weights = (out / "decoder" / "model" / "model.safetensors").read_bytes()
     again = CliRunner().invoke(cli, ["train", "shapes", "--recipe", "test", "-o", str(out), "--no-progress"])

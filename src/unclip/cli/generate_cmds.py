@@ -187,9 +187,11 @@ def _count(num_images: int | None, target: OutputTarget) -> int:
 @click.option("--prior-guidance", type=Guidance, default=None)
 @click.option("--best-of", type=click.IntRange(1, bounds.MAX_BEST_OF), default=None, help="Prior candidates per image.")
 @click.option("--eta", type=FiniteFloat(0.0, bounds.MAX_ETA), default=None, help="DDIM eta.")
+@click.option("--negative", default=None, metavar="TEXT",
+              help="Negative prompt: the unconditional branch of prior and decoder steers away from it.")  # fmt: skip
 @common_options
-def generate(prompt, num_images, sampler, prior_steps, upsampler_steps, prior_guidance, best_of, eta, model, seed,
-             device, precision, decoder_steps, decoder_guidance, out, quiet) -> None:  # fmt: skip
+def generate(prompt, num_images, sampler, prior_steps, upsampler_steps, prior_guidance, best_of, eta, negative, model,
+             seed, device, precision, decoder_steps, decoder_guidance, out, quiet) -> None:  # fmt: skip
     """Text to image: N images for PROMPT (several prompts: N images each)."""
     prompts = list(prompt)
     target = plan_output(out)
@@ -213,11 +215,13 @@ def generate(prompt, num_images, sampler, prior_steps, upsampler_steps, prior_gu
             decoder_guidance_scale=decoder_guidance,
             best_of=best_of,
             eta=eta,
+            negative_prompt=negative,
             progress=progress,
         )
 
     params = {"command": "generate", "prompt": prompts[0] if len(prompts) == 1 else prompts, "seed": seed,
-              "num_images_per_prompt": num_images, **{k: v for k, v in settings.items() if v is not None}}  # fmt: skip
+              "negative_prompt": negative, "num_images_per_prompt": num_images,
+              **{k: v for k, v in settings.items() if v is not None}}  # fmt: skip
     _run(action, model, device, target, quiet, params, precision=precision)
 
 

@@ -60,6 +60,7 @@ def train() -> None:
         "vary": "unclip.cli.generate_cmds:vary",
         "interpolate": "unclip.cli.generate_cmds:interpolate",
         "edit": "unclip.cli.generate_cmds:edit",
+        "mix": "unclip.cli.mix_cmd:mix",
         "convert": "unclip.cli.convert_cmds:convert",
         "embed": "unclip.cli.embed_cmds:embed",
         "experiment": "unclip.cli.experiment_cmds:experiment",

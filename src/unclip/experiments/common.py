@@ -130,6 +130,7 @@ class ExperimentContext:
             from unclip.pipeline import UnCLIPPipeline
 
             pipe = UnCLIPPipeline.from_pretrained(self.pipeline_source(), device=self.device, dtype=torch.float32)
+            pipe.set_progress_bar_config(disable=True)  # experiments report their own progress
             self._memo["pipeline"] = pipe
             self._check_consistency()
         return self._memo["pipeline"]

@@ -69,7 +69,7 @@ def text_to_image_quality(
     entropies: dict[str, list[float]] = {}
     for i, sample in enumerate(samples):
         images = pipe(sample.caption, num_images_per_prompt=images_per_caption, seed=seed * 100_003 + i,
-                      output_type="pt", **call_kwargs)  # fmt: skip
+                      output_type="pt", **call_kwargs).images  # fmt: skip
         preds = predict(oracle, _to_tensor(images))
         scores += [score_specified(p, sample.specified) for p in preds]
         for key, value in unspecified_entropy(preds, sample.specified).items():
@@ -99,7 +99,7 @@ def variation_quality(
     results: list[dict[str, bool]] = []
     for i, sample in enumerate(samples):
         source = Image.fromarray(world.render(sample.scene, pipe.image_size))
-        images = pipe.vary(source, num_images=variations, seed=i, output_type="pt", **vary_kwargs)
+        images = pipe.vary(source, num_images=variations, seed=i, output_type="pt", **vary_kwargs).images
         results += [record_agreement(p, sample.record) for p in predict(oracle, _to_tensor(images))]
         if log is not None and (i + 1) % 10 == 0:
             log(f"variations: {i + 1}/{len(samples)}")
@@ -163,7 +163,7 @@ def text_diff_quality(
         scene = _random_scene(rng, shape, colour, backgrounds[i % len(backgrounds)])
         image = Image.fromarray(world.render(scene, pipe.image_size))
         edits = pipe.edit(image, to_text=to_text, from_text=from_text, thetas=list(thetas), seed=i, output_type="pt",
-                          **edit_kwargs)  # fmt: skip
+                          **edit_kwargs).images  # fmt: skip
         for theta, pred in zip(thetas, predict(oracle, _to_tensor(edits))):
             obj = pred["objects"][0] if pred["objects"] else {}
             blue, same = obj.get("colour") == target_colour, obj.get("shape") == shape

@@ -64,18 +64,41 @@ class GenerationDefaults:
 
 
 @dataclass
-class UnCLIPOutput:
-    """What a call returns with ``return_embeddings=True``.
+class UnCLIPOutput(Sequence):
+    """What every generating call returns: the images, and with ``return_embeddings=True`` their embeddings.
+
+    It indexes, iterates and has a length like the images themselves (``out[0]``, ``for image in out``,
+    ``len(out)``), so code written for a plain list of images keeps working; ``np.asarray(out)`` gives the
+    array of ``output_type="np"`` images.
 
     Attributes:
         images: list of PIL images, np.ndarray [N, H, W, 3] or tensor [N, 3, H, W] in [0, 1].
-        image_embeddings: [N, D] the z_i that were decoded.
+        image_embeddings: [N, D] the z_i that were decoded (``return_embeddings``), else None.
         text_embeddings: [N, D] the prompts' z_t (repeated per image), or None.
     """
 
     images: Any
-    image_embeddings: Tensor
+    image_embeddings: Tensor | None = None
     text_embeddings: Tensor | None = None
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.images[index]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Any:
+        return iter(self.images)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        import numpy as np
+
+        images = self.images
+        if isinstance(images, Tensor):
+            images = images.numpy()
+        elif isinstance(images, list):
+            images = np.stack([np.asarray(image) for image in images])
+        return np.asarray(images, dtype=dtype)
 
 
 DECODER_UNCOND = ("masked", "empty_text")
@@ -134,6 +157,27 @@ def check_prompts(prompt: str | Sequence[str]) -> list[str]:
             raise ValueError(f"prompt is too long: {len(p)} characters (at most {MAX_PROMPT_CHARS})")
         out.append(p)
     return out
+
+
+def check_negative_prompts(negative: str | Sequence[str] | None, count: int) -> list[str] | None:
+    """``negative_prompt`` as one caption per prompt (``count``), or None when not given.
+
+    A string applies to every prompt; a list needs one per prompt. An empty string is allowed (it is the
+    null text the unconditional branch uses anyway)."""
+    if negative is None:
+        return None
+    listed = [negative] * count if isinstance(negative, str) else negative
+    if not isinstance(listed, (list, tuple)) or len(listed) != count:
+        raise ValueError(
+            f"negative_prompt must be a string or a list of {count} strings (one per prompt), got {negative!r}"
+        )
+    return [check_prompts(p)[0] if p.strip() else p for p in map(_as_text, listed)]
+
+
+def _as_text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"negative_prompt must hold strings, got {type(value).__name__}: {value!r}")
+    return value
 
 
 def builtin_model_dir(name: str) -> Path:

@@ -35,12 +35,14 @@ from unclip.pipeline.options import (  # noqa: F401 - re-exported
     _check_scale,
     builtin_model_dir,
     check_finite,
+    check_negative_prompts,
     check_prompts,
     model_dir,
     prior_bytes_per_sample,
     unet_bytes_per_sample,
 )
 from unclip.pipeline.priors import ARPriorStage, DiffusionPriorStage, Prior, as_prior  # noqa: F401 - re-exported
+from unclip.pipeline.progress import check_progress_config, progress_for
 from unclip.precision import PRECISIONS
 from unclip.samplers import ProgressFn
 from unclip.samplers.registry import sampler_spec
@@ -80,6 +82,7 @@ class UnCLIPPipeline:
         self.defaults = defaults or GenerationDefaults()
         self.decoder_uncond = decoder_uncond
         self._null_text: TextEmbedding | None = None
+        self._progress_config: dict[str, Any] = {}
         for module in self._modules():
             module.eval()
 
@@ -116,12 +119,15 @@ class UnCLIPPipeline:
         path: str | Path = "shapes",
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
     ) -> UnCLIPPipeline:
-        """Load a pipeline: a built-in name (``"shapes"``) or a directory (ours, or a registered format's such as
-        diffusers' UnCLIP layout); see :func:`unclip.pipeline.serialization.load_pipeline`."""
+        """Load a pipeline: a built-in name (``"shapes"``), a directory (ours, or a registered format's such as
+        diffusers' UnCLIP layout or Karlo's files) or a hub id ``"org/name"`` (at ``revision``, through the Hugging
+        Face cache ``cache_dir``); see :func:`unclip.pipeline.serialization.load_pipeline`."""
         from unclip.pipeline.serialization import load_pipeline
 
-        return load_pipeline(path, device=device, dtype=dtype)
+        return load_pipeline(path, device=device, dtype=dtype, revision=revision, cache_dir=cache_dir)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write the pipeline in our layout; weights cast to ``dtype`` if given (e.g. fp16); see
@@ -140,6 +146,15 @@ class UnCLIPPipeline:
         return self.export("diffusers", path, dtype=dtype)
 
     # ------------------------------------------------------------------ settings
+
+    def set_progress_bar_config(self, **config: Any) -> None:
+        """Configure the Python API's progress bars (one tqdm bar per stage, on by default):
+        ``disable=True`` silences them; other keywords (``leave``, ``file``, ...) go to tqdm."""
+        self._progress_config = check_progress_config(config)
+
+    def _progress(self, given: ProgressFn | None) -> ProgressFn | None:
+        """A call's progress function: the caller's, else the configured bars."""
+        return progress_for(self._progress_config, given)
 
     def _settings(self, **overrides: Any) -> GenerationDefaults:
         """Defaults with the non-None overrides applied, validated."""
@@ -243,10 +258,12 @@ class UnCLIPPipeline:
         sampler: str | None = None,
         progress: ProgressFn | None = None,
         null_text: TextEmbedding | None = None,
+        negative: TextEmbedding | None = None,
     ) -> Tensor:
         """z_i [B, D] (+ captions) -> final images [B, 3, S, S] in [-1, 1] through the decoder and upsamplers.
 
-        ``null_text`` overrides the cached "" encoding of ``decoder_uncond="empty_text"`` (batch 1 or B)."""
+        ``null_text`` overrides the cached "" encoding of ``decoder_uncond="empty_text"`` (batch 1 or B);
+        ``negative`` (encoded negative prompts, batch 1 or B) is the unconditional branch's caption instead."""
         image = sample_decoder(
             self.decoder.model,
             self.decoder.diffusion,
@@ -259,7 +276,7 @@ class UnCLIPPipeline:
             generator=generator,
             x_T=x_T,
             progress=progress,
-            null_text=self._decoder_null_text(null_text),
+            null_text=negative if negative is not None else self._decoder_null_text(null_text),
         )
         check_finite("decoder", image)
         for i, stage in enumerate(self.upsamplers, start=1):
@@ -299,16 +316,20 @@ class UnCLIPPipeline:
         return_embeddings: bool = False,
         image_embeddings: Tensor | None = None,
         progress: ProgressFn | None = None,
-    ):
+        negative_prompt: str | Sequence[str] | None = None,
+    ) -> UnCLIPOutput:
         """Generate ``num_images_per_prompt`` images for each prompt.
 
         Prompts are batched; guidance costs one batched forward per step. Randomness is drawn from
         ``generator`` (or ``torch.Generator().manual_seed(seed)``) in stage order: prior (x_T, then step
-        noises), decoder, upsamplers. ``image_embeddings`` [N, D] skips the prior.
+        noises), decoder, upsamplers. ``image_embeddings`` [N, D] skips the prior. ``negative_prompt`` (one for all
+        prompts, or one per prompt) is the caption of the unconditional branch of the prior and the decoder in
+        place of the null text, so guidance steers away from it (it acts only where the guidance scale is not 1).
 
         Returns:
-            the images as ``output_type`` ("pil" list, "np" [N, H, W, 3], "pt" [N, 3, H, W], in [0, 1]),
-            prompt-major (all images of prompt 0 first); with ``return_embeddings`` an :class:`UnCLIPOutput`.
+            an :class:`UnCLIPOutput`: ``.images`` as ``output_type`` ("pil" list, "np" [N, H, W, 3], "pt"
+            [N, 3, H, W], in [0, 1]), prompt-major (all images of prompt 0 first); with ``return_embeddings`` also
+            the z_i and z_t.
         """
         prompts = check_prompts(prompt)
         n = _check_positive_int("num_images_per_prompt", num_images_per_prompt, bounds.MAX_IMAGES)
@@ -323,14 +344,21 @@ class UnCLIPPipeline:
             eta=eta,
         )
         self.check_batch("num_images_per_prompt", len(prompts) * n, settings.best_of if image_embeddings is None else 0)
+        negatives = check_negative_prompts(negative_prompt, len(prompts))
+        if negatives and settings.prior_guidance_scale == 1 and settings.decoder_guidance_scale == 1:
+            warnings.warn("negative_prompt has no effect with both guidance scales at 1", PromptWarning, stacklevel=2)
         generator = self._generator(generator, seed)
-        self._warn_about_prompts(prompts)
+        progress = self._progress(progress)
+        self._warn_about_prompts(prompts + (negatives or []))
         # each prompt encoded once, then repeated; the null caption encoded once per prompt (diffusers' batches,
         # so that the text features, and with them the images, match diffusers' bit for bit)
         unique = self.embed_prompts(prompts)
         index = torch.arange(len(prompts), device=unique.pooled.device).repeat_interleave(n)
         text = unique[index]
         null = self.clip.embed_text([""] * len(prompts))[index] if len(prompts) > 1 else None
+        negative = self.clip.embed_text(negatives)[index] if negatives else None
+        if negative is not None:
+            null = negative
         if image_embeddings is None:
             z_i = self.run_prior(text, settings, generator, progress, null_text=null)
         else:
@@ -340,11 +368,11 @@ class UnCLIPPipeline:
                     f"got {tuple(image_embeddings.shape)}"
                 )
             z_i = image_embeddings
-        images = self.decode(z_i, text, settings, generator, progress=progress, null_text=null)
+        images = self.decode(z_i, text, settings, generator, progress=progress, null_text=null, negative=negative)
         out = tensor_to_output(images, output_type)
         if return_embeddings:
             return UnCLIPOutput(out, z_i.float().cpu(), text.pooled.float().cpu())
-        return out
+        return UnCLIPOutput(out)
 
     # ------------------------------------------------------------------ manipulations
 
@@ -419,8 +447,8 @@ class UnCLIPPipeline:
         self.check_batch("num_images", len(images) * n)
         generator = self._generator(generator, seed)
         settings = self._ddim_settings(decoder_guidance_scale, decoder_steps)
-        out = self.sample_variations(images, n, eta, settings, generator, progress)
-        return tensor_to_output(out, output_type)
+        out = self.sample_variations(images, n, eta, settings, generator, self._progress(progress))
+        return UnCLIPOutput(tensor_to_output(out, output_type))
 
     @torch.no_grad()
     def interpolate(
@@ -448,6 +476,7 @@ class UnCLIPPipeline:
         if noise not in ("fixed", "slerp"):
             raise ValueError(f"noise must be 'fixed' or 'slerp', got {noise!r}")
         generator = self._generator(generator, seed)
+        progress = self._progress(progress)
         settings = self._ddim_settings(decoder_guidance_scale, decoder_steps)
         thetas = torch.linspace(0, 1, frames, dtype=torch.float64)
         if noise == "slerp":
@@ -462,7 +491,7 @@ class UnCLIPPipeline:
             x_T = x_T.to(self.device).repeat(frames, 1, 1, 1)
         z = torch.cat([slerp(z_a, z_b, t) for t in thetas])
         images = self.decode(z, None, settings, generator, x_T=x_T, eta=0.0, sampler="ddim", progress=progress)
-        return tensor_to_output(images, output_type)
+        return UnCLIPOutput(tensor_to_output(images, output_type))
 
     def text_diff_embeddings(
         self, z_i: Tensor, to_texts: Sequence[str], from_texts: Sequence[str], thetas: Sequence[float]
@@ -541,5 +570,16 @@ class UnCLIPPipeline:
         self._warn_about_prompts([*to_texts, *(t for t in from_texts if t)])
         settings = self._ddim_settings(decoder_guidance_scale, decoder_steps)
         generator = self._generator(generator, seed)  # only upsamplers draw noise; the decoder is DDIM, eta 0
-        out = self.sample_edits(images, to_texts, [t or "" for t in from_texts], thetas, settings, generator, progress)
-        return tensor_to_output(out, output_type)
+        from_texts = [t or "" for t in from_texts]
+        out = self.sample_edits(images, to_texts, from_texts, thetas, settings, generator, self._progress(progress))
+        return UnCLIPOutput(tensor_to_output(out, output_type))
+
+    # ------------------------------------------------------------------ mixing and inpainting
+
+    @torch.no_grad()
+    def mix(self, items: Sequence[Any], weights: Sequence[float] | None = None, num_images: int = 1, **options: Any):
+        """Images of a weighted mixture of captions (``str``) and images (PIL or ``pathlib.Path``) in CLIP space;
+        options as :func:`unclip.pipeline.mixing.mix` (seed, steps, guidance, output_type, return_embeddings)."""
+        from unclip.pipeline.mixing import mix
+
+        return mix(self, items, weights, num_images, **options)
