@@ -20,6 +20,7 @@ from unclip.encoders.base import TextEmbedding
 from unclip.encoders.tokenizer import WordByteTokenizer
 from unclip.io import load_safetensors, save_safetensors
 from unclip.models.clip import ClipConfig, SmallCLIP
+from unclip.models.init import no_weight_init
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -207,7 +208,7 @@ class OwnClipEncoder:
                 raise FileNotFoundError(f"{directory} is not an unclip CLIP directory: {name} is missing")
         config = load_config(ClipConfig, directory / CONFIG_FILE)
         tokenizer = WordByteTokenizer.from_pretrained(directory)
-        with torch.device("meta"):
+        with torch.device("meta"), no_weight_init():  # every tensor is loaded (assigned) below
             model = SmallCLIP(config)
         state = load_safetensors(directory / WEIGHTS_FILE)
         expected = model.state_dict()

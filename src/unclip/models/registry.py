@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from unclip.limits import check_allocation
+from unclip.models.init import no_weight_init
 
 # kind -> (module, model class name). The module must define PRESETS: dict[str, Callable[[], Config]].
 MODEL_KINDS: dict[str, tuple[str, str]] = {
@@ -54,7 +55,7 @@ def model_class(kind: str) -> type[nn.Module]:
 
 def model_bytes(cls: type[nn.Module], config: Any, dtype: torch.dtype | None = None) -> int:
     """Bytes of the parameters and buffers of ``cls(config)``, counted on the meta device (nothing allocated)."""
-    with torch.device("meta"):
+    with torch.device("meta"), no_weight_init():
         model = cls(config)
     total = 0
     for tensor in [*model.parameters(), *model.buffers()]:

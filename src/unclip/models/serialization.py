@@ -15,6 +15,7 @@ from torch import nn
 from unclip.config import load_config, save_config
 from unclip.io import load_safetensors, save_safetensors
 from unclip.limits import ResourceLimitError
+from unclip.models.init import no_weight_init
 from unclip.models.registry import build_model, model_class
 
 CONFIG_FILE = "config.json"
@@ -67,7 +68,8 @@ def load_model(
             raise FileNotFoundError(f"{directory} is missing {name} (expected a {kind} saved by unclip)")
     config = load_config(config_class(kind), directory / CONFIG_FILE)
     try:
-        model = build_model(kind, config, device="cpu")
+        with no_weight_init():  # every parameter is loaded strictly below
+            model = build_model(kind, config, device="cpu")
     except ResourceLimitError as err:
         raise ResourceLimitError(f"{directory / CONFIG_FILE}: {err}") from None
     state = load_safetensors(directory / WEIGHTS_FILE)
