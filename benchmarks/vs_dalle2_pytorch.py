@@ -73,15 +73,20 @@ def _timed(step, warmup: int, steps: int, batch_size: int) -> dict[str, float]:
     return {"samples_per_s": steps * batch_size / wall, "samples_per_cpu_s": steps * batch_size / cpu}
 
 
-def ours(model: str, settings: dict, warmup: int, steps: int) -> dict:
-    """Build our network for ``model`` and time its training step (runs in this project's environment)."""
+def ours(model: str, settings: dict, warmup: int, steps: int, precision: str = "fp32") -> dict:
+    """Build our network for ``model`` and time its training step (runs in this project's environment).
+
+    ``precision`` "bf16": the loss under bf16 autocast, weights and optimizer in fp32 (``unclip train
+    --precision bf16``, what ``auto`` picks where bf16 is native)."""
+    import contextlib
+
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
     from gpu_decoder import synthetic_cache
 
     from unclip.encoders.base import TextEmbedding
-    from unclip.train.loop import param_groups
+    from unclip.train.loop import make_optimizer
 
     s = settings
     torch.manual_seed(0)
@@ -108,7 +113,8 @@ def ours(model: str, settings: dict, warmup: int, steps: int) -> dict:
                              heads=s["heads"], text_drop_prob=s["text_drop"])  # fmt: skip
         task = DiffusionPriorTask(cache, null, config, holdout=0, eval_rows=0)
     net = task.build_model().train()
-    optimizer = torch.optim.AdamW(param_groups(net, 0.0), lr=1e-4)
+    optimizer = make_optimizer(net, lr=1e-4, weight_decay=0.0)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     position = [0]
 
     def step() -> None:
@@ -116,13 +122,14 @@ def ours(model: str, settings: dict, warmup: int, steps: int) -> dict:
         batch = task.get_batch(list(range(position[0], position[0] + b)), torch.device("cpu"))
         position[0] += b
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = task.loss(net, batch, generator)
-        loss.backward()
+        with autocast:
+            loss, _ = task.loss(net, batch, generator)
+        loss.float().backward()
         optimizer.step()
 
     rates = _timed(step, warmup, steps, s["batch_size"])
     return {"side": "ours", "model": model, "parameters": sum(p.numel() for p in net.parameters()), **rates,
-            "torch": torch.__version__}  # fmt: skip
+            "torch": torch.__version__, "precision": precision}  # fmt: skip
 
 
 def _their_decoder(s: dict, dim: int):
@@ -218,7 +225,8 @@ def run_worker(python: str | Path, side: str, model: str, args: argparse.Namespa
         if side == "ours":  # our code on the other environment's torch: import it from the source tree
             env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
     command = [str(python), __file__, "--worker", side, "--models", model, "--threads", str(args.threads),
-               "--warmup", str(args.warmup), "--steps", str(args.steps), "--target-params", str(target)]  # fmt: skip
+               "--warmup", str(args.warmup), "--steps", str(args.steps), "--target-params", str(target),
+               "--ours-precision", args.ours_precision]  # fmt: skip
     out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
     if out.returncode != 0:
         raise RuntimeError(f"{side} {model} worker failed:\n{out.stderr[-3000:]}")
@@ -296,6 +304,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ours-in-venv", action="store_true", help="run our side on the venv's torch too (same torch both sides)"
     )
+    parser.add_argument(
+        "--ours-precision", choices=["fp32", "bf16"], default="fp32",
+        help="our side's training precision (theirs runs fp32: DALLE2-pytorch has no CPU autocast path)",
+    )  # fmt: skip
     parser.add_argument("--worker", choices=["ours", "theirs"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--target-params", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -308,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
         run = ours if args.worker == "ours" else theirs
-        extra = () if args.worker == "ours" else (args.target_params,)
+        extra = (args.ours_precision,) if args.worker == "ours" else (args.target_params,)
         print(json.dumps(run(models[0], SETTINGS[models[0]], args.warmup, args.steps, *extra)))
         return
     their_python = ensure_venv(args.venv, args.pip_args.split())
@@ -321,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(rows, args.threads))
     if args.json:
         record = {"threads": args.threads, "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
-                  "ours_in_venv": args.ours_in_venv, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                  "ours_in_venv": args.ours_in_venv,
+                  "ours_precision": args.ours_precision, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                   "load_average_1min_end": os.getloadavg()[0], "rows": rows}  # fmt: skip
         args.json.write_text(json.dumps(record, indent=1) + "\n")
 

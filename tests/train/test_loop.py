@@ -381,3 +381,25 @@ def test_init_from_starts_at_another_runs_ema_weights(tmp_path):
         run_training(ToyTask(), cfg(steps=3, init_from=str(tmp_path / "nowhere")), tmp_path / "d", progress=False)
     # resuming with another init_from would change the result: refused like any result field
     assert [d[0] for d in result_field_differences({"init_from": "x"}, {"init_from": None})] == ["init_from"]
+
+
+def test_make_optimizer_is_fused_where_available_and_equals_the_foreach_update():
+    from unclip.train.loop import make_optimizer
+
+    def run(fused: bool) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.LayerNorm(7), torch.nn.Linear(7, 2))
+        opt = make_optimizer(model, lr=1e-2, weight_decay=0.1, fused=fused)
+        x = torch.randn(16, 5, generator=torch.Generator().manual_seed(1))
+        for _ in range(5):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        return opt, [p.detach().clone() for p in model.parameters()]
+
+    fused_opt, fused = run(True)
+    plain_opt, plain = run(False)
+    assert fused_opt.defaults["fused"] and not plain_opt.defaults.get("fused")
+    assert [g["weight_decay"] for g in fused_opt.param_groups] == [0.1, 0.0]  # weights decay, biases/norms not
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

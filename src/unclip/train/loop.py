@@ -83,6 +83,32 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return groups
 
 
+def make_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    fused: bool = True,
+) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; with ``fused`` the fused kernel (one pass over all tensors) where this
+    torch has it for the parameters' device and dtype, else the multi-tensor ("foreach") one. Both compute the
+    same update. (FSDP's sharded parameters take the foreach one.)"""
+    groups = param_groups(model, weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    fusable = (
+        fused
+        and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+        and {p.device.type for p in params} <= {"cpu", "cuda"}
+    )
+    if fusable:
+        try:
+            return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # a torch without the fused kernel for this device
+            pass
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
 def _check_task(task: Any) -> None:
     if not isinstance(task, TrainTask):
         missing = [
@@ -268,9 +294,7 @@ def _build_run(
         parallel.shard_model(model, device, info.world_size)
         parallel.shard_model(ema, device, info.world_size)
     ckpt_lib.seed_everything(ckpt_lib.derive_seed(config.seed, info.rank, 1))
-    optimizer = torch.optim.AdamW(
-        param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.adam_eps
-    )
+    optimizer = make_optimizer(model, config.lr, config.weight_decay, config.betas, config.adam_eps, fused=not sharded)
     amp_dtype, use_scaler = precision
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     return _Run(task=task, config=config, out_dir=out_dir, info=info, amp_dtype=amp_dtype, use_scaler=use_scaler,
