@@ -61,6 +61,7 @@ def train() -> None:
         "interpolate": "unclip.cli.generate_cmds:interpolate",
         "edit": "unclip.cli.generate_cmds:edit",
         "mix": "unclip.cli.mix_cmd:mix",
+        "inpaint": "unclip.cli.inpaint_cmd:inpaint",
         "convert": "unclip.cli.convert_cmds:convert",
         "embed": "unclip.cli.embed_cmds:embed",
         "experiment": "unclip.cli.experiment_cmds:experiment",

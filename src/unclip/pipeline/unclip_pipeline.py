@@ -583,3 +583,11 @@ class UnCLIPPipeline:
         from unclip.pipeline.mixing import mix
 
         return mix(self, items, weights, num_images, **options)
+
+    @torch.no_grad()
+    def inpaint(self, image: ImageInput, mask: Any, prompt: str, num_images: int = 1, **options: Any):
+        """Repaint the white part of ``mask`` in ``image`` as ``prompt`` says, keeping every other pixel;
+        options as :func:`unclip.pipeline.inpainting.inpaint` (seed, RePaint jumps, steps, guidance, output_type)."""
+        from unclip.pipeline.inpainting import inpaint
+
+        return inpaint(self, image, mask, prompt, num_images, **options)

@@ -21,6 +21,7 @@ Public API::
     x0 = dpm_solver_sample(predictor, schedule.respace(dpm_solver_timesteps(1000, 20)), x_T)  # DPM-Solver++(2M)
     x0 = unclip_sample(predictor, schedule, 25, x_T, generator=g)       # diffusers' UnCLIPScheduler
     x0 = run_sampler("ddpm" | "ddim" | "dpm++" | "unclip", predictor, schedule, num_steps, shape=..., generator=g)
+    x0 = repaint_sample(predictor, schedule.respace("25"), known, keep, options=RePaintOptions(5, 2))  # inpainting
     sampler_spec("unclip").min_steps    # 2; SAMPLERS: name -> SamplerSpec (function, spacing, min steps, support)
 
 Every sampler takes ``x_T`` or ``shape`` (+ ``device``, ``dtype``), a ``generator`` (draw order: x_T first,
@@ -49,6 +50,7 @@ from unclip.samplers.ddpm import ddpm_sample, ddpm_step
 from unclip.samplers.dpm_solver import dpm_solver_pp_update, dpm_solver_sample, dpm_solver_timesteps
 from unclip.samplers.guidance import classifier_free_guidance, concat_conditioning, guided_denoiser
 from unclip.samplers.registry import SAMPLER_NAMES, SAMPLERS, SamplerSpec, sampler_spec
+from unclip.samplers.repaint import RePaintOptions, repaint_renoise, repaint_sample, repaint_timesteps
 from unclip.samplers.run import run_sampler
 from unclip.samplers.unclip import unclip_predictor, unclip_sample, unclip_tables, unclip_timesteps
 
@@ -76,6 +78,10 @@ __all__ = [
     "unclip_sample",
     "unclip_tables",
     "unclip_timesteps",
+    "RePaintOptions",
+    "repaint_renoise",
+    "repaint_sample",
+    "repaint_timesteps",
     "classifier_free_guidance",
     "concat_conditioning",
     "sampling_dtype",
