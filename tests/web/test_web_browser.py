@@ -8,6 +8,7 @@ scripts/install_test_browser.sh); Playwright's own browser download is never use
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -170,6 +171,156 @@ def test_progress_queue_position_and_cancel(page, server):
         assert json.loads(fetch(f"{server.url}/api/v1/jobs/{job_id}"))["status"] == "cancelled"
     expect(page.locator("#jobs .job")).to_have_count(0)
     page.get_by_role("button", name="Reset to the model's defaults").click()
+    assert page.problems == []
+
+
+def newest_images(page, count: int) -> list[str]:
+    """The srcs of the ``count`` newest gallery images, each checked to have loaded."""
+    images = page.locator("#gallery .card img")
+    for i in range(count):
+        expect(images.nth(i)).to_have_js_property("complete", True)
+        assert images.nth(i).evaluate("img => img.naturalWidth") > 0
+    return [images.nth(i).get_attribute("src") for i in range(count)]
+
+
+def run_cli(command: str, folder: Path, monkeypatch) -> Path:
+    """Run the page's ``unclip ...`` command in ``folder`` (where its input files are); returns its ``out``."""
+    from unclip.cli.main import cli
+
+    args = shlex.split(command)
+    assert args[-2:] == ["-o", "out"], command
+    monkeypatch.chdir(folder)
+    result = CliRunner().invoke(cli, [*args[1:], "-q"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return folder / "out"
+
+
+def post_body(page, path: str, click) -> dict:
+    """The JSON body of the POST to ``/api/v1/images/{path}`` that ``click()`` makes the page send."""
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith(f"/api/v1/images/{path}")) as request:
+        click()
+    return request.value.post_data_json
+
+
+def test_negative_prompt_is_sent_recorded_and_in_the_cli_command(page, server):
+    page.get_by_label("Prompt", exact=True).fill("a red circle")
+    page.get_by_label("Negative prompt", exact=True).fill("a blue star")
+    page.get_by_label("Images", exact=True).fill("1")
+    before = page.locator("#gallery .card").count()
+    body = post_body(page, "generate", page.get_by_role("button", name="Generate", exact=True).click)
+    assert body["prompt"] == "a red circle" and body["negative_prompt"] == "a blue star"
+    expect(page.locator("#gallery .card")).to_have_count(before + 1)
+    (src,) = newest_images(page, 1)
+    assert json.loads(fetch(f"{server.url}{src}/info"))["params"]["negative_prompt"] == "a blue star"
+    assert "--negative 'a blue star'" in page.locator("#cli").input_value()
+    page.get_by_label("Negative prompt", exact=True).fill("")  # an empty field sends none
+    body = post_body(page, "generate", page.get_by_role("button", name="Generate", exact=True).click)
+    assert "negative_prompt" not in body
+    expect(page.locator("#gallery .card")).to_have_count(before + 2)
+    assert page.problems == []
+
+
+def test_mix_of_a_caption_and_an_image(page, server, tmp_path, monkeypatch):
+    source = tmp_path / "mix_source.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(source)
+    cards = page.locator("#gallery .card")
+    before = cards.count()
+    page.get_by_label("Add your own image", exact=True).set_input_files(str(source))
+    expect(cards).to_have_count(before + 1)
+    upload = cards.first
+    image_id = upload.get_attribute("data-image")
+    page.get_by_role("button", name="Add a caption").click()
+    expect(page.locator(":focus")).to_have_attribute("type", "text")  # the new caption's field
+    page.keyboard.type("a blue star")
+    upload.get_by_role("button", name="Add to mix").click()
+    expect(page.locator("#mix-items li")).to_have_count(2)
+    page.get_by_label("Weight 1", exact=True).fill("0.3")
+    page.get_by_label("Weight 2", exact=True).fill("0.7")
+    page.get_by_label("Images", exact=True).fill("2")
+    page.get_by_label("Seed", exact=True).fill("7")
+    body = post_body(page, "mix", page.get_by_role("button", name="Mix", exact=True).click)
+    assert body["items"] == [{"text": "a blue star"}, {"image": {"id": image_id}}]
+    assert body["weights"] == [0.3, 0.7] and body["num_images"] == 2 and body["seed"] == 7
+    expect(cards).to_have_count(before + 3)
+    expect(cards.nth(0).locator(".caption")).to_have_text("Mix")
+    expect(cards.nth(1).locator(".caption")).to_have_text("Mix")
+    srcs = newest_images(page, 2)
+    assert json.loads(fetch(f"{server.url}{srcs[1]}/info"))["params"]["items"][1] == {"image_id": image_id}
+
+    # the command shown makes the same images from the downloaded input
+    command = page.locator("#cli").input_value()
+    assert command.startswith(f"unclip mix 'a blue star' unclip-{image_id}.png -n 2 --weights '0.3 0.7'"), command
+    (tmp_path / f"unclip-{image_id}.png").write_bytes(fetch(f"{server.url}/api/v1/images/{image_id}"))
+    out = run_cli(command, tmp_path, monkeypatch)
+    assert np.array_equal(pixels(fetch(server.url + srcs[1])), pixels((out / "0001.png").read_bytes()))
+    assert page.problems == []
+
+
+def test_inpaint_with_a_mask_painted_by_mouse(page, server, tmp_path, monkeypatch):
+    width, height, brush = 40, 32, 4  # not square: the mask has the image's own pixel size
+    source = tmp_path / "inpaint_source.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(source)
+    page.get_by_label("Load an image to inpaint", exact=True).set_input_files(str(source))
+    canvas = page.locator("#mask-canvas")
+    expect(page.locator("#inpaint-stage")).to_be_visible()
+    expect(canvas).to_have_js_property("width", width)
+    expect(canvas).to_have_js_property("height", height)
+    image_id = page.locator("#gallery .card").first.get_attribute("data-image")
+    page.get_by_label("Brush size (image pixels)", exact=True).fill(str(brush))
+    page.get_by_label("What to paint there", exact=True).fill("a blue star")
+    page.get_by_label("Images", exact=True).fill("2")
+
+    def at(x: float, y: float) -> tuple[float, float]:  # image pixels -> viewport coordinates, where it is now
+        box = canvas.bounding_box()
+        return box["x"] + x * box["width"] / width, box["y"] + y * box["height"] / height
+
+    (x0, y), x1 = (10.5, 16.5), 30.5
+
+    def stroke() -> None:
+        canvas.scroll_into_view_if_needed()
+        page.mouse.move(*at(x0, y))
+        page.mouse.down()
+        page.mouse.move(*at(x1, y), steps=8)
+        page.mouse.up()
+
+    stroke()
+    page.get_by_role("button", name="Clear the mask").click()  # cleared: nothing to send
+    page.get_by_role("button", name="Inpaint", exact=True).click()
+    expect(page.locator("#inpaint-error")).to_have_text("Paint over the part to repaint first.")
+    stroke()
+    cards = page.locator("#gallery .card")
+    before = cards.count()
+    body = post_body(page, "inpaint", page.get_by_role("button", name="Inpaint", exact=True).click)
+    assert body["image"] == {"id": image_id} and body["prompt"] == "a blue star" and body["num_images"] == 2
+    assert body["mask"]["data"].startswith("data:image/png;base64,")
+    mask_png = base64.b64decode(body["mask"]["data"].split(",", 1)[1])
+    mask = pixels(mask_png)
+    assert mask.shape == (height, width, 3) and set(np.unique(mask)) <= {0, 255}
+    # distance of each pixel's centre to the stroke: white on it, black away from it
+    yy, xx = np.mgrid[:height, :width] + 0.5
+    distance = np.hypot(xx - np.clip(xx, x0, x1), yy - y)
+    white = mask[..., 0] == 255
+    assert white[distance < brush / 2 - 0.75].all() and not white[distance > brush / 2 + 0.75].any()
+
+    expect(cards).to_have_count(before + 2)
+    expect(cards.first.locator(".caption")).to_have_text("Inpainted: a blue star")
+    expect(page.locator("#inpaint-strip img")).to_have_count(2)
+    srcs = newest_images(page, 2)
+    # outside the mask the results keep the source (its centre square: what the 32 px model sees)
+    left = (width - height) // 2
+    crop = np.asarray(Image.open(source).convert("RGB"))[:, left : left + height]
+    keep = ~white[:, left : left + height]
+    for src in srcs:
+        assert np.array_equal(pixels(fetch(server.url + src))[keep], crop[keep])
+    expect(page.locator("#mask-download")).to_be_visible()
+
+    # the command shown, run on the downloaded image and mask, makes the same images
+    command = page.locator("#cli").input_value()
+    assert command.startswith(f"unclip inpaint unclip-{image_id}.png mask.png 'a blue star' -n 2"), command
+    (tmp_path / f"unclip-{image_id}.png").write_bytes(fetch(f"{server.url}/api/v1/images/{image_id}"))
+    (tmp_path / "mask.png").write_bytes(mask_png)
+    out = run_cli(command, tmp_path, monkeypatch)
+    assert np.array_equal(pixels(fetch(server.url + srcs[1])), pixels((out / "0001.png").read_bytes()))
     assert page.problems == []
 
 

@@ -15,10 +15,18 @@ from typing import Any
 
 from PIL import Image
 
+from unclip.pipeline import inpainting
 from unclip.pipeline.options import GenerationDefaults
 from unclip.samplers.registry import sampler_spec
 from unclip.web.jobs import ProgressFn, RunFn
-from unclip.web.schemas import GenerateRequest, InterpolateRequest, TextDiffRequest, VariationsRequest
+from unclip.web.schemas import (
+    GenerateRequest,
+    InpaintRequest,
+    InterpolateRequest,
+    MixRequest,
+    TextDiffRequest,
+    VariationsRequest,
+)
 
 SEED_RANGE = 2**31  # seeds the server draws (any seed up to bounds.MAX_SEED = 2**64 - 1 may be given)
 # GenerationDefaults fields a generate request may set (None: the model's default)
@@ -26,6 +34,10 @@ GENERATE_SETTINGS = (
     "sampler", "prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance_scale", "decoder_guidance_scale",
     "best_of", "eta",
 )  # fmt: skip
+# GenerationDefaults fields a mix request may set (as ``unclip mix``)
+MIX_SETTINGS = ("prior_steps", "decoder_steps", "upsampler_steps", "decoder_guidance_scale")
+# ... and an inpaint request (as ``unclip inpaint``)
+INPAINT_SETTINGS = ("prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance_scale", "decoder_guidance_scale")
 
 
 class FieldError(ValueError):
@@ -68,6 +80,7 @@ def generate_job(pipe, req: GenerateRequest, model: str, max_steps: int) -> tupl
         "num_images_per_prompt": req.num_images_per_prompt,
         "seed": _seed(req.seed),
         **{name: getattr(resolved, name) for name in GENERATE_SETTINGS},
+        "negative_prompt": req.negative_prompt,
     }
     _check_steps(params, ("prior_steps", "decoder_steps", "upsampler_steps"), max_steps)
 
@@ -76,6 +89,7 @@ def generate_job(pipe, req: GenerateRequest, model: str, max_steps: int) -> tupl
             params["prompt"],
             num_images_per_prompt=params["num_images_per_prompt"],
             seed=params["seed"],
+            negative_prompt=params["negative_prompt"],
             progress=progress,
             **{name: params[name] for name in GENERATE_SETTINGS},
         )
@@ -151,5 +165,83 @@ def text_diff_job(
             decoder_guidance_scale=params["decoder_guidance_scale"], progress=progress,
         )  # fmt: skip
         return _labelled(out, params, [{"theta": t} for t in params["thetas"]])
+
+    return params, run
+
+
+def _resolved(pipe, req, names: tuple[str, ...]) -> dict[str, Any]:
+    """``names`` of ``req``, each left out (None) taking the model's default."""
+    given = {name: getattr(req, name) for name in names}
+    resolved = replace(pipe.defaults, **{k: v for k, v in given.items() if v is not None})
+    return {name: getattr(resolved, name) for name in names}
+
+
+def mix_job(
+    pipe, req: MixRequest, items: list[str | Image.Image], sources: list[Any], model: str, max_steps: int
+) -> tuple[dict, RunFn]:
+    """A mix of ``items`` (captions and resolved images); ``sources[i]`` is item i as its PNG records it: the
+    caption, {"image_id": ...} or {"image_id": None} (sent as data)."""
+    params = {
+        "kind": "mix",
+        "model": model,
+        "items": sources,
+        "weights": None if req.weights is None else list(req.weights),
+        "num_images": req.num_images,
+        "seed": _seed(req.seed),
+        "sampler": pipe.defaults.sampler,  # what the pipeline's mix samples with (not a request field)
+        **_resolved(pipe, req, MIX_SETTINGS),
+    }
+    _check_steps(params, ("prior_steps", "decoder_steps", "upsampler_steps"), max_steps)
+
+    def run(progress: ProgressFn):
+        images = pipe.mix(
+            items, weights=params["weights"], num_images=params["num_images"], seed=params["seed"], progress=progress,
+            **{name: params[name] for name in MIX_SETTINGS},
+        )  # fmt: skip
+        return _labelled(images, params)
+
+    return params, run
+
+
+def check_inpaint_inputs(image: Image.Image, mask: Image.Image) -> None:
+    """The checks ``pipe.inpaint`` makes of an image and its mask (same size, something to repaint), as a
+    :class:`FieldError` on ``mask``: run before the job is queued, so a bad mask is a 422, not a failed job."""
+    try:
+        inpainting.load_inpaint_inputs(image, mask)
+    except (ValueError, TypeError) as err:
+        raise FieldError(("mask",), str(err)) from None
+
+
+def inpaint_job(
+    pipe, req: InpaintRequest, image: Image.Image, mask: Image.Image, sources: dict, model: str, max_steps: int
+) -> tuple[dict, RunFn]:
+    """Inpainting of ``image`` where ``mask`` is white (both checked by :func:`check_inpaint_inputs`)."""
+    params = {
+        "kind": "inpaint",
+        "model": model,
+        "prompt": req.prompt,
+        "num_images": req.num_images,
+        "seed": _seed(req.seed),
+        **_resolved(pipe, req, INPAINT_SETTINGS),
+        "context_candidates": req.context_candidates or inpainting.CONTEXT_CANDIDATES,
+        **sources,
+    }
+    # the prior samples with the pipeline's sampler, the decoder and upsamplers with RePaint's DDPM steps
+    _check_steps({**params, "sampler": pipe.defaults.sampler}, ("prior_steps",), max_steps)
+    _check_steps(params, ("decoder_steps", "upsampler_steps"), max_steps)
+    try:
+        options = inpainting.repaint_options(req.jump_length, req.jump_n_sample, params["decoder_steps"])
+    except ValueError as err:
+        raise FieldError(("jump_length",), str(err)) from None
+    params.update(jump_length=options.jump_length, jump_n_sample=options.jump_n_sample)
+
+    def run(progress: ProgressFn):
+        images = pipe.inpaint(
+            image, mask, params["prompt"], num_images=params["num_images"], seed=params["seed"],
+            jump_length=params["jump_length"], jump_n_sample=params["jump_n_sample"],
+            context_candidates=params["context_candidates"], progress=progress,
+            **{name: params[name] for name in INPAINT_SETTINGS},
+        )  # fmt: skip
+        return _labelled(images, params)
 
     return params, run

@@ -24,6 +24,8 @@ from PIL import Image
 from starlette.types import Receive, Scope, Send
 
 from unclip.config import config_to_dict
+from unclip.pipeline.inpainting import MAX_JUMP_N_SAMPLE
+from unclip.pipeline.mixing import MAX_ITEMS as MAX_MIX_ITEMS
 from unclip.samplers.registry import SAMPLER_NAMES, SAMPLERS
 from unclip.web import actions, errors
 from unclip.web.config import MAX_UPLOAD_SIDE, ServeConfig
@@ -93,7 +95,7 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
 
     app = FastAPI(
         title="unclip",
-        summary="unCLIP text-to-image: generation, variations, interpolations and text diffs",
+        summary="unCLIP text-to-image: generation, variations, interpolations, text diffs, mixing and inpainting",
         version="1",
         docs_url=None,
         redoc_url=None,
@@ -108,21 +110,27 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
 
     # ------------------------------------------------------------------ helpers
 
-    async def resolve(ref: ImageRef, field: str) -> tuple[Image.Image, dict[str, Any]]:
+    async def resolve(
+        ref: ImageRef, field: str, loc: tuple[str | int, ...] | None = None, keep_mode: bool = False
+    ) -> tuple[Image.Image, dict[str, Any]]:
+        """The image ``ref`` names (a stored id or base64 data) and how its PNG records it ({field_id: ...});
+        ``loc``: where it is in the body (default ``(field,)``); ``keep_mode``: as :func:`decode_upload`."""
+        where = ("body", *(loc or (field,)))
         if ref.id is not None:
             image = await run_in_threadpool(store.image, ref.id)
             if image is None:
-                raise _field_error(("body", field, "id"), f"no stored image with id {ref.id!r} (unknown or dropped)")
+                raise _field_error((*where, "id"), f"no stored image with id {ref.id!r} (unknown or dropped)")
             return image, {f"{field}_id": ref.id}
         text = ref.data.split(",", 1)[1] if ref.data.startswith("data:") else ref.data
         try:
             raw = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            raise _field_error(("body", field, "data"), "data is not valid base64") from None
+            raise _field_error((*where, "data"), "data is not valid base64") from None
+        name = ".".join(map(str, where[1:]))
         try:
-            image = await run_in_threadpool(decode_upload, raw, MAX_UPLOAD_SIDE, f"{field}.data")
+            image = await run_in_threadpool(decode_upload, raw, MAX_UPLOAD_SIDE, f"{name}.data", keep_mode)
         except ValueError as err:
-            raise _field_error(("body", field, "data"), str(err)) from None
+            raise _field_error((*where, "data"), str(err)) from None
         return image, {f"{field}_id": None}
 
     async def submit(request: Request, kind: str, build, wait: bool) -> Response:
@@ -176,6 +184,7 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
             "max_best_of": limits.max_best_of, "max_prompt_chars": limits.max_prompt_chars,
             "max_seed": limits.max_seed, "theta_range": limits.theta_range, "max_body_bytes": config.max_body_bytes,
             "max_queue": config.max_queue, "max_upload_side": MAX_UPLOAD_SIDE, "max_streams": config.max_streams,
+            "max_mix_items": MAX_MIX_ITEMS, "max_jump_n_sample": MAX_JUMP_N_SAMPLE,
         }  # fmt: skip
         return {"model": config.model, "image_size": pipe.image_size, "samplers": list(SAMPLER_NAMES),
                 "sampler_min_steps": {name: spec.min_steps for name, spec in SAMPLERS.items()},
@@ -224,6 +233,44 @@ def create_app(pipe, config: ServeConfig | None = None) -> FastAPI:
             return actions.text_diff_job(pipe, body, image, source, config.model, config.max_steps)
 
         return await submit(request, "text-diff", build, wait)
+
+    @api.post("/images/mix", status_code=202, response_model=JobInfo, responses=queued, tags=["images"])
+    async def mix(body: models.mix, request: Request, wait: WaitQuery = False) -> Response:
+        """A weighted mix of captions and images in CLIP space (``pipe.mix(items, weights)``): each item is
+        ``{"text": ...}`` or ``{"image": {"id": ...} | {"data": ...}}``; weights one per item, summing > 0."""
+        items: list[str | Image.Image] = []
+        sources: list[Any] = []
+        for i, item in enumerate(body.items):
+            if item.text is not None:
+                items.append(item.text)
+                sources.append(item.text)
+            else:
+                image, source = await resolve(item.image, "image", ("items", i, "image"))
+                items.append(image)
+                sources.append(source)
+
+        def build():
+            return actions.mix_job(pipe, body, items, sources, config.model, config.max_steps)
+
+        return await submit(request, "mix", build, wait)
+
+    @api.post("/images/inpaint", status_code=202, response_model=JobInfo, responses=queued, tags=["images"])
+    async def inpaint(body: models.inpaint, request: Request, wait: WaitQuery = False) -> Response:
+        """Inpainting (``pipe.inpaint(image, mask, prompt)``): the mask has the image's size, white = repaint,
+        black = keep; the result equals the image outside the mask."""
+        image, source = await resolve(body.image, "image")
+        mask, mask_source = await resolve(body.mask, "mask", keep_mode=True)
+        try:
+            await run_in_threadpool(actions.check_inpaint_inputs, image, mask)
+        except actions.FieldError as err:
+            raise _field_error(err.loc, str(err)) from None
+
+        def build():
+            return actions.inpaint_job(
+                pipe, body, image, mask, {**source, **mask_source}, config.model, config.max_steps
+            )
+
+        return await submit(request, "inpaint", build, wait)
 
     @api.post("/uploads", status_code=201, response_model=ImageInfo, tags=["images"])
     async def upload(file: UploadFileField) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Request and response models of the HTTP API (the OpenAPI schema is generated from them).
 
 Field names follow the Python API: ``prompt``, ``num_images_per_prompt``, ``seed``,
-``prior_steps``, ``decoder_guidance_scale``, ``num_images``, ``num_frames``, ``to_text``, ``thetas`` ...
+``prior_steps``, ``decoder_guidance_scale``, ``negative_prompt``, ``num_images``, ``num_frames``, ``to_text``,
+``thetas``, ``items``, ``weights``, ``mask``, ``jump_length`` ...
 A field left out (or null) takes the model's default. Unknown fields are refused (422 naming them), so a
 typo never silently falls back to a default.
 
@@ -14,9 +15,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
+from unclip.pipeline.inpainting import MAX_JUMP_N_SAMPLE
+from unclip.pipeline.mixing import MAX_ITEMS as MAX_MIX_ITEMS
+from unclip.pipeline.mixing import check_mix_weights
 from unclip.samplers.registry import SAMPLER_NAMES
 from unclip.web.config import (
     MAX_BEST_OF,
@@ -34,7 +38,7 @@ from unclip.web.config import (
 )
 
 Sampler = Literal[SAMPLER_NAMES]  # type: ignore[valid-type]
-JobKind = Literal["generate", "variations", "interpolate", "text-diff"]
+JobKind = Literal["generate", "variations", "interpolate", "text-diff", "mix", "inpaint"]
 JobStatus = Literal["queued", "running", "done", "error", "cancelled"]
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -90,6 +94,10 @@ class GenerateRequest(BaseModel):
     decoder_guidance_scale: float | None = Guidance
     best_of: int | None = Field(default=None, ge=1, le=MAX_BEST_OF, description="Prior candidates per image.")
     eta: float | None = Field(default=None, ge=0.0, le=MAX_ETA, description="DDIM eta.")
+    negative_prompt: str | None = Field(
+        default=None, max_length=MAX_PROMPT_CHARS,
+        description="What to steer away from: replaces the empty caption in the guided stages' unconditional branch.",
+    )  # fmt: skip
 
     @field_validator("prompt")
     @classmethod
@@ -131,6 +139,87 @@ class TextDiffRequest(DecoderOptions):
         return _text(v, "to_text")
 
 
+class MixItem(BaseModel):
+    """One item of a mix: ``{"text": caption}`` or ``{"image": {"id": ...} | {"data": ...}}``."""
+
+    model_config = _STRICT
+    text: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS, description="A caption.")
+    image: ImageRef | None = Field(default=None, description="An image (as the variations request's ``image``).")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> MixItem:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("give exactly one of 'text' and 'image'")
+        if self.text is not None:
+            _text(self.text, "text")
+        return self
+
+
+class MixRequest(BaseModel):
+    """Images of a weighted mixture of captions and images in CLIP space (``pipe.mix(items, weights)``)."""
+
+    model_config = _STRICT
+    items: list[MixItem] = Field(
+        max_length=MAX_MIX_ITEMS, json_schema_extra={"minItems": 1},
+        description="Captions and images to mix (at least one).",
+    )  # fmt: skip
+    weights: list[float] | None = Field(
+        default=None, max_length=MAX_MIX_ITEMS,
+        description="One weight per item, summing to a positive number (default: equal weights).",
+    )  # fmt: skip
+    num_images: int = Field(default=4, ge=1, le=MAX_IMAGES, description="Images to make.")
+    seed: int | None = SeedField
+    prior_steps: int | None = Steps
+    decoder_steps: int | None = Steps
+    upsampler_steps: int | None = Steps
+    decoder_guidance_scale: float | None = Guidance
+
+    @field_validator("items")
+    @classmethod
+    def _items(cls, v: list[MixItem]) -> list[MixItem]:
+        if not v:
+            raise ValueError("mix needs at least one item (a caption or an image)")
+        return v
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        items = info.data.get("items")
+        return v if v is None or items is None else check_mix_weights(v, len(items))
+
+
+class InpaintRequest(BaseModel):
+    """Repaint the white part of ``mask`` in ``image`` with what ``prompt`` describes (``pipe.inpaint``)."""
+
+    model_config = _STRICT
+    image: ImageRef
+    mask: ImageRef = Field(
+        description="Same size as the image; white (grey >= 0.5) = repaint, black = keep (alpha ignored)."
+    )
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to paint in the masked part.")
+    num_images: int = Field(default=4, ge=1, le=MAX_IMAGES, description="Images to make.")
+    seed: int | None = SeedField
+    jump_length: int | None = Field(
+        default=None, ge=1, le=MAX_STEPS, description="RePaint: steps each jump goes back (< decoder_steps)."
+    )
+    jump_n_sample: int | None = Field(
+        default=None, ge=1, le=MAX_JUMP_N_SAMPLE, description="RePaint: times each stretch is sampled (1: no jumps)."
+    )
+    context_candidates: int | None = Field(
+        default=None, ge=1, le=MAX_BEST_OF, description="Prior samples per image; the one fitting the image is kept."
+    )
+    prior_steps: int | None = Steps
+    decoder_steps: int | None = Steps
+    upsampler_steps: int | None = Steps
+    prior_guidance_scale: float | None = Guidance
+    decoder_guidance_scale: float | None = Guidance
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        return _text(v, "prompt")
+
+
 class RequestModels(NamedTuple):
     """The request models of one server (subclasses of the module's, with its limits)."""
 
@@ -138,6 +227,8 @@ class RequestModels(NamedTuple):
     variations: type[VariationsRequest]
     interpolate: type[InterpolateRequest]
     text_diff: type[TextDiffRequest]
+    mix: type[MixRequest]
+    inpaint: type[InpaintRequest]
 
 
 def _bounded(info: FieldInfo, **constraints: Any) -> FieldInfo:
@@ -167,6 +258,14 @@ def request_models(limits: RequestLimits) -> RequestModels:
         }),
         text_diff=_with_limits(TextDiffRequest, {
             **decoder, "thetas": {"min_length": 1, "max_length": limits.max_thetas},
+        }),
+        mix=_with_limits(MixRequest, {
+            "num_images": {"ge": 1, "le": limits.max_images},
+            "prior_steps": steps, "decoder_steps": steps, "upsampler_steps": steps,
+        }),
+        inpaint=_with_limits(InpaintRequest, {
+            "num_images": {"ge": 1, "le": limits.max_images}, "jump_length": steps,
+            "prior_steps": steps, "decoder_steps": steps, "upsampler_steps": steps,
         }),
     )  # fmt: skip
 
@@ -246,6 +345,8 @@ class ServerLimits(BaseModel):
     max_queue: int
     max_upload_side: int
     max_streams: int
+    max_mix_items: int
+    max_jump_n_sample: int
 
 
 class ServerConfigInfo(BaseModel):

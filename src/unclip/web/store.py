@@ -51,8 +51,13 @@ def _reason(err: Exception) -> str:
     return text or type(err).__name__
 
 
-def decode_upload(data: bytes, max_side: int = MAX_UPLOAD_SIDE, what: str = "the image") -> Image.Image:
+def decode_upload(
+    data: bytes, max_side: int = MAX_UPLOAD_SIDE, what: str = "the image", keep_mode: bool = False
+) -> Image.Image:
     """Bytes of an image file -> an RGB PIL image, validated as the CLI validates images.
+
+    ``keep_mode``: the decoded image in its own mode (a mask, whose grey levels are read with alpha ignored, as
+    ``pipe.inpaint`` reads a mask file) instead of RGB with alpha composited on white.
 
     Raises ValueError naming ``what`` (the field or the upload's file name) and the problem (not an image,
     too large, too small).
@@ -74,6 +79,8 @@ def decode_upload(data: bytes, max_side: int = MAX_UPLOAD_SIDE, what: str = "the
         except Exception as err:
             raise ValueError(f"{what} cannot be decoded ({opened.format or 'unknown'} file): {_reason(err)}") from None
         image = opened.copy()
+    if keep_mode:
+        return image
     try:
         return load_image(image)
     except ValueError as err:

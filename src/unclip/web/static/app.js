@@ -12,6 +12,7 @@ const FIELDS = [ // form input id -> request field, number parser
   ["upsampler-steps", "upsampler_steps", parseInt], ["prior-guidance", "prior_guidance_scale", parseFloat],
   ["decoder-guidance", "decoder_guidance_scale", parseFloat],
 ];
+const CARD_ACTIONS = []; // [button text, fn(image)] added to every result card (mix.js, inpaint.js push theirs)
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -94,11 +95,11 @@ function applyStepMinimum() {
   for (const [id] of FIELDS) if (id.endsWith("steps")) $(id).min = minSteps();
 }
 
-function readForm() {
-  const prompt = $("prompt").value;
-  if (!prompt.trim()) throw new Error("Enter a prompt first.");
-  const body = { prompt, num_images_per_prompt: parseInt($("num-images").value, 10) };
-  if (!(body.num_images_per_prompt >= 1)) throw new Error("Images: enter a whole number of at least 1.");
+// The form's number of images and the seed and settings that differ from the model's defaults.
+function readSettings() {
+  const count = parseInt($("num-images").value, 10);
+  if (!(count >= 1)) throw new Error("Images: enter a whole number of at least 1.");
+  const body = {};
   const seed = $("seed").value.trim();
   if (seed !== "") {
     if (!/^\d+$/.test(seed)) throw new Error("Seed: enter a whole number of at least 0, or leave it empty.");
@@ -114,6 +115,23 @@ function readForm() {
     }
     if (value !== d[field]) body[field] = value;
   }
+  return [count, body];
+}
+
+function readForm() {
+  const prompt = $("prompt").value;
+  if (!prompt.trim()) throw new Error("Enter a prompt first.");
+  const [count, settings] = readSettings();
+  const body = { prompt, num_images_per_prompt: count, ...settings };
+  if ($("negative").value.trim()) body.negative_prompt = $("negative").value;
+  return body;
+}
+
+// For mix and inpaint requests: the form's number of images, seed and those settings that `fields` names.
+function formSettings(fields) {
+  const [count, settings] = readSettings();
+  const body = { num_images: count };
+  for (const [k, v] of Object.entries(settings)) if (k === "seed" || fields.includes(k)) body[k] = v;
   return body;
 }
 
@@ -136,6 +154,23 @@ function cliCommand(p) {
     opt("--decoder-guidance", p.decoder_guidance_scale, d.decoder_guidance_scale);
     opt("--best-of", p.best_of, d.best_of);
     opt("--eta", p.eta, d.eta);
+    opt("--negative", p.negative_prompt, null);
+  } else if (p.kind === "mix" || p.kind === "inpaint") {
+    if (p.kind === "mix") {
+      const items = p.items.map((item) => (typeof item === "string" ? quote(item) : item.image_id ? fileOf(item.image_id) : "image.png"));
+      args.push("mix", ...items, "-n", String(p.num_images));
+      if (p.weights) args.push("--weights", quote(p.weights.join(" ")));
+    } else {
+      const mask = p.mask_id ? fileOf(p.mask_id) : "mask.png";
+      args.push("inpaint", fileOf(p.image_id), mask, quote(p.prompt), "-n", String(p.num_images));
+      args.push("--candidates", String(p.context_candidates));
+      if (p.jump_n_sample !== 1) args.push("--jump-length", String(p.jump_length), "--jump-n-sample", String(p.jump_n_sample));
+      opt("--prior-guidance", p.prior_guidance_scale, d.prior_guidance_scale);
+    }
+    opt("--prior-steps", p.prior_steps, d.prior_steps);
+    opt("--decoder-steps", p.decoder_steps, d.decoder_steps);
+    opt("--upsampler-steps", p.upsampler_steps, d.upsampler_steps);
+    opt("--decoder-guidance", p.decoder_guidance_scale, d.decoder_guidance_scale);
   } else {
     if (p.kind === "variations") {
       args.push("vary", fileOf(p.image_id), "-n", String(p.num_images));
@@ -159,7 +194,9 @@ function cliCommand(p) {
 
 function showCli(params, index) {
   $("cli").value = cliCommand(params);
-  const files = params.kind === "generate" ? "" : " Download the input images first (the PNG links) under the names shown.";
+  const files = params.kind === "generate" ? ""
+    : params.kind === "inpaint" && !params.mask_id ? " Download the image (its PNG link) and the mask (under Inpaint) first, under the names shown."
+      : " Download the input images first (the PNG links) under the names shown.";
   $("cli-note").textContent = (index === undefined ? "" : `This image is out/${String(index).padStart(4, "0")}.png.`) + files;
 }
 
@@ -175,10 +212,11 @@ async function copyCli() {
 const STAGES = { prior: "Prior", decoder: "Decoder", ddim_inversion: "Inverting the image" };
 const stageName = (s) => STAGES[s] || s.replace(/^upsampler_(\d+)$/, "Upsampler $1");
 
-async function runJob(path, body, label, onDone) {
+// Submit a job and follow its events; a refused request's message goes to the paragraph `errorId`.
+async function runJob(path, body, label, onDone, errorId = "form-error") {
   let job;
-  try { job = await post(path, body); } catch (err) { announce(`${label}: ${err.message}`); showError(err.message); return null; }
-  showError("");
+  try { job = await post(path, body); } catch (err) { announce(`${label}: ${err.message}`); showError(err.message, errorId); return null; }
+  showError("", errorId);
   remember(path, body, label);
   state.active.push(job.id);
   showCli(job.params);
@@ -205,7 +243,7 @@ async function runJob(path, body, label, onDone) {
   return job;
 }
 
-function showError(message) { $("form-error").textContent = message; }
+function showError(message, id = "form-error") { $(id).textContent = message; }
 
 // ---------------------------------------------------------------- gallery
 
@@ -213,6 +251,8 @@ function describe(image) {
   const p = image.params;
   if (p.kind === "generate") return p.prompt;
   if (p.kind === "variations") return "Variation";
+  if (p.kind === "mix") return "Mix";
+  if (p.kind === "inpaint") return `Inpainted: ${p.prompt}`;
   if (p.kind === "upload") return `Your image${p.filename ? " " + p.filename : ""}`;
   return p.kind;
 }
@@ -240,7 +280,7 @@ function addToGallery(images) {
       el("div", { class: "actions" },
         el("a", { href: image.download_url, download: fileOf(image.id), text: "Download PNG", "aria-label": `Download PNG: ${name}` }),
         button("Vary this image", vary), button("Use as A", (i) => choose("a", i)), button("Use as B", (i) => choose("b", i)),
-        button("Text diff", chooseDiff),
+        button("Text diff", chooseDiff), ...CARD_ACTIONS.map(([text, fn]) => button(text, fn)),
         image.params.kind === "upload" ? null : button("Copy as CLI command", (i) => { showCli(i.params, i.index); copyCli(); })));
     gallery.prepend(card);
   }
@@ -332,13 +372,15 @@ const loadHistory = () => { try { return JSON.parse(localStorage.getItem(HISTORY
 
 function remember(path, body, label) {
   const entries = [{ path, body, label, time: Date.now() }, ...loadHistory()].slice(0, HISTORY_MAX);
-  try { localStorage.setItem(HISTORY_KEY, JSON.stringify(entries)); } catch (e) { /* private mode */ }
+  const small = (k, v) => (k === "data" && typeof v === "string" && v.length > 256 ? "(image data, not kept)" : v);
+  try { localStorage.setItem(HISTORY_KEY, JSON.stringify(entries, small)); } catch (e) { /* private mode, full */ }
   renderHistory();
 }
 
 function restore(entry) {
   const b = entry.body;
   $("prompt").value = b.prompt;
+  $("negative").value = b.negative_prompt || "";
   $("num-images").value = b.num_images_per_prompt;
   $("seed").value = b.seed === undefined ? "" : b.seed;
   resetDefaults();
