@@ -140,7 +140,7 @@ def _echo_warnings(caught: list, quiet: bool) -> None:
 def common_options(func):
     """--model, --seed, --device, --precision, -o, --quiet: every generating command takes them."""
     options = [
-        click.option("--model", "-m", default="shapes", show_default=True, help="Built-in model name or directory."),
+        click.option("--model", "-m", default="shapes", show_default=True, help="Built-in model, directory or hub id."),
         click.option(
             "--seed", type=click.IntRange(0, bounds.MAX_SEED), default=0, show_default=True, help="Random seed."
         ),
