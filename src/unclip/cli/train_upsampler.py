@@ -24,9 +24,11 @@ from unclip.cli.train_common import run_stage, train_options
 @click.option("--low-res-size", type=click.IntRange(min=4), default=None, help="Override the preset's input size.")
 @click.option("--prediction", type=click.Choice(["v", "eps", "x0"]), default="v", show_default=True,
               help="What the network predicts (v is robust for short training; Karlo uses eps).")  # fmt: skip
+@click.option("--residual/--no-residual", default=False, show_default=True,
+              help="Diffuse x - bicubic(low-res): colours come from the bicubic resize exactly.")  # fmt: skip
 @train_options(steps=3000, batch_size=32, lr=5e-4, warmup=100, ema=0.999, eval_every=1000)
 def command(
-    cache, preset, holdout, prediction, degradation, crop_fraction, image_size, low_res_size, **options
+    cache, preset, holdout, prediction, degradation, crop_fraction, image_size, low_res_size, residual, **options
 ) -> None:
     """Train an upsampler U-Net (fixed-small variance) on a shapes cache."""
     from dataclasses import replace
@@ -44,6 +46,7 @@ def command(
                 crop_fraction=crop_fraction,
                 image_size=image_size,
                 low_res_size=low_res_size,
+                residual=residual,
                 diffusion=replace(UPSAMPLER_DIFFUSION, prediction=prediction),
             )
         )

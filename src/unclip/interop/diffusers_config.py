@@ -296,6 +296,11 @@ def upsampler_config_from_diffusers(cfg: dict[str, Any], low_res_size: int, what
 
 def upsampler_config_to_diffusers(c: UpsamplerConfig) -> dict[str, Any]:
     """:class:`UpsamplerConfig` -> ``UNet2DModel`` config."""
+    if c.residual:
+        raise ValueError(
+            "this upsampler is residual (trained on x - bicubic(low-res)); diffusers' UnCLIP pipelines run "
+            "image-space super-resolution U-Nets only"
+        )
     if not c.resblock_updown or c.learn_sigma:
         raise ValueError(
             f"this upsampler does not fit diffusers' UNet2DModel (resblock_updown={c.resblock_updown}, "

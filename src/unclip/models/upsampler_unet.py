@@ -33,6 +33,9 @@ class UpsamplerConfig:
         use_scale_shift_norm: FiLM time conditioning (Karlo's SR: False, additive).
         resblock_updown: resample inside ResBlocks.
         norm_groups: GroupNorm groups.
+        residual: the network was trained on the residual r = x - bicubic(low_res) (its difference from the
+            bicubic resize of its input) instead of on x; :func:`unclip.stages.decoding.image_space_denoiser`
+            turns it into an image-space denoiser. False for Karlo's and diffusers' upsamplers.
     """
 
     image_size: int = 256
@@ -46,6 +49,7 @@ class UpsamplerConfig:
     use_scale_shift_norm: bool = False
     resblock_updown: bool = True
     norm_groups: int = 32
+    residual: bool = False
 
     @property
     def out_channels(self) -> int:

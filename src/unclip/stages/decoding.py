@@ -42,6 +42,8 @@ __all__ = [
     "sample_decoder",
     "invert_decoder",
     "sample_upsampler",
+    "image_space_denoiser",
+    "upsampler_denoiser",
 ]
 
 
@@ -205,20 +207,11 @@ def sample_upsampler(
     """
     device, dtype = _device_dtype(upsampler)
     c = upsampler.config
-    cond = low_res.clamp(-1, 1).to(device=device, dtype=dtype)
     param = diffusion.parameterization()
     size = (c.image_size, c.image_size) if x_T is None else (x_T.shape[-2], x_T.shape[-1])
-    model = upsampler.conditioned(cond, size, dtype=dtype)  # the low-res resize, once per call
-    if last_step_model is None:
-        predictor = Predictor(model, param, clip_x0=1.0)
-    else:
-        final_t = final_timestep(sampler, diffusion.make_schedule(), steps)
-        last_model = last_step_model.conditioned(cond, size, dtype=dtype)
-
-        def denoise(x: Tensor, t: Tensor) -> Tensor:
-            return last_model(x, t) if int(t[0]) == final_t else model(x, t)
-
-        predictor = Predictor(denoise, param, clip_x0=1.0)
+    final_t = final_timestep(sampler, diffusion.make_schedule(), steps) if last_step_model is not None else None
+    denoise = upsampler_denoiser(upsampler, diffusion, low_res, size, final_t, last_step_model)
+    predictor = Predictor(denoise, param, clip_x0=1.0)
     return run_sampler(
         sampler,
         predictor,
@@ -233,3 +226,63 @@ def sample_upsampler(
         progress=progress,
         stage=stage,
     )
+
+
+def image_space_denoiser(conditioned: Any, diffusion: DiffusionConfig, resized_low_res: Tensor) -> Any:
+    """A residual upsampler (trained on r = x - bicubic(low_res), ``UpsamplerConfig.residual``) as a denoiser of
+    the image x itself, so samplers, x0 clamping and inpainting work in image space unchanged.
+
+    With x_t = a_t x0 + s_t eps and r = x0 - b (b = ``resized_low_res`` [B, 3, H, W]): r_t = x_t - a_t b, and the
+    network's prediction for r_t converts as eps -> eps, x0 -> x0 + b, v = a_t eps - s_t x0 -> v - s_t b. Learned
+    variance channels pass through. ``conditioned``: ``(r_t [B, 3, H, W], t [B]) -> [B, C, H, W]``.
+    """
+    schedule = diffusion.make_schedule()
+    prediction = diffusion.parameterization().prediction
+    signal = schedule.sqrt_alphas_cumprod.to(resized_low_res.device, torch.float64)
+    noise = schedule.sqrt_one_minus_alphas_cumprod.to(resized_low_res.device, torch.float64)
+
+    def denoise(x: Tensor, t: Tensor) -> Tensor:
+        a = signal[t].to(x.dtype).view(-1, 1, 1, 1)
+        base = resized_low_res.to(x.dtype)
+        out = conditioned(x - a * base, t)
+        mean, rest = out[:, : base.shape[1]], out[:, base.shape[1] :]
+        if prediction == "x0":
+            mean = mean + base.to(mean.dtype)
+        elif prediction == "v":
+            mean = mean - (noise[t].view(-1, 1, 1, 1) * base).to(mean.dtype)
+        return torch.cat([mean, rest], dim=1) if rest.shape[1] else mean
+
+    return denoise
+
+
+def upsampler_denoiser(
+    upsampler: UpsamplerUNet,
+    diffusion: DiffusionConfig,
+    low_res: Tensor,
+    size: tuple[int, int],
+    final_t: int | None = None,
+    last_step_model: UpsamplerUNet | None = None,
+) -> Any:
+    """``(x_t [B, 3, H, W], t [B]) -> prediction`` of the upsampler conditioned on ``low_res`` [B, 3, h, w] (clamped
+    to [-1, 1], resized to ``size`` once), in image space (residual upsamplers wrapped); ``last_step_model``
+    (Karlo's ``model_last_step``) takes the evaluation at timestep ``final_t``."""
+    device, dtype = _device_dtype(upsampler)
+    cond = low_res.clamp(-1, 1).to(device=device, dtype=dtype)
+
+    def for_model(net: UpsamplerUNet) -> Any:
+        conditioned = net.conditioned(cond, size, dtype=dtype)  # the low-res resize, once per call
+        if net.config.residual:
+            return image_space_denoiser(conditioned, diffusion, conditioned.resized_low_res)
+        return conditioned
+
+    model = for_model(upsampler)
+    if last_step_model is None:
+        return model
+    if final_t is None:
+        raise ValueError("final_t is needed with a last_step_model")
+    last_model = for_model(last_step_model)
+
+    def denoise(x: Tensor, t: Tensor) -> Tensor:
+        return last_model(x, t) if int(t[0]) == final_t else model(x, t)
+
+    return denoise

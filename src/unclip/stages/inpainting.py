@@ -23,7 +23,7 @@ from unclip.models.upsampler_unet import UpsamplerUNet
 from unclip.samplers import Predictor, ProgressFn, sampling_dtype
 from unclip.samplers.registry import sampler_spec
 from unclip.samplers.repaint import RePaintOptions, repaint_sample
-from unclip.stages.decoding import decoder_predictor
+from unclip.stages.decoding import decoder_predictor, upsampler_denoiser
 
 __all__ = ["repaint_schedule", "upsampler_predictor", "inpaint_decoder", "inpaint_upsampler"]
 
@@ -99,19 +99,9 @@ def upsampler_predictor(
     """The upsampler conditioned on ``low_res`` [B, 3, h, w] (clamped to [-1, 1], resized once) as a
     :class:`Predictor` clamping x0 to [-1, 1]; ``last_step_model`` takes the evaluation at ``final_timestep``
     (as :func:`unclip.stages.decoding.sample_upsampler` builds it)."""
-    device, dtype = _device_dtype(upsampler)
     size = (upsampler.config.image_size, upsampler.config.image_size)
-    cond = low_res.clamp(-1, 1).to(device=device, dtype=dtype)
-    model = upsampler.conditioned(cond, size, dtype=dtype)
-    param = diffusion.parameterization()
-    if last_step_model is None:
-        return Predictor(model, param, clip_x0=1.0)
-    last_model = last_step_model.conditioned(cond, size, dtype=dtype)
-
-    def denoise(x: Tensor, t: Tensor) -> Tensor:
-        return last_model(x, t) if int(t[0]) == final_timestep else model(x, t)
-
-    return Predictor(denoise, param, clip_x0=1.0)
+    denoise = upsampler_denoiser(upsampler, diffusion, low_res, size, final_timestep, last_step_model)
+    return Predictor(denoise, diffusion.parameterization(), clip_x0=1.0)
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ from unclip.diffusion.stage_config import DECODER_DIFFUSION, DIFFUSION_FILE, UPS
 from unclip.models import build_model, model_config
 from unclip.models.decoder_unet import condition_dropout
 from unclip.models.serialization import save_model
+from unclip.nn.resample import bicubic_resize
 
 
 @dataclass
@@ -79,6 +80,8 @@ class UpsamplerTaskConfig:
         diffusion: schedule and parameterisation (v prediction by default, as ``unclip train upsampler``:
             a briefly trained eps upsampler shifts colours and leaves grain; docs/shapes_model.md).
         image_size, low_res_size: override the preset's sizes (e.g. to chain after a decoder).
+        residual: diffuse the residual x - bicubic(low-res) instead of x (``UpsamplerConfig.residual``): the
+            bicubic resize carries colours and flat regions exactly, the network only adds detail.
     """
 
     cache: str = "runs/shapes_cache"
@@ -91,6 +94,7 @@ class UpsamplerTaskConfig:
     eval_steps: int = 7
     image_size: int | None = None
     low_res_size: int | None = None
+    residual: bool = False
 
 
 class _CacheTask:
@@ -220,6 +224,7 @@ class UpsamplerTask(_CacheTask):
             learn_sigma=self.param.learned_variance,
             image_size=config.image_size or base.image_size,
             low_res_size=config.low_res_size or base.low_res_size,
+            residual=config.residual,
         )
         if self.model_config.image_size > self.cache.meta["size"]:
             raise ValueError(
@@ -244,6 +249,13 @@ class UpsamplerTask(_CacheTask):
             return gaussian_blur_degrade(high, low_size)
         return bsr_degrade(high, low_size, generator=generator)
 
+    def target(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        """What the diffusion runs on for targets [B, 3, S, S] and their low-res inputs [B, 3, s, s]: ``high``, or
+        for a residual upsampler ``high`` minus the bicubic resize of ``low`` (the network's own conditioning)."""
+        if not self.model_config.residual:
+            return high
+        return high - bicubic_resize(low.clamp(-1, 1), (high.shape[-2], high.shape[-1]))
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
         high = batch["high"]
         cpu_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
@@ -253,7 +265,7 @@ class UpsamplerTask(_CacheTask):
             high, low = paired_random_crop(high, low, crop, generator=cpu_gen)
         t = sample_timesteps(high.shape[0], len(self.schedule), generator, high.device)
         losses = training_losses(
-            model, high, t, schedule=self.schedule, param=self.param, model_kwargs={"low_res": low},
+            model, self.target(high, low), t, schedule=self.schedule, param=self.param, model_kwargs={"low_res": low},
             generator=generator,
         )  # fmt: skip
         return losses["loss"].mean(), {"mse": float(losses["mse"].detach().mean())}
