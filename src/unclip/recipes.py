@@ -56,6 +56,7 @@ class Recipe:
         holdout: held-out cache rows (evaluation).
         world_seed: seed of the training world.
         defaults: generation defaults stored in the pipeline (a dict of GenerationDefaults fields).
+        upsampler_residual: train the upsampler on x - bicubic(low-res) (``UpsamplerTaskConfig.residual``).
     """
 
     name: str
@@ -68,6 +69,7 @@ class Recipe:
     holdout: int = 1000
     world_seed: int = 0
     defaults: dict = field(default_factory=dict)
+    upsampler_residual: bool = False
 
 
 def _tc(steps: int, batch: int, lr: float, warmup: int, ema: float = 0.999, **kw) -> TrainConfig:
@@ -83,6 +85,7 @@ def _shapes() -> Recipe:
         prior=StagePlan("shapes", _tc(1500, 64, 1e-3, 30, ema=0.999, weight_decay=0.01)),
         decoder=StagePlan("shapes", _tc(4000, 32, 1e-3, 150, ema=0.999)),
         upsampler=StagePlan("shapes", _tc(1500, 32, 5e-4, 100, ema=0.999)),
+        upsampler_residual=True,
         defaults=dict(
             decoder_steps=25,
             prior_steps=25,
@@ -101,6 +104,7 @@ def _quick() -> Recipe:
         prior=StagePlan("shapes", _tc(300, 64, 5e-4, 20, ema=0.99)),
         decoder=StagePlan("shapes", _tc(500, 32, 1e-3, 50, ema=0.99)),
         upsampler=StagePlan("shapes", _tc(200, 32, 5e-4, 20, ema=0.99)),
+        upsampler_residual=True,
         cache_size=4000,
         holdout=200,
         defaults=dict(decoder_steps=25, prior_steps=25, upsampler_steps=7, decoder_guidance_scale=3.0),
@@ -114,6 +118,7 @@ def _test() -> Recipe:
         prior=StagePlan("tiny", _tc(2, 8, 1e-3, 1, ema=0.9)),
         decoder=StagePlan("tiny", _tc(2, 4, 1e-3, 1, ema=0.9)),
         upsampler=StagePlan("tiny", _tc(2, 4, 1e-3, 1, ema=0.9)),
+        upsampler_residual=True,
         cache_size=24,
         cache_image_size=32,
         holdout=4,
@@ -244,6 +249,7 @@ def train_shapes(
             holdout=recipe.holdout,
             low_res_size=base_size,
             image_size=recipe.cache_image_size,
+            residual=recipe.upsampler_residual,
         ),
         cache=cache,
     )

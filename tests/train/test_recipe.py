@@ -30,6 +30,7 @@ def test_test_recipe_trains_every_stage_and_resumes(tmp_path):
     # the stages use the parameterisations docs/shapes_model.md states (v for decoder and upsampler)
     for stage, prediction in (("decoder", "v"), ("upsampler_1", "v")):
         assert json.loads((out / "pipeline" / stage / "diffusion.json").read_text())["prediction"] == prediction
+    assert json.loads((out / "pipeline" / "upsampler_1" / "config.json").read_text())["residual"] is True
 
     # a second run takes the first run's upsampler instead of training one (it depends on images only)
     second = tmp_path / "second"
