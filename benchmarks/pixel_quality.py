@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from unclip import UnCLIPPipeline  # noqa: E402
-from unclip.data.shapes import Scene, ShapesWorld  # noqa: E402
+from unclip.data.shapes import Scene, ShapesWorld, images_to_tensor  # noqa: E402
 from unclip.measure.pixels import read_background, summarize_backgrounds  # noqa: E402
 from unclip.stages.decoding import sample_upsampler  # noqa: E402
 
@@ -40,8 +40,7 @@ def to_levels(images: torch.Tensor) -> list[np.ndarray]:
 
 def render(world: ShapesWorld, scenes: list[Scene], size: int) -> torch.Tensor:
     """Truth renders [B, 3, size, size] in [-1, 1]."""
-    arrays = np.stack([world.render(scene, size) for scene in scenes])
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return images_to_tensor([world.render(scene, size) for scene in scenes])
 
 
 def row(name: str, images: torch.Tensor, scenes: list[Scene]) -> dict[str, float]:

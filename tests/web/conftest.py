@@ -30,6 +30,19 @@ def tiny_model_dir(tiny_pipe, tmp_path_factory) -> Path:
     return tiny_pipe.save_pretrained(tmp_path_factory.mktemp("web_model"))
 
 
+@pytest.fixture(scope="module")
+def client(tiny_pipe):
+    """The API in-process (FastAPI's TestClient) on ``tiny_pipe``, 64 KiB bodies, at most 4 images; one per module."""
+    from fastapi.testclient import TestClient
+
+    from unclip.web.app import create_app
+    from unclip.web.config import ServeConfig
+
+    app = create_app(tiny_pipe, ServeConfig(model="tiny-test", max_body_bytes=64 * 1024, max_images=4))
+    with TestClient(app) as c:
+        yield c
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

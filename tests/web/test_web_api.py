@@ -22,13 +22,6 @@ from unclip.web.store import read_png_params
 API = "/api/v1"
 
 
-@pytest.fixture(scope="module")
-def client(tiny_pipe):
-    app = create_app(tiny_pipe, ServeConfig(model="tiny-test", max_body_bytes=64 * 1024, max_images=4))
-    with TestClient(app) as c:
-        yield c
-
-
 def png_pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 

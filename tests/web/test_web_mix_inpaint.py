@@ -20,13 +20,6 @@ API = "/api/v1"
 
 
 @pytest.fixture(scope="module")
-def client(tiny_pipe):
-    app = create_app(tiny_pipe, ServeConfig(model="tiny-test", max_body_bytes=64 * 1024, max_images=4))
-    with TestClient(app) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def source(client) -> tuple[str, Image.Image]:
     """A generated 32 px image: its id and pixels."""
     job = client.post(f"{API}/images/generate?wait=true", json={"prompt": "a red circle", "num_images_per_prompt": 1,

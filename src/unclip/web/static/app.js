@@ -353,14 +353,20 @@ function showDiffFrame() {
   $("diff-view").hidden = false;
 }
 
+// POST one image file to /uploads and add it to the gallery; returns the stored image record.
+async function uploadImage(file) {
+  const data = new FormData();
+  data.append("file", file);
+  const image = await call("/uploads", { method: "POST", body: data });
+  addToGallery([image]);
+  return image;
+}
+
 async function upload(input) {
   const file = input.files[0];
   if (!file) return;
-  const data = new FormData();
-  data.append("file", file);
   try {
-    const image = await call("/uploads", { method: "POST", body: data });
-    addToGallery([image]);
+    await uploadImage(file);
     announce(`Added ${file.name}.`);
   } catch (err) { announce(`Upload: ${err.message}`); }
   input.value = "";

@@ -115,12 +115,8 @@ function runInpaint() {
 async function loadInpaintFile(input) {
   const file = input.files[0];
   if (!file) return;
-  const data = new FormData();
-  data.append("file", file);
   try {
-    const image = await call("/uploads", { method: "POST", body: data });
-    addToGallery([image]);
-    chooseInpaint(image);
+    chooseInpaint(await uploadImage(file));
     showError("", "inpaint-error");
   } catch (err) { showError(`Loading the image: ${err.message}`, "inpaint-error"); }
   input.value = "";
