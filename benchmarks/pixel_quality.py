@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2, help="Images per scene's caption.")
     parser.add_argument("--two-object-prob", type=float, default=0.0)
     parser.add_argument("--upsampler-steps", type=int, nargs="+", default=None, help="Default: the model's.")
+    parser.add_argument("--decoder-steps", type=int, default=None, help="Default: the model's.")
+    parser.add_argument("--decoder-guidance", type=float, default=None, help="Default: the model's.")
+    parser.add_argument("--sampler", default=None, help="Default: the model's.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -87,7 +90,10 @@ def main() -> None:
     print(f"{args.model}: {len(scenes)} images of held-out seed {args.seed}, decoder {low} px -> upsampler {high} px")
 
     upsamplers, pipe.upsamplers = pipe.upsamplers, []
-    decoded = pipe(captions, num_images_per_prompt=args.images, seed=0, output_type="pt").images * 2 - 1
+    decoded = pipe(
+        captions, num_images_per_prompt=args.images, seed=0, output_type="pt", decoder_steps=args.decoder_steps,
+        decoder_guidance_scale=args.decoder_guidance, sampler=args.sampler,
+    ).images * 2 - 1  # fmt: skip
     pipe.upsamplers = upsamplers
     results: dict[str, dict] = {"truth": row("truth render", render(world, scenes, high), scenes)}
     results["decoder"] = row(f"decoder ({low} px)", decoded, scenes)

@@ -202,3 +202,40 @@ def test_pooled_branch_adds_a_position_free_summary():
         assert summary.shape == (3, 2 * model.config.image_channels[0])
     plain = _tiny(image_norm="batch")
     assert plain.visual.proj.in_features + 2 * plain.config.image_channels[0] == tower.proj.in_features
+
+
+def test_grid_pool_branch_locates_colours_and_starts_as_the_model_without_it(tmp_path):
+    from safetensors.torch import save_file
+
+    from unclip.train.resume import load_init_weights
+
+    plain = _tiny(image_pooled=True, image_norm="batch")
+    grown = _tiny(image_pooled=True, image_norm="batch", image_grid_pool=2)
+    export = tmp_path / "clip"
+    export.mkdir()
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(export / "model.safetensors"))
+    load_init_weights(grown, export, "clip")
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(grown.visual(x), plain.visual(x))  # zero-initialised projection: the same function
+    # the located summary: per-channel max and mean over each cell of the 2x2 grid of the first stage's map
+    tower = grown.visual
+    torch.nn.init.normal_(tower.grid_proj.weight)
+    with torch.no_grad():
+        first = tower.stages[0](F.silu(tower.stem(x)))
+        cells = [first[:, :, :4, :4], first[:, :, :4, 4:], first[:, :, 4:, :4], first[:, :, 4:, 4:]]
+        maxes = torch.stack([c.amax((2, 3)) for c in cells], -1)
+        means = torch.stack([c.mean((2, 3)) for c in cells], -1)
+        located = torch.cat([maxes, means], 1).flatten(1)
+        expected = plain.visual(x) + tower.grid_proj(tower.grid_norm(located))
+        assert torch.allclose(tower(x), expected, atol=1e-5)
+        # which colour is where: mirroring the image changes the located summary, not the global one
+        flipped = first.flip(-1)
+        assert not torch.allclose(F.adaptive_avg_pool2d(flipped, 2), F.adaptive_avg_pool2d(first, 2))
+    with pytest.raises(ValueError, match="image_grid_pool"):
+        ClipConfig(image_size=16, image_channels=(8, 16), image_grid_pool=9)
+    # a checkpoint missing other tensors than the added branch is still refused
+    broken = {k: v for k, v in plain.state_dict().items() if not k.startswith("visual.proj")}
+    save_file({k: v.contiguous() for k, v in broken.items()}, str(export / "model.safetensors"))
+    with pytest.raises(ValueError, match="does not fit"):
+        load_init_weights(grown, export, "clip")

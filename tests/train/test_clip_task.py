@@ -116,3 +116,108 @@ def test_hard_negative_spec_changes_exactly_one_named_attribute():
     assert changed["colour"] > 2 * changed.get("size", 0) and changed["shape"] > 2 * changed.get("fill", 0)
     with pytest.raises(ValueError, match="hard_negatives"):
         ClipTask("tiny", data_seed=3, eval_seed=4, hard_negatives=-1)
+
+
+def test_swap_negative_spec_exchanges_between_the_two_objects_only():
+    from unclip.train.clip_task import swap_negative_spec
+
+    red_circle, blue_square = {"shape": "circle", "colour": "red"}, {"shape": "square", "colour": "blue"}
+    spec = {"objects": [red_circle, blue_square], "relation": "to the left of", "background": "white"}
+    seen = set()
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        neg = swap_negative_spec(spec, rng)
+        assert neg["relation"] == spec["relation"] and neg["background"] == "white"
+        # the same words (a bag of attributes cannot tell them apart), bound differently
+        bag = sorted(v for obj in neg["objects"] for v in obj.values())
+        assert bag == sorted(v for obj in spec["objects"] for v in obj.values())
+        seen.add(tuple(tuple(sorted(o.items())) for o in neg["objects"]))
+    blue_circle, red_square = (("colour", "blue"), ("shape", "circle")), (("colour", "red"), ("shape", "square"))
+    assert seen == {
+        (blue_circle, red_square),  # colours exchanged
+        (red_square, blue_circle),  # shapes exchanged
+        ((("colour", "blue"), ("shape", "square")), (("colour", "red"), ("shape", "circle"))),  # objects exchanged
+    }
+    # an attribute only one object names moves to the other one
+    moved = swap_negative_spec({**spec, "objects": [{"shape": "circle", "colour": "red"}, {"shape": "circle"}]}, rng)
+    assert moved["objects"] in ([{"shape": "circle"}, {"shape": "circle", "colour": "red"}],)
+    assert swap_negative_spec({"objects": [red_circle]}, rng) is None
+    assert swap_negative_spec({"objects": [red_circle, dict(red_circle)], "relation": "above"}, rng) is None
+    # on real scenes whose two objects differ, a binding negative never describes the scene
+    world = ShapesWorld(seed=8, full_caption_prob=1.0, two_object_prob=1.0)
+    for i in range(200):
+        s = world.sample(i)
+        neg = swap_negative_spec(s.specified, rng)
+        a, b = s.record["objects"]
+        if neg is not None and any(a[k] != b[k] for k in ("colour", "shape", "size", "fill")):
+            assert not caption_matches(neg, s.record), (s.caption, neg)
+
+
+def test_swap_negatives_are_added_for_two_object_captions_only():
+    task = ClipTask("tiny", data_seed=3, eval_seed=4, hard_negatives=0, swap_negatives=2, two_object_prob=0.5)
+    indices = list(range(12))
+    batch = task.get_batch(indices, torch.device("cpu"))
+    pairs = sum(len(task.world.sample(i).specified["objects"]) == 2 for i in indices)
+    assert 0 < pairs < 12 and 12 + pairs <= batch.ids.shape[0] <= 12 + 2 * pairs
+    assert torch.all(batch.targets[:, 12:].sum(1) <= 1)  # a swap only ever fits a scene it truly describes
+    with pytest.raises(ValueError, match="swap_negatives"):
+        ClipTask("tiny", data_seed=3, eval_seed=4, swap_negatives=-1)
+
+
+class _SlotEncoder:
+    """A fake CLIP that reads scene records (looked up by the rendered pixels) and captions exactly:
+    one-hot colour and shape per canonical slot (``bind=True``) or their sum over both objects (a bag)."""
+
+    def __init__(self, seed: int, num_scenes: int, size: int, bind: bool):
+        from unclip.data.shapes import images_to_tensor
+
+        world = ShapesWorld(seed=seed, two_object_prob=1.0, full_caption_prob=1.0)
+        self.records = {}
+        for i in range(num_scenes):
+            s = world.sample(i)
+            self.records[images_to_tensor([world.render(s.scene, size)]).numpy().tobytes()] = s.record
+        self.bind = bind
+
+    def _vector(self, objects):
+        from unclip.data.shapes_captions import COLOURS, SHAPES
+
+        parts = []
+        for obj in objects:
+            v = torch.zeros(len(COLOURS) + len(SHAPES))
+            v[COLOURS.index(obj["colour"])] = 1
+            v[len(COLOURS) + SHAPES.index(obj["shape"])] = 1
+            parts.append(v)
+        return torch.cat(parts) if self.bind else torch.cat([parts[0] + parts[1]] * 2)
+
+    def embed_images(self, images):
+        from unclip.measure.oracle import canonical_objects
+
+        return torch.stack(
+            [self._vector(canonical_objects(self.records[x[None].numpy().tobytes()])[0]) for x in images]
+        )
+
+    def embed_text(self, texts):
+        from types import SimpleNamespace
+
+        from unclip.data.shapes_captions import parse_caption
+        from unclip.measure.oracle import caption_slots
+
+        rows = []
+        for text in texts:
+            spec = parse_caption(text)
+            slots, _ = caption_slots(spec)
+            ordered = [spec["objects"][slots.index(k)] for k in (0, 1)]
+            rows.append(self._vector(ordered))
+        return SimpleNamespace(pooled=torch.stack(rows))
+
+
+def test_evaluate_binding_separates_a_binding_embedding_from_a_bag_of_attributes():
+    from unclip.train.clip_task import evaluate_binding
+
+    kw = dict(seed=778, num_scenes=240, num_fit=160, size=16)
+    bound = evaluate_binding(_SlotEncoder(778, 240, 16, bind=True), **kw)
+    bag = evaluate_binding(_SlotEncoder(778, 240, 16, bind=False), **kw)
+    assert bound["swap/colour"] == 1.0 and bound["swap/shape"] == 1.0
+    assert bag["swap/colour"] == 0.0 and bag["swap/shape"] == 0.0  # ties: never closer to its own caption
+    assert bound["probe/A_colour"] > 0.9 and bound["probe/B_shape"] > 0.9
+    assert bag["probe/A_colour"] < bound["probe/A_colour"] - 0.2

@@ -383,6 +383,25 @@ def test_init_from_starts_at_another_runs_ema_weights(tmp_path):
     assert [d[0] for d in result_field_differences({"init_from": "x"}, {"init_from": None})] == ["init_from"]
 
 
+def test_init_from_takes_an_exported_model_folder_in_fp16(tmp_path):
+    from safetensors.torch import save_file
+
+    first = run_training(ToyTask(), cfg(steps=30), tmp_path / "a", progress=False)
+    export = tmp_path / "export"
+    export.mkdir()
+    half = {k: v.detach().half().contiguous() for k, v in first.ema_model.state_dict().items()}
+    save_file(half, str(export / "model.safetensors"))
+    tuned = run_training(ToyTask(), cfg(steps=3, lr=1e-12, init_from=str(export)), tmp_path / "b", progress=False)
+    for name, value in half.items():
+        got = tuned.model.state_dict()[name]
+        assert got.dtype == torch.float32 and torch.allclose(got, value.float(), atol=1e-9), name
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    save_file({"other.weight": torch.zeros(2)}, str(wrong / "model.safetensors"))
+    with pytest.raises(ValueError, match="model.safetensors.*does not fit"):
+        run_training(ToyTask(), cfg(steps=3, init_from=str(wrong)), tmp_path / "c", progress=False)
+
+
 def test_make_optimizer_is_fused_where_available_and_equals_the_foreach_update():
     from unclip.train.loop import make_optimizer
 

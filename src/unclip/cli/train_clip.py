@@ -30,6 +30,12 @@ _DTYPES = {"fp16": "float16", "fp32": "float32"}
 @click.option(
     "--image-norm", type=click.Choice(["channel", "batch", "group"]), default=None, help="Override the preset's."
 )
+@click.option(
+    "--grid-pool",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Side of the located colour summary branch (0 = off) [default: the preset's].",
+)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=50, show_default=True)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.05, show_default=True)
@@ -49,6 +55,26 @@ _DTYPES = {"fp16": "float16", "fp32": "float32"}
     show_default=True,
     help="Altered copies of each caption (mostly another colour or shape) added as extra negatives.",
 )
+@click.option(
+    "--swap-negatives",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Binding negatives per two-object caption: an attribute (or the objects) exchanged between the objects.",
+)
+@click.option(
+    "--two-object-prob",
+    type=click.FloatRange(0, 1),
+    default=0.25,
+    show_default=True,
+    help="Share of two-object scenes in the training world.",
+)
+@click.option(
+    "--init-from",
+    type=click.Path(exists=True),
+    default=None,
+    help="Fine-tune: start from another run (directory or checkpoint.pt) or an exported CLIP folder (a model's clip/).",
+)
 @click.option("--eval-every", type=click.IntRange(min=0), default=250, show_default=True, help="0 = never.")
 @click.option("--eval-pairs", type=click.IntRange(min=2), default=500, show_default=True)
 @click.option("--final-eval-pairs", type=click.IntRange(min=0), default=1000, show_default=True, help="0 = skip.")
@@ -66,6 +92,7 @@ def command(
     out_dir: str,
     preset: str,
     image_norm: str | None,
+    grid_pool: int | None,
     lr: float,
     warmup_steps: int,
     weight_decay: float,
@@ -77,6 +104,9 @@ def command(
     eval_seed: int,
     full_caption_prob: float,
     hard_negatives: int,
+    swap_negatives: int,
+    two_object_prob: float,
+    init_from: str | None,
     eval_every: int,
     eval_pairs: int,
     final_eval_pairs: int,
@@ -106,18 +136,25 @@ def command(
             steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
             weight_decay=weight_decay, grad_clip=1.0, ema_decay=ema_decay, precision=precision, seed=seed,
             log_every=log_every, ckpt_every=ckpt_every, eval_every=eval_every, device=device, threads=threads,
-            max_minutes=max_minutes, fsdp=False, grad_checkpointing=False,
+            max_minutes=max_minutes, fsdp=False, grad_checkpointing=False, init_from=init_from,
         )
     )  # fmt: skip
     clip_config = PRESETS[preset]()
     if image_norm is not None:
         clip_config = dataclasses.replace(clip_config, image_norm=image_norm)
+    if grid_pool is not None:
+        try:
+            clip_config = dataclasses.replace(clip_config, image_grid_pool=grid_pool)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--grid-pool") from None
     task = ClipTask(
         clip_config,
         data_seed=data_seed,
         eval_seed=eval_seed,
         full_caption_prob=full_caption_prob,
         hard_negatives=hard_negatives,
+        swap_negatives=swap_negatives,
+        two_object_prob=two_object_prob,
         eval_pairs=eval_pairs,
         export_dtype=getattr(torch, _DTYPES[export_dtype]),
     )

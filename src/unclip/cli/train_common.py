@@ -57,7 +57,10 @@ def train_options(*, steps: int, batch_size: int, lr: float, warmup: int = 100, 
             "--init-from",
             type=click.Path(exists=True),
             default=None,
-            help="Fine-tune: start from the EMA weights of another run (its directory or checkpoint.pt).",
+            help=(
+                "Fine-tune: start from the EMA weights of another run (its directory or checkpoint.pt), or from an "
+                "exported stage folder holding model.safetensors (e.g. the built-in model's decoder/)."
+            ),
         ),  # fmt: skip
         click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt."),
         click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."),

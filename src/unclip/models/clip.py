@@ -44,6 +44,10 @@ class ClipConfig:
         image_pooled: also feed the first stage's per-channel global max and mean (a position-free
             summary of colour and fill) into the embedding, beside the flattened map. Without it the
             contrastive loss learned geometry but left the object's colour out of z_i (docs/clip.md).
+        image_grid_pool: side g of a *located* first-stage summary (per-channel max and mean over each cell of
+            a g×g grid, LayerNorm, a linear map to D added to the embedding; 0 = off). It says which colour is
+            where, so z_i can bind colours to objects; its projection starts at zero, so adding it to a trained
+            CLIP leaves the embedding unchanged until training uses it (:attr:`SmallCLIP.grown_prefixes`).
         vocab_size: text token ids are in [0, vocab_size).
         context_length: L, the maximum number of text tokens (positional embeddings).
         text_width: W, the text transformer width (= token-state width).
@@ -63,6 +67,7 @@ class ClipConfig:
     groups: int = 8
     image_norm: str = "channel"
     image_pooled: bool = False
+    image_grid_pool: int = 0
     vocab_size: int = 512
     context_length: int = 32
     text_width: int = 128
@@ -81,6 +86,9 @@ class ClipConfig:
             )
         if self.image_norm not in IMAGE_NORMS:
             raise ValueError(f"image_norm {self.image_norm!r} is not one of {IMAGE_NORMS}")
+        first_map = self.image_size // 2
+        if not isinstance(self.image_grid_pool, int) or not 0 <= self.image_grid_pool <= first_map:
+            raise ValueError(f"image_grid_pool must be an integer in [0, {first_map}], got {self.image_grid_pool!r}")
         if self.text_width % self.text_heads != 0:
             raise ValueError(f"text_width {self.text_width} is not divisible by text_heads {self.text_heads}")
         for name in ("embed_dim", "vocab_size", "context_length", "text_width", "text_layers", "text_heads"):
@@ -189,6 +197,12 @@ class ImageTower(nn.Module):
         flat = c.image_map_channels * c.map_size**2 + (2 * c.image_channels[0] if c.image_pooled else 0)
         self.norm = nn.LayerNorm(flat)
         self.proj = nn.Linear(flat, c.embed_dim, bias=False)
+        self.grid = c.image_grid_pool
+        if self.grid:
+            located = 2 * c.image_channels[0] * self.grid**2
+            self.grid_norm = nn.LayerNorm(located)
+            self.grid_proj = nn.Linear(located, c.embed_dim, bias=False)
+            nn.init.zeros_(self.grid_proj.weight)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
@@ -201,7 +215,11 @@ class ImageTower(nn.Module):
         flat = self.to_map(self.stages[1:](first)).flatten(1)
         if self.pooled:  # + [B, 2*C1] position-free summary
             flat = torch.cat([flat, first.amax((2, 3)), first.mean((2, 3))], 1)
-        return self.proj(self.norm(flat))
+        out = self.proj(self.norm(flat))
+        if self.grid:  # + located summary [B, 2*C1*g*g] -> [B, D]
+            cells = torch.cat([F.adaptive_max_pool2d(first, self.grid), F.adaptive_avg_pool2d(first, self.grid)], 1)
+            out = out + self.grid_proj(self.grid_norm(cells.flatten(1)))
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -281,6 +299,9 @@ class TextTower(nn.Module):
 
 class SmallCLIP(nn.Module):
     """Image tower + text tower + learned temperature (see the module docstring)."""
+
+    # Modules that a fine-tune may add to a CLIP trained without them (zero-initialised: the function is kept).
+    grown_prefixes = ("visual.grid_norm.", "visual.grid_proj.")
 
     def __init__(self, config: ClipConfig):
         super().__init__()

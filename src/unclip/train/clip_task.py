@@ -95,6 +95,40 @@ def hard_negative_spec(spec: dict[str, Any], rng: np.random.Generator) -> dict[s
     return out
 
 
+# Relative odds of what a binding negative exchanges between the two objects of a caption.
+_SWAP_WEIGHTS = {"colour": 4.0, "shape": 4.0, "size": 1.0, "fill": 1.0, "objects": 2.0}
+
+
+def swap_negative_spec(spec: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
+    """A *binding* negative of a two-object caption: the same words with one attribute exchanged between the
+    two objects ("a red circle left of a blue square" -> "a blue circle left of a red square"; an attribute
+    only one object names moves to the other), or the two objects exchanged under the same relation.
+
+    A bag of words cannot tell it from the caption, so only an embedding that binds attributes to objects
+    separates them. None for one-object captions and when nothing differs between the two objects.
+    """
+    if len(spec["objects"]) != 2:
+        return None
+    first, second = spec["objects"]
+    choices = [key for key in ("colour", "shape", "size", "fill") if first.get(key) != second.get(key)]
+    if first != second:
+        choices.append("objects")
+    if not choices:
+        return None
+    weights = np.array([_SWAP_WEIGHTS[key] for key in choices])
+    key = choices[int(rng.choice(len(choices), p=weights / weights.sum()))]
+    a, b = dict(first), dict(second)
+    if key == "objects":
+        a, b = b, a
+    else:
+        a.pop(key, None), b.pop(key, None)
+        if key in second:
+            a[key] = second[key]
+        if key in first:
+            b[key] = first[key]
+    return {**spec, "objects": [a, b]}
+
+
 @dataclass
 class ClipBatch:
     """images [B, 3, S, S] in [-1, 1]; ids/mask [T, L] (T >= B texts: the B captions, then hard negatives);
@@ -116,12 +150,15 @@ class ClipTask:
         full_caption_prob: probability that a training caption is the full caption.
         eval_pairs: held-out pairs scored at each periodic evaluation.
         hard_negatives: altered copies of each caption added as extra texts (:func:`hard_negative_spec`).
+        swap_negatives: binding negatives of each two-object caption added as extra texts
+            (:func:`swap_negative_spec`: an attribute or the objects exchanged between the two objects).
+        two_object_prob: share of two-object scenes in the training world (the world's default 0.25).
         export_dtype: dtype of the exported weights (fp16 halves the size; loading casts back to fp32).
     """
 
     name = "clip"
     # Settings outside the ClipConfig that change training (checked on resume, unclip.train.settings).
-    setting_attributes = ("data_seed", "hard_negatives", "world")
+    setting_attributes = ("data_seed", "hard_negatives", "swap_negatives", "world")
 
     def __init__(
         self,
@@ -132,6 +169,8 @@ class ClipTask:
         eval_pairs: int = 500,
         export_dtype: torch.dtype = torch.float16,
         hard_negatives: int = 1,
+        swap_negatives: int = 0,
+        two_object_prob: float = 0.25,
     ):
         if isinstance(config, str):
             if config not in PRESETS:
@@ -141,16 +180,19 @@ class ClipTask:
             raise ValueError(f"eval_seed must differ from data_seed (both {data_seed}): held-out pairs must be unseen")
         if not isinstance(hard_negatives, int) or hard_negatives < 0:
             raise ValueError(f"hard_negatives must be an integer >= 0, got {hard_negatives!r}")
+        if not isinstance(swap_negatives, int) or swap_negatives < 0:
+            raise ValueError(f"swap_negatives must be an integer >= 0, got {swap_negatives!r}")
         if eval_pairs < 2:
             raise ValueError(f"eval_pairs must be >= 2, got {eval_pairs}")
         self.config = config
         self.tokenizer = WordByteTokenizer(max_length=config.context_length)
         if self.tokenizer.vocab_size > config.vocab_size:
             raise ValueError(f"vocab_size {config.vocab_size} < tokenizer vocabulary {self.tokenizer.vocab_size}")
-        self.world = ShapesWorld(seed=data_seed, full_caption_prob=full_caption_prob)
+        self.world = ShapesWorld(seed=data_seed, full_caption_prob=full_caption_prob, two_object_prob=two_object_prob)
         self.eval_seed = eval_seed
         self.eval_pairs = eval_pairs
         self.hard_negatives = hard_negatives
+        self.swap_negatives = swap_negatives
         self.data_seed = data_seed
         self.export_dtype = export_dtype
 
@@ -167,6 +209,11 @@ class ClipTask:
             for _ in range(self.hard_negatives):
                 specs.append(hard_negative_spec(s.specified, rng))
                 captions.append(caption_from_spec(specs[-1]))
+            for _ in range(self.swap_negatives):
+                swapped = swap_negative_spec(s.specified, rng)
+                if swapped is not None:
+                    specs.append(swapped)
+                    captions.append(caption_from_spec(swapped))
         ids, mask = self.tokenizer(captions)
         targets = torch.tensor(
             [[float(caption_matches(spec, s.record)) for spec in specs] for s in samples], dtype=torch.float32
@@ -295,4 +342,60 @@ def probe_attributes(
         out[name] = _probe_accuracy(z, labels, num_fit)
         test = labels[num_fit:]
         out[f"chance/{name}"] = max(test.count(v) for v in set(test)) / len(test)
+    return out
+
+
+@torch.no_grad()
+def evaluate_binding(
+    encoder: ClipEncoder, seed: int = 778, num_scenes: int = 1500, num_fit: int = 1000, size: int = 64
+) -> dict[str, float]:
+    """How well the embeddings bind attributes to objects, on two-object scenes of ``ShapesWorld(seed)``.
+
+    - ``probe/<slot>_<attribute>``: linear-probe accuracy (fit on the first ``num_fit`` scenes, scored on the
+      rest) of colour and shape of each object from z_i, objects in the oracle's canonical slot order (A is
+      left of / above B), and of the relation; ``chance/...`` the test part's majority rate;
+    - ``swap/<key>``: share of scenes whose image embedding is closer to its full caption than to the same
+      caption with ``key`` (colour, shape) exchanged between the two objects (0.5 = no binding; scenes whose
+      two objects agree on ``key`` are skipped).
+    """
+    from unclip.measure.oracle import canonical_objects
+
+    if not 0 < num_fit < num_scenes:
+        raise ValueError(f"need 0 < num_fit < num_scenes, got {num_fit} and {num_scenes}")
+    world = ShapesWorld(seed=seed, two_object_prob=1.0, full_caption_prob=1.0)
+    samples = [world.sample(i) for i in range(num_scenes)]
+    parts = []
+    for s in range(0, num_scenes, 250):
+        images = images_to_tensor([world.render(x.scene, size) for x in samples[s : s + 250]])
+        parts.append(encoder.embed_images(images).float().cpu())
+    z = F.normalize(torch.cat(parts), dim=-1)
+    out: dict[str, float] = {}
+    slots = [canonical_objects(x.record) for x in samples]
+    labels = {"relation": [rel for _, rel in slots]}
+    for k, slot in enumerate("AB"):
+        for key in ("colour", "shape"):
+            labels[f"{slot}_{key}"] = [objs[k][key] for objs, _ in slots]
+    for name, values in labels.items():
+        out[f"probe/{name}"] = _probe_accuracy(z * 10, values, num_fit)
+        test = values[num_fit:]
+        out[f"chance/{name}"] = max(test.count(v) for v in set(test)) / len(test)
+
+    def pooled(texts: list[str]) -> torch.Tensor:
+        parts = [encoder.embed_text(texts[s : s + 250]).pooled.float().cpu() for s in range(0, len(texts), 250)]
+        return F.normalize(torch.cat(parts), dim=-1)
+
+    own = (z * pooled([x.caption for x in samples])).sum(-1)
+    for key in ("colour", "shape"):
+        keep, swapped = [], []
+        for i, x in enumerate(samples):
+            first, second = x.specified["objects"]
+            if first.get(key) == second.get(key):
+                continue
+            objects = [dict(first), dict(second)]
+            objects[0][key], objects[1][key] = second[key], first[key]
+            keep.append(i)
+            swapped.append(caption_from_spec({**x.specified, "objects": objects}))
+        if keep:
+            index = torch.tensor(keep)
+            out[f"swap/{key}"] = float((own[index] > (z[index] * pooled(swapped)).sum(-1)).float().mean())
     return out

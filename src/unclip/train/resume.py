@@ -54,16 +54,41 @@ def resume_checkpoint(
     return ckpt
 
 
+EXPORTED_WEIGHTS_NAME = "model.safetensors"
+
+
 def load_init_weights(model: nn.Module, source: Path, task_name: str) -> None:
-    """Load the EMA weights of another run (its directory or its checkpoint file) into ``model``."""
+    """Load starting weights into ``model``: the EMA weights of another run (its directory or its checkpoint
+    file), or an exported model folder holding ``model.safetensors`` (e.g. a stage of a saved pipeline such as
+    the built-in model's ``clip/`` or ``decoder/``; cast to the model's dtype)."""
+    exported = source / EXPORTED_WEIGHTS_NAME if source.is_dir() else None
     path = source / ckpt_lib.CHECKPOINT_NAME if source.is_dir() else source
-    if not path.is_file():
-        raise ValueError(f"init_from={str(source)!r}: no checkpoint at {path}")
-    ckpt = ckpt_lib.load_checkpoint(path)
-    if ckpt.get("task") != task_name:
-        raise ValueError(f"init_from={str(source)!r} belongs to task {ckpt.get('task')!r}, not {task_name!r}")
+    if exported is not None and not path.is_file() and exported.is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(exported))
+        reference = model.state_dict()
+        state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
+        where = exported
+    else:
+        if not path.is_file():
+            raise ValueError(
+                f"init_from={str(source)!r}: no checkpoint at {path} (nor exported {EXPORTED_WEIGHTS_NAME})"
+            )
+        ckpt = ckpt_lib.load_checkpoint(path)
+        if ckpt.get("task") != task_name:
+            raise ValueError(f"init_from={str(source)!r} belongs to task {ckpt.get('task')!r}, not {task_name!r}")
+        state, where = ckpt["ema"], path
+    grown = tuple(getattr(model, "grown_prefixes", ()))
+    missing = [k for k in model.state_dict() if k not in state]
+    if missing and grown and all(k.startswith(grown) for k in missing):
+        # a fine-tune that adds zero-initialised modules (e.g. SmallCLIP's located colour branch): keep their init
+        print(f"init_from: {len(missing)} tensors of added modules keep their initialisation ({', '.join(grown)})")
+        state = {**model.state_dict(), **state}
     try:
-        model.load_state_dict(ckpt["ema"])
+        model.load_state_dict(state)
     except RuntimeError as err:
         first_line = str(err).splitlines()[0]
-        raise ValueError(f"init_from={str(source)!r} does not fit the task's model: {first_line}") from None
+        raise ValueError(
+            f"init_from={str(source)!r} ({where.name}) does not fit the task's model: {first_line}"
+        ) from None
