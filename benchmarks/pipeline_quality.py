@@ -26,11 +26,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=999, help="World seed of the held-out captions.")
     parser.add_argument("--captions", type=int, default=50, help="One-object captions.")
     parser.add_argument("--two-object-captions", type=int, default=20)
+    parser.add_argument("--binding-captions", type=int, default=24, help="'a C1 S1 REL a C2 S2' captions.")
     parser.add_argument("--images-per-caption", type=int, default=8)
     parser.add_argument("--sources", type=int, default=30, help="Images for variations and text diffs.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["t2i", "two", "vary", "diff"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["t2i", "two", "bind", "vary", "diff"])
     parser.add_argument(
         "--set",
         action="append",
@@ -44,7 +45,13 @@ def main() -> None:
 
     from unclip import UnCLIPPipeline
     from unclip.measure.oracle import load_oracle
-    from unclip.measure.quality import reference_entropy, text_diff_quality, text_to_image_quality, variation_quality
+    from unclip.measure.quality import (
+        binding_quality,
+        reference_entropy,
+        text_diff_quality,
+        text_to_image_quality,
+        variation_quality,
+    )
 
     pipe = UnCLIPPipeline.from_pretrained(args.model)
 
@@ -74,6 +81,9 @@ def main() -> None:
         results["two_object"] = text_to_image_quality(
             pipe, oracle, args.seed, args.two_object_captions, args.images_per_caption, objects=2, log=log
         )
+    if "bind" not in args.skip:
+        results["binding"] = binding_quality(pipe, oracle, args.seed, args.binding_captions, args.images_per_caption,
+                                             log=log)  # fmt: skip
     if "vary" not in args.skip:
         results["variations"] = variation_quality(pipe, oracle, args.seed, args.sources, 4, log=log)
     if "diff" not in args.skip:
@@ -97,6 +107,11 @@ def main() -> None:
         r = results["two_object"]
         print(f"| two-object relation accuracy | {r['accuracy'].get('relation', float('nan')):.3f} | reported |")
         print(f"| two-object specified-attribute accuracy (mean) | {r['mean_accuracy']:.3f} | |")
+    if "binding" in results:
+        r = results["binding"]
+        print(f"| two objects, colours, shapes and relation all right | {r['all']:.3f} | >= 0.5 (aim 0.8) |")
+        for k in ("objects", "per_object", "relation", "colours_swapped"):
+            print(f"| &nbsp; {k} | {r[k]:.3f} | |")
     if "variations" in results:
         r = results["variations"]
         print(f"| variations keep colour, shape and background | {r['colour_shape_background']:.3f} | >= 0.85 |")

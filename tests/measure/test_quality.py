@@ -170,3 +170,43 @@ def test_reconstruction_quality_compares_each_decode_with_its_own_row(monkeypatc
     assert 0 < len(one_object) < len(rows)
     shifted = quality.reconstruction_quality(DecodingPipe(oracle, cache, faithful=False), oracle, cache, rows, 3)
     assert shifted["all_rows"]["count"] < 1.0 or shifted["all_rows"]["shape"] < 1.0
+
+
+def test_binding_quality_counts_right_swapped_and_misplaced_pairs(monkeypatch):
+    from unclip.data.shapes_captions import caption_from_spec, parse_caption
+    from unclip.measure.quality import binding_captions, binding_quality
+
+    specs = binding_captions(7, 6)
+    for spec in specs:  # exactly colour and shape per object and the relation; colours differ
+        assert [sorted(o) for o in spec["objects"]] == [["colour", "shape"]] * 2
+        assert spec["objects"][0]["colour"] != spec["objects"][1]["colour"]
+        assert parse_caption(caption_from_spec(spec)) == spec
+    oracle = PerfectOracle()
+    _patch_predict(monkeypatch, oracle)
+
+    def record(spec, swap_colours=False, flip_relation=False):
+        a, b = ({"size": "small", "fill": "solid", "position": "center", **o} for o in spec["objects"])
+        if swap_colours:
+            a["colour"], b["colour"] = b["colour"], a["colour"]
+        across = {"to the left of": "above", "to the right of": "below", "above": "to the left of",
+                  "below": "to the right of"}  # fmt: skip
+        relation = across[spec["relation"]] if flip_relation else spec["relation"]
+        return {"background": "white", "num_objects": 2, "objects": [a, b], "relation": relation}
+
+    class Pipe(RenderingPipe):
+        def __init__(self, oracle, **how):
+            super().__init__(oracle)
+            self.how = how
+
+        def __call__(self, caption, num_images_per_prompt, seed, output_type, **kw):
+            spec = parse_caption(caption)
+            return self._images([record(spec, **self.how)] * num_images_per_prompt)
+
+    right = binding_quality(Pipe(oracle), oracle, seed=7, num_captions=6, images_per_caption=2)
+    assert right["all"] == right["objects"] == right["relation"] == right["per_object"] == 1.0
+    assert right["colours_swapped"] == 0.0 and right["images"] == 12
+    swapped = binding_quality(Pipe(oracle, swap_colours=True), oracle, seed=7, num_captions=6, images_per_caption=2)
+    assert swapped["all"] == swapped["per_object"] == 0.0 and swapped["colours_swapped"] == 1.0
+    assert swapped["relation"] == 1.0
+    flipped = binding_quality(Pipe(oracle, flip_relation=True), oracle, seed=7, num_captions=6, images_per_caption=2)
+    assert flipped["all"] == 0.0 and flipped["relation"] == 0.0 and flipped["objects"] == 1.0

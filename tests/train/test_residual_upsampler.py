@@ -100,3 +100,22 @@ def test_diffusers_export_refuses_a_residual_upsampler():
     with pytest.raises(ValueError, match="residual"):
         upsampler_config_to_diffusers(replace(model_config("upsampler", "tiny"), residual=True))
     upsampler_config_to_diffusers(model_config("upsampler", "tiny"))  # the same network, image space: exports
+
+
+def test_blur_prob_mixes_blurred_and_plain_downscales_per_image(cache_dir):
+    from unclip.data.degrade import gaussian_blur_degrade
+
+    high = torch.rand(64, 3, 16, 16) * 2 - 1
+    blurred, clean = gaussian_blur_degrade(high, 8), gaussian_blur_degrade(high, 8, sigma=0)
+    config = UpsamplerTaskConfig(cache=str(cache_dir), preset="tiny", holdout=4, blur_prob=0.5)
+    low = UpsamplerTask(config).degrade(high, torch.Generator().manual_seed(0))
+    is_blurred = [torch.equal(low[i], blurred[i]) for i in range(64)]
+    is_clean = [torch.equal(low[i], clean[i]) for i in range(64)]
+    assert all(b != c for b, c in zip(is_blurred, is_clean))  # every image is exactly one of the two
+    assert 16 < sum(is_blurred) < 48
+    again = UpsamplerTask(config).degrade(high, torch.Generator().manual_seed(0))
+    assert torch.equal(low, again)
+    paper = UpsamplerTask(replace(config, blur_prob=1.0)).degrade(high, torch.Generator().manual_seed(0))
+    assert torch.equal(paper, blurred)
+    with pytest.raises(ValueError, match="blur_prob"):
+        UpsamplerTask(replace(config, blur_prob=1.5))

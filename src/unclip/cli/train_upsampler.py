@@ -18,6 +18,8 @@ from unclip.cli.train_common import run_stage, train_options
 @click.option("--holdout", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--degradation", type=click.Choice(["blur", "bsr"]), default="blur", show_default=True,
               help="Low-res corruption: blur (first stage) or BSR-style (second stage).")  # fmt: skip
+@click.option("--blur-prob", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="With blur: share of training inputs blurred (the rest plain bicubic downscales).")  # fmt: skip
 @click.option("--crop-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="Training crop side / target side (0.5 = a quarter of the area).")  # fmt: skip
 @click.option("--image-size", type=click.IntRange(min=8), default=None, help="Override the preset's output size.")
@@ -28,7 +30,7 @@ from unclip.cli.train_common import run_stage, train_options
               help="Diffuse x - bicubic(low-res): colours come from the bicubic resize exactly.")  # fmt: skip
 @train_options(steps=3000, batch_size=32, lr=5e-4, warmup=100, ema=0.999, eval_every=1000)
 def command(
-    cache, preset, holdout, prediction, degradation, crop_fraction, image_size, low_res_size, residual, **options
+    cache, preset, holdout, prediction, degradation, blur_prob, crop_fraction, image_size, low_res_size, residual, **options
 ) -> None:
     """Train an upsampler U-Net (fixed-small variance) on a shapes cache."""
     from dataclasses import replace
@@ -43,6 +45,7 @@ def command(
                 preset=preset,
                 holdout=holdout,
                 degradation=degradation,
+                blur_prob=blur_prob,
                 crop_fraction=crop_fraction,
                 image_size=image_size,
                 low_res_size=low_res_size,

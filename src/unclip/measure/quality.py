@@ -3,6 +3,8 @@
 - :func:`text_to_image_quality`: for held-out captions, accuracy of the attributes each caption specifies
   and the normalised entropy of the ones it leaves free (images of the same caption), separately for
   one-object and two-object captions (the latter also give relation accuracy).
+- :func:`binding_quality`: two-object captions naming both colours and shapes and the relation: how often
+  all of it is right (the binding test of issue 19).
 - :func:`variation_quality`: how often variations of a rendered image keep its colour, shape, background
   (and every other attribute).
 - :func:`text_diff_quality`: "a red circle" -> "a blue circle" edits: how often the object turns blue while
@@ -87,6 +89,66 @@ def text_to_image_quality(
         "captions": len(samples),
         "images": len(scores),
     }
+
+
+def binding_captions(seed: int, count: int) -> list[dict[str, Any]]:
+    """``count`` two-object caption specifications naming exactly each object's colour and shape and the
+    relation ("a red circle to the left of a blue square"), from the two-object scenes of
+    ``ShapesWorld(seed)`` whose objects differ in colour (so that a wrong binding is visible)."""
+    world = ShapesWorld(seed=seed, two_object_prob=1.0)
+    out, index = [], 0
+    while len(out) < count:
+        record = world.sample(index).record
+        index += 1
+        first, second = record["objects"]
+        if first["colour"] == second["colour"]:
+            continue
+        objects = [{"colour": o["colour"], "shape": o["shape"]} for o in (first, second)]
+        out.append({"objects": objects, "relation": record["relation"]})
+    return out
+
+
+@torch.no_grad()
+def binding_quality(
+    pipe,
+    oracle,
+    seed: int,
+    num_captions: int = 24,
+    images_per_caption: int = 8,
+    log: Log | None = None,
+    **call_kwargs: Any,
+) -> dict[str, Any]:
+    """Two-object binding: how often an image of "a C1 S1 REL a C2 S2" shows both objects with their named
+    colours and shapes in the named relation (:func:`binding_captions`, read by the oracle).
+
+    Returns:
+        ``all`` (every named attribute and the relation right), ``objects`` (both objects right, relation
+        ignored), ``relation``, ``per_object`` (mean over the two objects of colour and shape both right),
+        ``colours_swapped`` (each object wears the other's named colour), ``captions``, ``images``.
+    """
+    from unclip.data.shapes_captions import caption_from_spec
+
+    specs = binding_captions(seed, num_captions)
+    rows: list[dict[str, bool]] = []
+    for i, spec in enumerate(specs):
+        images = pipe(caption_from_spec(spec), num_images_per_prompt=images_per_caption, seed=seed * 100_003 + i,
+                      output_type="pt", **call_kwargs).images  # fmt: skip
+        for pred in predict(oracle, _to_tensor(images)):
+            score = score_specified(pred, spec)
+            swapped = score_specified(pred, {**spec, "objects": [
+                {**spec["objects"][0], "colour": spec["objects"][1]["colour"]},
+                {**spec["objects"][1], "colour": spec["objects"][0]["colour"]},
+            ]})  # fmt: skip
+            objects = [score[f"colour@{k}"] and score[f"shape@{k}"] for k in (1, 2)]
+            rows.append({
+                "all": all(score.values()), "objects": all(objects), "relation": score["relation"],
+                "per_object": sum(objects) / 2, "colours_swapped": swapped["colour@1"] and swapped["colour@2"],
+            })  # fmt: skip
+        if log is not None and (i + 1) % 8 == 0:
+            log(f"binding captions: {i + 1}/{len(specs)}")
+    out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    out.update(captions=len(specs), images=len(rows))
+    return out
 
 
 @torch.no_grad()

@@ -76,6 +76,9 @@ class UpsamplerTaskConfig:
         preset: upsampler preset (``image_size`` and ``low_res_size`` come from it).
         holdout: last rows kept for evaluation.
         degradation: "blur" (first stage: bicubic down + Gaussian blur) or "bsr" (second stage).
+        blur_prob: with "blur", the share of training images that are blurred after the downscale (the
+            paper: all); the rest are the plain bicubic downscale, so the upsampler also learns clean inputs
+            (trained only on blurred ones it over-sharpens a clean input).
         crop_fraction: side of the training crops as a fraction of the target side (0.5 = 1/4 the area).
         diffusion: schedule and parameterisation (v prediction by default, as ``unclip train upsampler``:
             a briefly trained eps upsampler shifts colours and leaves grain; docs/shapes_model.md).
@@ -88,6 +91,7 @@ class UpsamplerTaskConfig:
     preset: str = "shapes"
     holdout: int = 1000
     degradation: str = "blur"
+    blur_prob: float = 1.0
     crop_fraction: float = 0.5
     diffusion: DiffusionConfig = field(default_factory=lambda: replace(UPSAMPLER_DIFFUSION))
     eval_samples: int = 8
@@ -215,6 +219,8 @@ class UpsamplerTask(_CacheTask):
         super().__init__(cache if cache is not None else config.cache, config.holdout, config.diffusion)
         if config.degradation not in ("blur", "bsr"):
             raise ValueError(f"degradation must be 'blur' or 'bsr', got {config.degradation!r}")
+        if not 0 <= config.blur_prob <= 1:
+            raise ValueError(f"blur_prob must be in [0, 1], got {config.blur_prob}")
         if not 0 < config.crop_fraction <= 1:
             raise ValueError(f"crop_fraction must be in (0, 1], got {config.crop_fraction}")
         self.config = config
@@ -246,7 +252,12 @@ class UpsamplerTask(_CacheTask):
         """High-res [B, 3, S, S] -> corrupted low-res [B, 3, s, s]."""
         low_size = self.model_config.low_res_size
         if self.config.degradation == "blur":
-            return gaussian_blur_degrade(high, low_size)
+            blurred = gaussian_blur_degrade(high, low_size)
+            if self.config.blur_prob >= 1:
+                return blurred
+            clean = gaussian_blur_degrade(high, low_size, sigma=0)
+            keep = torch.rand(high.shape[0], generator=generator) < self.config.blur_prob
+            return torch.where(keep.to(high.device)[:, None, None, None], blurred, clean)
         return bsr_degrade(high, low_size, generator=generator)
 
     def target(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
