@@ -30,7 +30,17 @@ from unclip.cli.train_common import run_stage, train_options
               help="Diffuse x - bicubic(low-res): colours come from the bicubic resize exactly.")  # fmt: skip
 @train_options(steps=3000, batch_size=32, lr=5e-4, warmup=100, ema=0.999, eval_every=1000)
 def command(
-    cache, preset, holdout, prediction, degradation, blur_prob, crop_fraction, image_size, low_res_size, residual, **options
+    cache,
+    preset,
+    holdout,
+    prediction,
+    degradation,
+    blur_prob,
+    crop_fraction,
+    image_size,
+    low_res_size,
+    residual,
+    **options,
 ) -> None:
     """Train an upsampler U-Net (fixed-small variance) on a shapes cache."""
     from dataclasses import replace
