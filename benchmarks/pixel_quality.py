@@ -70,6 +70,11 @@ def main() -> None:
     parser.add_argument("--decoder-steps", type=int, default=None, help="Default: the model's.")
     parser.add_argument("--decoder-guidance", type=float, default=None, help="Default: the model's.")
     parser.add_argument("--sampler", default=None, help="Default: the model's.")
+    parser.add_argument(
+        "--true-embeddings",
+        action="store_true",
+        help="Decode from CLIP's z_i of each scene's truth render instead of the prior's (separates the prior).",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -90,8 +95,15 @@ def main() -> None:
     print(f"{args.model}: {len(scenes)} images of held-out seed {args.seed}, decoder {low} px -> upsampler {high} px")
 
     upsamplers, pipe.upsamplers = pipe.upsamplers, []
+    embeddings = None
+    if args.true_embeddings:
+        from PIL import Image
+
+        pil = [Image.fromarray(world.render(scene, high)) for scene in scenes]
+        embeddings = pipe.clip.embed_images(pipe.clip.preprocess_pil(pil))
     decoded = pipe(
         captions, num_images_per_prompt=args.images, seed=0, output_type="pt", decoder_steps=args.decoder_steps,
+        image_embeddings=embeddings,
         decoder_guidance_scale=args.decoder_guidance, sampler=args.sampler,
     ).images * 2 - 1  # fmt: skip
     pipe.upsamplers = upsamplers
