@@ -57,6 +57,7 @@ class Recipe:
         world_seed: seed of the training world.
         defaults: generation defaults stored in the pipeline (a dict of GenerationDefaults fields).
         upsampler_residual: train the upsampler on x - bicubic(low-res) (``UpsamplerTaskConfig.residual``).
+        upsampler_blur_prob: share of the upsampler's training inputs that are blurred (``UpsamplerTaskConfig``).
     """
 
     name: str
@@ -70,6 +71,7 @@ class Recipe:
     world_seed: int = 0
     defaults: dict = field(default_factory=dict)
     upsampler_residual: bool = False
+    upsampler_blur_prob: float = 1.0
 
 
 def _tc(steps: int, batch: int, lr: float, warmup: int, ema: float = 0.999, **kw) -> TrainConfig:
@@ -84,8 +86,9 @@ def _shapes() -> Recipe:
         clip=StagePlan("shapes", _tc(800, 128, 1e-3, 30, ema=0.995, weight_decay=0.05)),
         prior=StagePlan("shapes", _tc(1500, 64, 1e-3, 30, ema=0.999, weight_decay=0.01)),
         decoder=StagePlan("shapes", _tc(4000, 32, 1e-3, 150, ema=0.999)),
-        upsampler=StagePlan("shapes", _tc(1500, 32, 5e-4, 100, ema=0.999)),
+        upsampler=StagePlan("shapes", _tc(2250, 32, 5e-4, 100, ema=0.999)),
         upsampler_residual=True,
+        upsampler_blur_prob=0.5,
         defaults=dict(
             decoder_steps=25,
             prior_steps=25,
@@ -250,6 +253,7 @@ def train_shapes(
             low_res_size=base_size,
             image_size=recipe.cache_image_size,
             residual=recipe.upsampler_residual,
+            blur_prob=recipe.upsampler_blur_prob,
         ),
         cache=cache,
     )
