@@ -3,21 +3,21 @@
 #   OUT=dir CLIP=path/to/new/clip bash benchmarks/gpu_binding.sh
 # A 120k-row cache of ShapesWorld(seed=5, two_object_prob=TWO) embedded with CLIP, then the prior for TP seconds and
 # the decoder for TD seconds (batch 512; step counts from a short calibration). Smoke run on a CPU:
-#   OUT=/tmp/o CLIP=... D=cpu N=600 TP=5 TD=5 C=2 W=0 bash benchmarks/gpu_binding.sh
+#   OUT=/tmp/o CLIP=... D=cpu N=2100 TP=2 TD=2 C=2 W=0 BP=16 BD=4 bash benchmarks/gpu_binding.sh
 set -e; export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-D=${D:-cuda}; N=${N:-120000}; TP=${TP:-120}; TD=${TD:-330}; C=${C:-40}; TWO=${TWO:-0.5}
+D=${D:-cuda}; N=${N:-120000}; TP=${TP:-120}; TD=${TD:-330}; C=${C:-40}; TWO=${TWO:-0.5}; BP=${BP:-256}; BD=${BD:-512}
 SHIPPED=src/unclip/assets/shapes
 python3 -c "from unclip.data.shapes_cache import build_shapes_cache as b; from unclip.encoders.loading import load_clip; from unclip.data.shapes import ShapesWorld; b('/tmp/c', load_clip('$CLIP', device='$D'), $N, ShapesWorld(seed=5, two_object_prob=$TWO), 64, clip_name='$CLIP', progress=False, render_workers=${W:-14})"
 steps() {  # steps of batch $2 that fit $3 seconds, from the calibration run's throughput in $1
   python3 -c "import json;r=[json.loads(l) for l in open('$1/metrics.jsonl') if 'samples_per_s' in l][-1];print(max(20,int(0.9*$3*r['samples_per_s']/$2)))"
 }
-P="train prior --kind diffusion --cache /tmp/c --batch-size 256 --lr 5e-4 --weight-decay 0.01 --ema-decay 0.999 --device $D --no-progress --no-resume --ckpt-every 0 --eval-every 0 --init-from $SHIPPED/prior"
+P="train prior --kind diffusion --cache /tmp/c --batch-size $BP --lr 5e-4 --weight-decay 0.01 --ema-decay 0.999 --device $D --no-progress --no-resume --ckpt-every 0 --eval-every 0 --init-from $SHIPPED/prior"
 python3 -m unclip.cli $P -o /tmp/pcal --steps $C --warmup-steps 1 --log-every 1 --final-eval-rows 0 > /tmp/pcal.log 2>&1 || { tail -20 /tmp/pcal.log; exit 1; }
-SP=$(steps /tmp/pcal 256 $TP); echo "prior steps $SP"
+SP=$(steps /tmp/pcal $BP $TP); echo "prior steps $SP"
 python3 -m unclip.cli $P -o /tmp/p --steps $SP --warmup-steps 50 --log-every 100 2>&1 | tail -4
-R="train decoder --cache /tmp/c --preset shapes --batch-size 512 --lr 1e-3 --ema-decay 0.999 --device $D --no-progress --no-resume --ckpt-every 0 --eval-every 0 --init-from $SHIPPED/decoder"
+R="train decoder --cache /tmp/c --preset shapes --batch-size $BD --lr 1e-3 --ema-decay 0.999 --device $D --no-progress --no-resume --ckpt-every 0 --eval-every 0 --init-from $SHIPPED/decoder"
 python3 -m unclip.cli $R -o /tmp/dcal --steps $C --warmup-steps 1 --log-every 1 > /tmp/dcal.log 2>&1 || { tail -20 /tmp/dcal.log; exit 1; }
-SD=$(steps /tmp/dcal 512 $TD); echo "decoder steps $SD"
+SD=$(steps /tmp/dcal $BD $TD); echo "decoder steps $SD"
 python3 -m unclip.cli $R -o /tmp/d --steps $SD --warmup-steps 100 --log-every 200 2>&1 | tail -4
 python3 - <<PY
 import shutil, pathlib

@@ -57,6 +57,12 @@ _DTYPES = {"fp16": "float16", "fp32": "float32"}
 @click.option("--device", default="auto", show_default=True, help='"auto", "cpu", "cuda", "cuda:1", ...')
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads for this run.")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="Wall budget.")
+@click.option(
+    "--init-from",
+    type=click.Path(exists=True),
+    default=None,
+    help="Fine-tune: start from another run (its directory or checkpoint.pt) or an exported prior folder (prior/).",
+)
 @click.option("--export-dtype", type=click.Choice(sorted(_DTYPES)), default="fp32", show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a TTY).")
@@ -89,6 +95,7 @@ def command(
     device: str,
     threads: int | None,
     max_minutes: float | None,
+    init_from: str | None,
     export_dtype: str,
     resume: bool,
     progress: bool | None,
@@ -112,7 +119,7 @@ def command(
             steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
             weight_decay=weight_decay, grad_clip=1.0, ema_decay=ema_decay, precision=precision, seed=seed,
             log_every=log_every, ckpt_every=ckpt_every, eval_every=eval_every, device=device, threads=threads,
-            max_minutes=max_minutes, fsdp=False, grad_checkpointing=False,
+            max_minutes=max_minutes, fsdp=False, grad_checkpointing=False, init_from=init_from,
         )
     )  # fmt: skip
     try:
