@@ -1,4 +1,4 @@
-"""Example grids of a pipeline for the docs: text to image, variations, text diffs and interpolations.
+"""Example grids of a pipeline for the docs: text to image, two objects, variations, text diffs and interpolations.
 
     python benchmarks/example_grids.py --model shapes --out docs/shapes_model/examples
 
@@ -69,6 +69,13 @@ def main() -> None:
     captions = [world.sample(i).caption for i in range(5)] + [two.sample(i).caption for i in range(2)]
     rows = [(wrap(c), pipe(c, num_images_per_prompt=6, seed=i)) for i, c in enumerate(captions)]
     labelled_rows(rows, args.zoom).save(args.out / "text_to_image.png")
+
+    from unclip.data.shapes_captions import caption_from_spec
+    from unclip.measure.quality import binding_captions
+
+    bound = [caption_from_spec(spec) for spec in binding_captions(args.seed, 6)]
+    rows = [(wrap(c), pipe(c, num_images_per_prompt=6, seed=i)) for i, c in enumerate(bound)]
+    labelled_rows(rows, args.zoom).save(args.out / "two_objects.png")
 
     sources = [Image.fromarray(world.render(world.sample(100 + i).scene, pipe.image_size)) for i in range(4)]
     rows = [("source | 5 variations (eta 1)", [s, *pipe.vary(s, num_images=5, seed=i)]) for i, s in enumerate(sources)]

@@ -199,3 +199,15 @@ def test_cli_trains_and_reports(tmp_path, cache_dir, clip):
     assert [q["rows"] for q in quality] == [4, 4, 4]
     bad = CliRunner().invoke(cli, [*args[:2], "--kind", "ar", *args[4:8], "--holdout", str(NUM)])
     assert bad.exit_code == 2 and "--holdout" in bad.output
+    # --init-from an exported prior folder: with a vanishing learning rate the fine-tune keeps its weights
+    tuned = tmp_path / "tuned"
+    fine = [*args[:7], str(tuned), *args[8:], "--init-from", str(out / "model"), "--lr", "1e-12", "--ema-decay", "0"]
+    result = CliRunner().invoke(cli, fine)
+    assert result.exit_code == 0, result.output
+    start, end = load_model("prior", out / "model").state_dict(), load_model("prior", tuned / "model").state_dict()
+    assert all(torch.allclose(start[k].float(), end[k].float(), atol=1e-6) for k in start)
+    fresh = tmp_path / "fresh"
+    result = CliRunner().invoke(cli, [*fine[:7], str(fresh), *fine[8:-6], "--lr", "1e-12", "--ema-decay", "0"])
+    assert result.exit_code == 0, result.output
+    other = load_model("prior", fresh / "model").state_dict()
+    assert not all(torch.allclose(start[k].float(), other[k].float(), atol=1e-6) for k in start)
