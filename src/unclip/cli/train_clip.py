@@ -19,6 +19,8 @@ from pathlib import Path
 
 import click
 
+from unclip.cli.train_common import init_from_option
+
 _DTYPES = {"fp16": "float16", "fp32": "float32"}
 
 
@@ -69,12 +71,7 @@ _DTYPES = {"fp16": "float16", "fp32": "float32"}
     show_default=True,
     help="Share of two-object scenes in the training world.",
 )
-@click.option(
-    "--init-from",
-    type=click.Path(exists=True),
-    default=None,
-    help="Fine-tune: start from another run (directory or checkpoint.pt) or an exported CLIP folder (a model's clip/).",
-)
+@init_from_option()
 @click.option("--eval-every", type=click.IntRange(min=0), default=250, show_default=True, help="0 = never.")
 @click.option("--eval-pairs", type=click.IntRange(min=2), default=500, show_default=True)
 @click.option("--final-eval-pairs", type=click.IntRange(min=0), default=1000, show_default=True, help="0 = skip.")

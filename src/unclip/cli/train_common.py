@@ -11,6 +11,20 @@ from typing import Any
 import click
 
 
+def init_from_option():
+    """``--init-from``: another run's EMA weights (its directory or checkpoint.pt) or an exported stage folder
+    (``model.safetensors``, e.g. the built-in model's ``decoder/``); read by ``train.resume.load_init_weights``."""
+    return click.option(
+        "--init-from",
+        type=click.Path(exists=True),
+        default=None,
+        help=(
+            "Fine-tune: start from the EMA weights of another run (its directory or checkpoint.pt), or from an "
+            "exported stage folder holding model.safetensors (e.g. the built-in model's decoder/)."
+        ),
+    )
+
+
 def train_options(*, steps: int, batch_size: int, lr: float, warmup: int = 100, ema: float = 0.999,
                   ckpt_every: int = 200, eval_every: int = 500):  # fmt: skip
     """Decorator adding the training-loop options with stage-specific defaults."""
@@ -53,15 +67,7 @@ def train_options(*, steps: int, batch_size: int, lr: float, warmup: int = 100, 
             show_default=True,
             help="Recompute activations in the backward pass to save memory.",
         ),  # fmt: skip
-        click.option(
-            "--init-from",
-            type=click.Path(exists=True),
-            default=None,
-            help=(
-                "Fine-tune: start from the EMA weights of another run (its directory or checkpoint.pt), or from an "
-                "exported stage folder holding model.safetensors (e.g. the built-in model's decoder/)."
-            ),
-        ),  # fmt: skip
+        init_from_option(),
         click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt."),
         click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."),
     ]

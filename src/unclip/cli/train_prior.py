@@ -23,6 +23,8 @@ from pathlib import Path
 
 import click
 
+from unclip.cli.train_common import init_from_option
+
 _DTYPES = {"fp16": "float16", "fp32": "float32"}
 
 
@@ -57,12 +59,7 @@ _DTYPES = {"fp16": "float16", "fp32": "float32"}
 @click.option("--device", default="auto", show_default=True, help='"auto", "cpu", "cuda", "cuda:1", ...')
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads for this run.")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="Wall budget.")
-@click.option(
-    "--init-from",
-    type=click.Path(exists=True),
-    default=None,
-    help="Fine-tune: start from another run (its directory or checkpoint.pt) or an exported prior folder (prior/).",
-)
+@init_from_option()
 @click.option("--export-dtype", type=click.Choice(sorted(_DTYPES)), default="fp32", show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a TTY).")
