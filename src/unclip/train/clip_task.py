@@ -38,6 +38,7 @@ from unclip.encoders.base import ClipEncoder
 from unclip.encoders.own_clip import OwnClipEncoder
 from unclip.encoders.tokenizer import WordByteTokenizer
 from unclip.io import atomic_write_text
+from unclip.measure.oracle import canonical_objects
 from unclip.models.clip import PRESETS, ClipConfig, SmallCLIP, contrastive_loss
 
 _INVERSE_RELATION = {
@@ -121,7 +122,8 @@ def swap_negative_spec(spec: dict[str, Any], rng: np.random.Generator) -> dict[s
     if key == "objects":
         a, b = b, a
     else:
-        a.pop(key, None), b.pop(key, None)
+        a.pop(key, None)
+        b.pop(key, None)
         if key in second:
             a[key] = second[key]
         if key in first:
@@ -249,6 +251,21 @@ class ClipTask:
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
+def _embed_scenes(encoder: ClipEncoder, world: ShapesWorld, samples: list, size: int, chunk: int = 250) -> torch.Tensor:
+    """Image embeddings [N, D] (float32, CPU) of the samples' scenes rendered at ``size``, in chunks."""
+    parts = []
+    for s in range(0, len(samples), chunk):
+        images = images_to_tensor([world.render(x.scene, size) for x in samples[s : s + chunk]])
+        parts.append(encoder.embed_images(images).float().cpu())
+    return torch.cat(parts)
+
+
+def _embed_captions(encoder: ClipEncoder, texts: list[str], chunk: int = 250) -> torch.Tensor:
+    """L2-normalised pooled text embeddings [N, D] (float32, CPU), in chunks."""
+    parts = [encoder.embed_text(texts[s : s + chunk]).pooled.float().cpu() for s in range(0, len(texts), chunk)]
+    return F.normalize(torch.cat(parts), dim=-1)
+
+
 @torch.no_grad()
 def evaluate_retrieval(
     encoder: ClipEncoder, seed: int = 1_000_003, num_pairs: int = 1000, size: int = 64, chunk: int = 250
@@ -269,23 +286,15 @@ def evaluate_retrieval(
         raise ValueError(f"num_pairs must be >= 2, got {num_pairs}")
     world = ShapesWorld(seed=seed)
     samples = [world.sample(i) for i in range(num_pairs)]
-    image_emb = []
-    for s in range(0, num_pairs, chunk):
-        images = images_to_tensor([world.render(x.scene, size) for x in samples[s : s + chunk]])
-        image_emb.append(encoder.embed_images(images).float())
-    zi = F.normalize(torch.cat(image_emb), dim=-1)
-
-    def text_emb(texts: list[str]) -> torch.Tensor:
-        parts = [encoder.embed_text(texts[s : s + chunk]).pooled.float() for s in range(0, len(texts), chunk)]
-        return F.normalize(torch.cat(parts), dim=-1).to(zi.device)
+    zi = F.normalize(_embed_scenes(encoder, world, samples, size, chunk), dim=-1)
 
     captions = [x.caption for x in samples]
     fulls = [full_caption(x.scene) for x in samples]
-    sim = zi @ text_emb(captions).t()
+    sim = zi @ _embed_captions(encoder, captions, chunk).t()
     best = sim.argmax(1).tolist()
     own = sum(captions[j] == captions[i] for i, j in enumerate(best)) / num_pairs
     consistent = sum(caption_matches(samples[j].specified, samples[i].record) for i, j in enumerate(best)) / num_pairs
-    sim_full = zi @ text_emb(fulls).t()
+    sim_full = zi @ _embed_captions(encoder, fulls, chunk).t()
     i2t_full = sum(fulls[j] == fulls[i] for i, j in enumerate(sim_full.argmax(1).tolist())) / num_pairs
     t2i_full = sum(fulls[j] == fulls[i] for i, j in enumerate(sim_full.argmax(0).tolist())) / num_pairs
     return {
@@ -329,11 +338,7 @@ def probe_attributes(
         raise ValueError(f"need 0 < num_fit < num_scenes, got {num_fit} and {num_scenes}")
     world = ShapesWorld(seed=seed)
     samples = [world.sample(i) for i in range(num_scenes)]
-    parts = []
-    for s in range(0, num_scenes, 250):
-        images = images_to_tensor([world.render(x.scene, size) for x in samples[s : s + 250]])
-        parts.append(encoder.embed_images(images).float().cpu())
-    z = F.normalize(torch.cat(parts), dim=-1) * 10
+    z = F.normalize(_embed_scenes(encoder, world, samples, size), dim=-1) * 10
     attributes = {"background": [x.record["background"] for x in samples]}
     for key in ("colour", "shape", "position", "size", "fill"):
         attributes[key] = [x.record["objects"][0][key] for x in samples]
@@ -358,17 +363,11 @@ def evaluate_binding(
       caption with ``key`` (colour, shape) exchanged between the two objects (0.5 = no binding; scenes whose
       two objects agree on ``key`` are skipped).
     """
-    from unclip.measure.oracle import canonical_objects
-
     if not 0 < num_fit < num_scenes:
         raise ValueError(f"need 0 < num_fit < num_scenes, got {num_fit} and {num_scenes}")
     world = ShapesWorld(seed=seed, two_object_prob=1.0, full_caption_prob=1.0)
     samples = [world.sample(i) for i in range(num_scenes)]
-    parts = []
-    for s in range(0, num_scenes, 250):
-        images = images_to_tensor([world.render(x.scene, size) for x in samples[s : s + 250]])
-        parts.append(encoder.embed_images(images).float().cpu())
-    z = F.normalize(torch.cat(parts), dim=-1)
+    z = F.normalize(_embed_scenes(encoder, world, samples, size), dim=-1)
     out: dict[str, float] = {}
     slots = [canonical_objects(x.record) for x in samples]
     labels = {"relation": [rel for _, rel in slots]}
@@ -380,11 +379,7 @@ def evaluate_binding(
         test = values[num_fit:]
         out[f"chance/{name}"] = max(test.count(v) for v in set(test)) / len(test)
 
-    def pooled(texts: list[str]) -> torch.Tensor:
-        parts = [encoder.embed_text(texts[s : s + 250]).pooled.float().cpu() for s in range(0, len(texts), 250)]
-        return F.normalize(torch.cat(parts), dim=-1)
-
-    own = (z * pooled([x.caption for x in samples])).sum(-1)
+    own = (z * _embed_captions(encoder, [x.caption for x in samples])).sum(-1)
     for key in ("colour", "shape"):
         keep, swapped = [], []
         for i, x in enumerate(samples):
@@ -397,5 +392,6 @@ def evaluate_binding(
             swapped.append(caption_from_spec({**x.specified, "objects": objects}))
         if keep:
             index = torch.tensor(keep)
-            out[f"swap/{key}"] = float((own[index] > (z[index] * pooled(swapped)).sum(-1)).float().mean())
+            other = (z[index] * _embed_captions(encoder, swapped)).sum(-1)
+            out[f"swap/{key}"] = float((own[index] > other).float().mean())
     return out
