@@ -99,8 +99,7 @@ def main() -> None:
     if args.true_embeddings:
         from PIL import Image
 
-        pil = [Image.fromarray(world.render(scene, high)) for scene in scenes]
-        embeddings = pipe.clip.embed_images(pipe.clip.preprocess_pil(pil))
+        embeddings = pipe.embed_images([Image.fromarray(world.render(scene, high)) for scene in scenes])
     decoded = pipe(
         captions, num_images_per_prompt=args.images, seed=0, output_type="pt", decoder_steps=args.decoder_steps,
         image_embeddings=embeddings,

@@ -2,7 +2,7 @@
 
     python benchmarks/prior_binding.py --model shapes --seed 999 --captions 200 --samples 4
 
-For "a C1 S1 REL a C2 S2" captions of held-out two-object scenes (``binding_captions``-style, colours differ),
+For "a C1 S1 REL a C2 S2" captions of held-out two-object scenes (``unclip.measure.quality.binding_samples``),
 renders the true scene and the same scene with the two objects' colours exchanged, embeds both with the pipeline's
 CLIP, and samples the prior for the caption at the model's defaults. Reports how often a prior sample is closer
 (cosine) to the true scene's z_i than to the swapped scene's (0.5 = the binding is lost), and the same for CLIP's
@@ -36,25 +36,19 @@ def main() -> None:
     from unclip import UnCLIPPipeline
     from unclip.data.shapes import ShapesWorld
     from unclip.data.shapes_captions import caption_from_spec
+    from unclip.measure.quality import binding_samples, binding_spec
 
     pipe = UnCLIPPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     world = ShapesWorld(seed=args.seed, two_object_prob=1.0)
-    captions, true_images, swapped_images, index = [], [], [], 0
-    while len(captions) < args.captions:
-        sample = world.sample(index)
-        index += 1
+    captions, true_images, swapped_images = [], [], []
+    for sample in binding_samples(args.seed, args.captions):
         first, second = sample.scene.objects
-        if first.colour == second.colour:
-            continue
-        spec = {"objects": [{"colour": o.colour, "shape": o.shape} for o in (first, second)],
-                "relation": sample.scene.relation}  # fmt: skip
-        captions.append(caption_from_spec(spec))
+        captions.append(caption_from_spec(binding_spec(sample)))
         exchanged = [dataclasses.replace(first, colour=second.colour), dataclasses.replace(second, colour=first.colour)]
         swapped = dataclasses.replace(sample.scene, objects=exchanged)
-        size = pipe.image_size
-        true_images.append(Image.fromarray(world.render(sample.scene, size)))
-        swapped_images.append(Image.fromarray(world.render(swapped, size)))
+        true_images.append(Image.fromarray(world.render(sample.scene, pipe.image_size)))
+        swapped_images.append(Image.fromarray(world.render(swapped, pipe.image_size)))
     z_true = F.normalize(pipe.embed_images(true_images).float(), dim=-1)
     z_swapped = F.normalize(pipe.embed_images(swapped_images).float(), dim=-1)
     text = pipe.embed_prompts(captions)

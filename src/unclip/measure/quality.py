@@ -91,21 +91,30 @@ def text_to_image_quality(
     }
 
 
-def binding_captions(seed: int, count: int) -> list[dict[str, Any]]:
-    """``count`` two-object caption specifications naming exactly each object's colour and shape and the
-    relation ("a red circle to the left of a blue square"), from the two-object scenes of
-    ``ShapesWorld(seed)`` whose objects differ in colour (so that a wrong binding is visible)."""
+def binding_samples(seed: int, count: int) -> list[Any]:
+    """The first ``count`` two-object samples of ``ShapesWorld(seed, two_object_prob=1)`` whose objects differ in
+    colour (so that a wrong binding is visible)."""
     world = ShapesWorld(seed=seed, two_object_prob=1.0)
     out, index = [], 0
     while len(out) < count:
-        record = world.sample(index).record
+        sample = world.sample(index)
         index += 1
-        first, second = record["objects"]
-        if first["colour"] == second["colour"]:
-            continue
-        objects = [{"colour": o["colour"], "shape": o["shape"]} for o in (first, second)]
-        out.append({"objects": objects, "relation": record["relation"]})
+        first, second = sample.scene.objects
+        if first.colour != second.colour:
+            out.append(sample)
     return out
+
+
+def binding_spec(sample: Any) -> dict[str, Any]:
+    """The caption specification naming exactly each object's colour and shape and the relation ("a red circle
+    to the left of a blue square") of a two-object sample."""
+    objects = [{"colour": o.colour, "shape": o.shape} for o in sample.scene.objects]
+    return {"objects": objects, "relation": sample.scene.relation}
+
+
+def binding_captions(seed: int, count: int) -> list[dict[str, Any]]:
+    """:func:`binding_spec` of each of :func:`binding_samples` ``(seed, count)``."""
+    return [binding_spec(sample) for sample in binding_samples(seed, count)]
 
 
 @torch.no_grad()
