@@ -86,7 +86,7 @@ def ours(model: str, settings: dict, warmup: int, steps: int, precision: str = "
     from gpu_decoder import synthetic_cache
 
     from unclip.encoders.base import TextEmbedding
-    from unclip.train.loop import make_optimizer
+    from unclip.train.loop import make_optimizer, uses_channels_last
 
     s = settings
     torch.manual_seed(0)
@@ -113,6 +113,8 @@ def ours(model: str, settings: dict, warmup: int, steps: int, precision: str = "
                              heads=s["heads"], text_drop_prob=s["text_drop"])  # fmt: skip
         task = DiffusionPriorTask(cache, null, config, holdout=0, eval_rows=0)
     net = task.build_model().train()
+    if uses_channels_last("auto", net):  # as the training loop does (TrainConfig.memory_format "auto")
+        net.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(net, lr=1e-4, weight_decay=0.0)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     position = [0]

@@ -40,3 +40,42 @@ def test_layer_norm_statistics_are_float32(dtype):
     reference = F.layer_norm(x.double(), (256,), norm.weight.double(), norm.bias.double(), norm.eps)
     err = (norm(x).double() - reference).abs()
     assert float(err.max()) <= 2 * float(_ulp_bf16(reference.abs().max())) and float(err.mean()) < 0.004
+
+
+@pytest.mark.parametrize("norm_kind", ["group", "layer"])
+def test_bf16_training_norm_is_the_float32_computation_rounded(norm_kind):
+    """With autograd on, a bf16 CPU input goes through float32 (forward and backward, bitwise), as under
+    autocast training with float32 weights; without autograd it stays PyTorch's native bf16 kernel."""
+    g = torch.Generator().manual_seed(2)
+    if norm_kind == "group":
+        norm = GroupNorm32(8, 16)
+        shape = (2, 16, 8, 8)
+
+        def reference(x):
+            return F.group_norm(x, 8, norm.weight, norm.bias, norm.eps)
+    else:
+        norm = LayerNorm32(16)
+        shape = (2, 5, 16)
+
+        def reference(x):
+            return F.layer_norm(x, (16,), norm.weight, norm.bias, norm.eps)
+
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(16, generator=g) + 0.5)
+        norm.bias.copy_(torch.randn(16, generator=g))
+    x = (torch.randn(shape, generator=g) * 3 + 1).bfloat16().requires_grad_()
+    upstream = torch.randn(shape, generator=g).bfloat16()
+    out = norm(x)
+    out.backward(upstream)
+    x32 = x.detach().float().requires_grad_()
+    expected = reference(x32).bfloat16()
+    expected.backward(upstream)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+    assert torch.equal(x.grad, x32.grad.bfloat16())
+    with torch.no_grad():  # inference: the native bf16 kernel on bf16 weights, no float32 copies
+        native = norm.to(torch.bfloat16)(x.detach())
+        weight, bias = norm.weight, norm.bias
+        if norm_kind == "group":
+            assert torch.equal(native, F.group_norm(x.detach(), 8, weight, bias, norm.eps))
+        else:
+            assert torch.equal(native, F.layer_norm(x.detach(), (16,), weight, bias, norm.eps))

@@ -25,7 +25,9 @@ from unclip.config import config_to_dict  # noqa: E402
 from unclip.train import TrainConfig, run_training  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "_toy_task.py"
-BASE = dict(steps=10, batch_size=8, lr=2e-2, warmup_steps=2, log_every=1, device="cpu", num_threads=1, seed=5)
+# fp32: "auto" trains in bf16 on a CPU with AMX, and these runs are compared to 1e-6
+BASE = dict(steps=10, batch_size=8, lr=2e-2, warmup_steps=2, log_every=1, device="cpu", num_threads=1, seed=5,
+            precision="fp32")  # fmt: skip
 EQUIV = TrainConfig(**BASE, grad_accum=2, ema_decay=0.9)  # 2 ranks x 2 micro-steps x 2 samples
 KILL = TrainConfig(**{**BASE, "steps": 30}, ckpt_every=4)
 KILL_TASK = dict(noise=0.1, dropout=0.2)  # per-rank loss generators and per-rank global RNG both matter

@@ -24,7 +24,10 @@ from unclip.train.lr_schedule import lr_at  # noqa: E402
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(steps=20, batch_size=8, lr=1e-2, warmup_steps=2, log_every=5, ckpt_every=0, device="cpu")
+    # fp32 unless a test says otherwise: "auto" trains in bf16 on a CPU with AMX, and these tests compare arithmetic
+    base = dict(
+        steps=20, batch_size=8, lr=1e-2, warmup_steps=2, log_every=5, ckpt_every=0, device="cpu", precision="fp32"
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -422,3 +425,48 @@ def test_make_optimizer_is_fused_where_available_and_equals_the_foreach_update()
     assert [g["weight_decay"] for g in fused_opt.param_groups] == [0.1, 0.0]  # weights decay, biases/norms not
     for a, b in zip(fused, plain):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+class ConvToyTask(ToyTask):
+    """ToyTask through a 2-D convolution (x [B, 4] seen as a [B, 1, 2, 2] image), to test the memory format."""
+
+    def build_model(self) -> nn.Module:
+        return nn.Sequential(
+            nn.Unflatten(1, (1, 2, 2)), nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(),
+            nn.Conv2d(4, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(16, 2),
+        )  # fmt: skip
+
+
+def test_memory_format_choice():
+    from unclip.train.loop import uses_channels_last
+
+    conv, mlp = ConvToyTask().build_model(), ToyTask().build_model()
+    assert uses_channels_last("auto", conv) and not uses_channels_last("auto", mlp)
+    assert uses_channels_last("channels_last", mlp) and not uses_channels_last("contiguous", conv)
+    with pytest.raises(ValueError, match="memory_format='nchw'"):
+        cfg(memory_format="nchw")
+
+
+def test_channels_last_training_matches_contiguous_and_exports_contiguous(tmp_path):
+    runs = {}
+    for fmt in ("channels_last", "contiguous"):
+        res = run_training(ConvToyTask(), cfg(steps=12, memory_format=fmt), tmp_path / fmt, progress=False)
+        weight = res.model[3].weight  # [4, 4, 3, 3]: its two layouts differ
+        assert weight.is_contiguous(memory_format=torch.channels_last) == (fmt == "channels_last")
+        runs[fmt] = res.model.state_dict()
+        from safetensors.torch import load_file
+
+        exported = load_file(tmp_path / fmt / "model" / "model.safetensors")  # safetensors needs contiguous tensors
+        assert torch.equal(exported["3.weight"], res.ema_model.state_dict()["3.weight"].contiguous())
+    for name, value in runs["contiguous"].items():
+        assert torch.allclose(runs["channels_last"][name], value, atol=1e-5), name
+
+
+def test_auto_precision_follows_native_bf16_training(monkeypatch):
+    from unclip.train.loop import resolve_precision
+
+    monkeypatch.setenv("UNCLIP_NATIVE_BF16", "1")
+    assert resolve_precision("auto", torch.device("cpu")) == (torch.bfloat16, False)
+    monkeypatch.setenv("UNCLIP_NATIVE_BF16", "0")
+    assert resolve_precision("auto", torch.device("cpu")) == (None, False)
+    assert resolve_precision("fp32", torch.device("cpu")) == (None, False)

@@ -41,6 +41,13 @@ def train_options(*, steps: int, batch_size: int, lr: float, warmup: int = 100, 
         click.option(
             "--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True
         ),  # fmt: skip
+        click.option(
+            "--memory-format",
+            type=click.Choice(["auto", "channels_last", "contiguous"]),
+            default="auto",
+            show_default=True,
+            help="Weights' layout while training (auto: channels-last for conv networks).",
+        ),  # fmt: skip
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
         click.option("--log-every", type=click.IntRange(min=1), default=20, show_default=True),
         click.option("--ckpt-every", type=click.IntRange(min=0), default=ckpt_every, show_default=True),
@@ -82,8 +89,8 @@ def train_options(*, steps: int, batch_size: int, lr: float, warmup: int = 100, 
 
 TRAIN_KEYS = (
     "steps", "batch_size", "grad_accum", "lr", "warmup_steps", "weight_decay", "grad_clip", "ema_decay",
-    "precision", "seed", "log_every", "ckpt_every", "eval_every", "device", "threads", "max_minutes", "fsdp",
-    "grad_checkpointing", "init_from",
+    "precision", "memory_format", "seed", "log_every", "ckpt_every", "eval_every", "device", "threads",
+    "max_minutes", "fsdp", "grad_checkpointing", "init_from",
 )  # fmt: skip
 
 
@@ -113,8 +120,9 @@ def train_config(options: dict[str, Any]):
     from unclip.train.config import TrainConfig
 
     check_threads_option(options.get("threads"))
-    values = {k: options[k] for k in TRAIN_KEYS if k != "init_from"}
+    values = {k: options[k] for k in TRAIN_KEYS if k not in ("init_from", "memory_format")}
     values["init_from"] = options.get("init_from")  # commands without --init-from leave it None
+    values["memory_format"] = options.get("memory_format", "auto")
     values["num_threads"] = values.pop("threads")
     values["warmup_steps"] = min(values["warmup_steps"], values["steps"])
     if values["batch_size"] % values["grad_accum"]:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unclip.nn.attention import attention
 from unclip.nn.norm import LayerNorm32
 
 
@@ -98,7 +99,7 @@ class MultiheadSelfAttention(nn.Module):
                 raise ValueError(f"cached keys have batch {past.keys.shape[0]}, the queries {b}")
             k = torch.cat([past.keys.to(k.dtype), k], dim=2)
             v = torch.cat([past.values.to(v.dtype), v], dim=2)
-        out = F.scaled_dot_product_attention(
+        out = attention(
             q,
             k,
             v,

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 # Fields that only change how the same computation is carried out (cadence of logs, checkpoints and evaluation;
 # device, threads, the wall budget, DDP/FSDP and gradient checkpointing): a resume may change them. Every other
@@ -54,8 +55,11 @@ class TrainConfig:
         ema_decay: EMA decay per optimizer step in [0, 1); 0 makes the EMA a copy of the model.
         ema_warmup: use ``min(ema_decay, (1 + n) / (10 + n))`` after ``n`` updates so that the EMA of a
             short run is not dominated by the initial weights.
-        precision: "auto" (bf16 autocast on CUDA when supported, else fp32), "fp32", "bf16" (autocast)
-            or "fp16" (autocast + dynamic loss scaling). Weights, EMA and optimizer state stay fp32.
+        precision: "auto" (bf16 autocast on CUDA when supported and on a CPU with AMX, else fp32; see
+            :func:`unclip.precision.native_bf16_training`), "fp32", "bf16" (autocast) or "fp16" (autocast +
+            dynamic loss scaling). Weights, EMA and optimizer state stay fp32.
+        memory_format: "auto" (channels-last weights for networks with 2-D convolutions), "channels_last"
+            or "contiguous". Exported weights are contiguous either way.
         seed: seeds model initialisation and every random draw of training.
         log_every: write a metrics line (and a log line when no progress bar) every this many steps.
         ckpt_every: write ``checkpoint.pt`` every this many steps (and always at the end); 0 = end only.
@@ -90,6 +94,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     ema_warmup: bool = True
     precision: str = "auto"
+    memory_format: str = "auto"
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 500
@@ -148,6 +153,8 @@ class TrainConfig:
             raise bad("ema_warmup", "must be a bool")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"must be one of {PRECISIONS}")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise bad("memory_format", f"must be one of {MEMORY_FORMATS}")
         if not isinstance(self.device, str) or not self.device:
             raise bad("device", 'must be a device string such as "auto", "cpu", "cuda" or "cuda:1"')
         if self.device != "auto":

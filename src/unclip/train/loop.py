@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from unclip.config import config_to_dict
 from unclip.io import remove_orphaned_tmp
 from unclip.limits import check_memory, check_threads
+from unclip.precision import native_bf16_training
 from unclip.train import checkpoint as ckpt_lib
 from unclip.train import parallel
 from unclip.train.bounds import INDEX_BYTES
@@ -57,9 +58,7 @@ class TrainResult:
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """``(autocast dtype or None for fp32, use GradScaler)`` for a precision setting on ``device``."""
     if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16, False
-        return None, False
+        return (torch.bfloat16 if native_bf16_training(device) else None), False
     if precision == "fp32":
         return None, False
     if precision == "bf16":
@@ -67,6 +66,14 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     if precision == "fp16":
         return torch.float16, True
     raise ValueError(f"precision={precision!r} must be one of 'auto', 'fp32', 'bf16', 'fp16'")
+
+
+def uses_channels_last(memory_format: str, model: nn.Module) -> bool:
+    """Whether to train ``model`` with channels-last weights: "auto" does for networks with 2-D convolutions
+    (their bf16 convolution backward on a CPU is 20x faster channels-last, fp32 1.1x)."""
+    if memory_format == "auto":
+        return any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return memory_format == "channels_last"
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -286,6 +293,8 @@ def _build_run(
     sharded = config.fsdp and info.distributed
     if not sharded:
         model.to(device)
+        if uses_channels_last(config.memory_format, model):
+            model.to(memory_format=torch.channels_last)
     model.train()
     ema = make_ema(model)
     if config.grad_checkpointing:
