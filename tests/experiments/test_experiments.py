@@ -73,18 +73,21 @@ def make_ctx(root, logs=None) -> ExperimentContext:
                              lambda m: None), progress=False)  # fmt: skip
 
 
+# competence_min 0: the tiny untrained models must reach the verdict rules here; the gate itself is tested below
 TEST_SETTINGS = {
     "pca": PCASettings(train_rows=None, ks=(1, 2, 4)),
     "variations": VariationSettings(probe_train_rows=56, sources=3, variations=2, steps=2, chunk=2),
     "text_diffs": TextDiffSettings(kinds=("colour", "shape"), sources=2, thetas=(0.0, 0.5), steps=2, chunk=2),
-    "guidance_fid": SweepSettings(rows=8, reference=8, guidances=(1.0, 3.0), steps=2, decoders=TEST_DECODERS),
-    "prior_matters": SweepSettings(rows=8, reference=8, guidances=(1.0, 3.0), steps=2, decoders=TEST_DECODERS),
-    "diversity": DiversitySettings(captions=2, per_caption=3, guidances=(1.0, 4.0), steps=2, decoders=TEST_DECODERS),
-    "binding": BindingSettings(
-        captions=2, per_caption=2, guidances=(2.0,), reconstructions=3, steps=2, decoders=TEST_DECODERS
-    ),  # fmt: skip
-    "ar_vs_diffusion": PriorCompareSettings(rows=8, reference=8, image_rows=3, steps=2),
-}
+    "guidance_fid": SweepSettings(rows=8, reference=8, guidances=(1.0, 3.0), steps=2, decoders=TEST_DECODERS,
+                                  competence_min=0.0),
+    "prior_matters": SweepSettings(rows=8, reference=8, guidances=(1.0, 3.0), steps=2, decoders=TEST_DECODERS,
+                                   competence_min=0.0),
+    "diversity": DiversitySettings(captions=2, per_caption=3, guidances=(1.0, 4.0), steps=2, decoders=TEST_DECODERS,
+                                   competence_min=0.0),
+    "binding": BindingSettings(captions=2, per_caption=2, guidances=(2.0,), reconstructions=3, steps=2,
+                               decoders=TEST_DECODERS, gate_rows=8, competence_min=0.0),
+    "ar_vs_diffusion": PriorCompareSettings(rows=8, reference=8, image_rows=3, steps=2, competence_min=0.0),
+}  # fmt: skip
 
 
 def _unit_interval(values) -> bool:
@@ -100,9 +103,34 @@ def _same(a, b) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and a == pytest.approx(b, nan_ok=True))
 
 
+def recomputed_best_accuracy(name: str, r: dict) -> dict[str, float]:
+    """Each gated model's best mean specified-attribute accuracy, recomputed from the numbers written beside it."""
+    if name == "diversity":
+        return {m: max(_num(v["mean_accuracy"]) for v in per_g.values()) for m, per_g in r["results"].items()}
+    if name == "guidance_fid":
+        return {m: max(_num(v["accuracy"]["mean"]) for v in g.values()) for m, g in r["fd_and_accuracy"].items()}
+    if name == "prior_matters":
+        return {m: max(_num(v["accuracy"]["mean"]) for v in r["fd_and_accuracy"][m].values())
+                for m in ("unclip", "text_embedding")}  # fmt: skip
+    if name == "ar_vs_diffusion":
+        return {m: _num(r["images"][m]["accuracy"]["mean"]) for m in ("diffusion", "ar")}
+    return r["gate"]["best_accuracy"]  # binding: from units of other rows, checked in test_competence_gate
+
+
+def _gate_failed(name: str, r: dict) -> bool:
+    gate = r["gate"]
+    best = recomputed_best_accuracy(name, r)
+    assert best.keys() == gate["best_accuracy"].keys() and all(_same(best[m], gate["best_accuracy"][m]) for m in best)
+    assert gate["failed"] == V.competence_failures(best, gate["minimum"]), (name, gate)
+    return bool(gate["failed"])
+
+
 def recomputed_held(name: str, r: dict) -> bool | None:
     """The verdict :mod:`unclip.experiments.verdicts` gives on the numbers experiment ``name`` wrote to its
-    JSON ``results`` (checking the stored intermediates of the rule on the way)."""
+    JSON ``results`` (checking the stored intermediates of the rule on the way). A comparison whose gate
+    failed has no verdict (None)."""
+    if "gate" in r and _gate_failed(name, r):
+        return None
     if name == "ar_vs_diffusion":
         e, img = r["embeddings"], r["images"]
         return V.ar_vs_diffusion_verdict(
@@ -160,6 +188,9 @@ def test_every_experiment_writes_its_outputs_and_resumes(world):
         # the written verdict is what the experiment's rule gives on the numbers it wrote
         held = recomputed_held(name, data["results"])
         assert data["verdict"]["held"] is held, (name, data["verdict"], held)
+        gated = "gate" in data["results"]
+        assert gated == (name in ("diversity", "guidance_fid", "prior_matters", "binding", "ar_vs_diffusion")), name
+        assert not data["verdict"]["not_run"], name  # competence_min 0: every gate passes
         assert data["verdict"]["label"] == Verdict(held, "").label, name
         md = paths["md"].read_text()
         assert data["verdict"]["label"] in md and f"![{name}]({name}.png)" in md and "|---|" in md
@@ -173,6 +204,37 @@ def test_every_experiment_writes_its_outputs_and_resumes(world):
     units = [m for m in logs if re.match(r"\[diversity\] \d+/\d+ ", m)]
     assert units and all(m.endswith("(cached)") for m in units)
     assert json.loads((world / "docs" / "diversity.json").read_text())["results"] == first
+
+
+def test_competence_gate_stops_the_verdict(world):
+    """A gate no model can pass (accuracy > 1): "not run: model X at a", no verdict, each model's number stated."""
+    from dataclasses import replace
+
+    for name in ("diversity", "binding"):
+        settings = replace(TEST_SETTINGS[name], competence_min=1.01)
+        paths = run_experiment(name, make_ctx(world), "test", settings=settings)
+        data = json.loads(paths["json"].read_text())
+        v, gate = data["verdict"], data["results"]["gate"]
+        assert v["not_run"] and v["held"] is None and v["label"] == "not run"
+        assert gate["failed"] == ["unclip", "caption"] and gate["minimum"] == 1.01
+        for m, a in gate["best_accuracy"].items():
+            assert f"model {gate['labels'][m]} at {a:.2f}" in v["summary"]
+        assert v["summary"].startswith("not run: model ")
+        md = paths["md"].read_text()
+        assert "**Verdict at our scale: not run.**" in md and "**Competence gate**" in md and "(failed)" in md
+        if name == "binding":  # its gate reads the shared sweep units: recompute from them
+            from unclip.experiments.sweep import row_sweep_unit, summarise_scores
+
+            ctx = make_ctx(world)
+            rows = ctx.heldout_rows()[: settings.gate_rows]
+            for m in ("unclip", "caption"):
+                accs = [summarise_scores(row_sweep_unit(ctx, TEST_DECODERS, m, g, rows, settings.steps)["scores"])
+                        ["mean"] for g in settings.guidances]  # fmt: skip
+                assert gate["best_accuracy"][m] == pytest.approx(max(accs))
+    readme = write_readme(world / "docs").read_text()
+    assert "**not run**" in readme and "✗" in readme
+    for name in ("diversity", "binding"):  # restore the passing outputs for the other tests
+        run_experiment(name, make_ctx(world), "test", settings=TEST_SETTINGS[name])
 
 
 def test_numbers_are_in_range(world):

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from unclip.experiments import verdicts as V
 from unclip.experiments.common import Verdict
 from unclip.experiments.verdicts import (
     ar_vs_diffusion_verdict,
@@ -273,3 +274,27 @@ def test_variations_thresholds():
     assert spearman(a, b) == pytest.approx(1 - 6 * 12 / 210) and variations_verdict(spearman(a, b)) is True
     c = [0.4, 0.1, 0.6, 0.2, 0.3, 0.5]  # ranks 3 0 5 1 2 4: d = 3 -1 3 -2 -2 -1, Σd² = 28 -> 0.2
     assert spearman(a, c) == pytest.approx(0.2) and variations_verdict(spearman(a, c)) is None
+
+
+def test_competence_failures_both_sides_of_the_gate():
+    assert V.COMPETENCE_MIN == 0.7
+    assert V.competence_failures({"a": 0.7, "b": 0.95}) == []  # at the minimum passes
+    assert V.competence_failures({"a": 0.6999, "b": 0.95}) == ["a"]
+    assert V.competence_failures({"b": 0.1, "a": 0.2, "c": 0.05}, minimum=0.15) == ["b", "c"]  # mapping order
+    assert V.competence_failures({"a": float("nan"), "b": None, "c": 0.9}) == ["a", "b"]  # no number fails
+    assert V.competence_failures({"a": 0.5}, minimum=0.0) == []
+    assert V.competence_failures({}) == []
+
+
+def test_competence_gate_verdict_and_record():
+    from unclip.experiments.common import Verdict, competence_gate, gate_markdown
+
+    held = Verdict(True, "unCLIP wins")
+    verdict, record = competence_gate(held, {"u": 0.82, "c": 0.55}, {"u": "unCLIP", "c": "caption-only"}, 0.7)
+    assert verdict.not_run and verdict.held is None and verdict.label == "not run"
+    assert verdict.summary.startswith("not run: model caption-only at 0.55") and "unCLIP 0.82" in verdict.summary
+    assert record == {"minimum": 0.7, "best_accuracy": {"u": 0.82, "c": 0.55}, "failed": ["c"],
+                      "labels": {"u": "unCLIP", "c": "caption-only"}}  # fmt: skip
+    assert "unCLIP 0.820 (passed)" in gate_markdown(record) and "caption-only 0.550 (failed)" in gate_markdown(record)
+    passed, record = competence_gate(held, {"u": 0.82, "c": 0.71}, {}, 0.7)
+    assert passed is held and record["failed"] == [] and record["labels"] == {"u": "u", "c": "c"}

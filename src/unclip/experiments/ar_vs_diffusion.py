@@ -11,6 +11,9 @@ tokens x samples seen). On held-out cache rows (captions with their true image e
 - oracle accuracy of the specified attributes of images decoded from ẑ by the same decoder (base resolution),
   with decoding the true z_i as the reference.
 
+Competence gate: images decoded from each prior's samples must reach a mean specified-attribute accuracy of
+0.7 (at the decoder's ``guidance``; the priors are compared through one decoder).
+
 Verdict: held when the diffusion prior is closer to z_i (cosine) and to the z_i distribution (FD) and not
 less accurate (by more than 1.96 standard errors); not held when the AR prior wins on both embedding
 measures; else inconclusive.
@@ -32,10 +35,11 @@ from unclip.experiments.common import (
     Progress,
     ResultStore,
     Verdict,
+    competence_gate,
     markdown_table,
     new_figure,
 )
-from unclip.experiments.verdicts import ar_vs_diffusion_verdict
+from unclip.experiments.verdicts import COMPETENCE_MIN, ar_vs_diffusion_verdict
 
 METHODS = ("diffusion", "ar", "text_embedding", "true_z_i")
 LABELS = {"diffusion": "diffusion prior", "ar": "AR prior", "text_embedding": "z_t (no prior)",
@@ -46,7 +50,7 @@ LABELS = {"diffusion": "diffusion prior", "ar": "AR prior", "text_embedding": "z
 class PriorCompareSettings:
     """rows: held-out rows scored on embeddings; reference: other held-out rows for the FD; image_rows: rows
     decoded to images; guidance, steps: decoder settings; diffusion_dir, ar_dir: exported priors (None =
-    discover under ``runs/prior_*``)."""
+    discover under ``runs/prior_*``); competence_min: the competence gate's accuracy."""
 
     rows: int = 500
     reference: int = 500
@@ -55,6 +59,7 @@ class PriorCompareSettings:
     steps: int = 20
     diffusion_dir: str | None = None
     ar_dir: str | None = None
+    competence_min: float = COMPETENCE_MIN
 
 
 def discover_priors(root: Path) -> dict[str, Path]:
@@ -202,6 +207,7 @@ def run(ctx: ExperimentContext, s: PriorCompareSettings) -> ExperimentResult:
                             f"{'n/a' if ratio is None else f'{ratio:.2f}'}, wall "
                             f"{info['diffusion'].get('wall_seconds') or 0:.0f} s vs "
                             f"{info['ar'].get('wall_seconds') or 0:.0f} s.")  # fmt: skip
+    verdict, gate = competence_gate(verdict, {m: acc[m] for m in ("diffusion", "ar")}, LABELS, s.competence_min)
     header = ["method", "cos(ẑ, z_i)", "cos(ẑ, z_t)", "FD to real z_i", "image accuracy (specified)", "all right"]
     rows_md = [[LABELS[m], emb[m]["cos_image"], emb[m]["cos_text"], emb[m]["fd"], acc[m],
                 images[m]["accuracy"]["all"]] for m in METHODS]  # fmt: skip
@@ -225,7 +231,8 @@ def run(ctx: ExperimentContext, s: PriorCompareSettings) -> ExperimentResult:
         "steps, guidance 4, best of 2); AR prior with the paper's top-half dot-product token, best of 2, no "
         "guidance. FLOPs are 6 x parameters x tokens x samples, a rough count (embedding tables included)."
     )
-    data = {"embeddings": emb, "images": images, "training": info, "flops_ratio_diffusion_over_ar": ratio}
+    data = {"embeddings": emb, "images": images, "training": info, "flops_ratio_diffusion_over_ar": ratio,
+            "gate": gate}  # fmt: skip
     return ExperimentResult(verdict, table, data, fig, notes)
 
 

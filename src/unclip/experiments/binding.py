@@ -12,6 +12,9 @@ relation. Per image the oracle (canonical slots, :func:`unclip.measure.oracle.ca
 Reconstructions: the unCLIP decoder decodes the true z_i of held-out two-object cache rows without a caption
 (what variations do); the same measures against the true record.
 
+Competence gate: both decoders must reach a mean specified-attribute accuracy of 0.7 at their best guidance
+(of ``guidances``) on the first ``gate_rows`` held-out cache rows (experiments 2 and 4's units).
+
 Verdict: held when unCLIP's binding accuracy is below the baseline's by more than 1.96 standard errors of the
 difference, not held when above by as much, else inconclusive.
 """
@@ -30,13 +33,14 @@ from unclip.experiments.common import (
     Progress,
     ResultStore,
     Verdict,
+    competence_gate,
     markdown_table,
     new_figure,
 )
 from unclip.experiments.guidance_fid import decoder_info
 from unclip.experiments.models import FULL_DECODERS, QUICK_DECODERS, DecoderBudget
-from unclip.experiments.sweep import SETTING_LABELS, SETTINGS, decoder_for, generate
-from unclip.experiments.verdicts import binding_difference, binding_verdict
+from unclip.experiments.sweep import SETTING_LABELS, SETTINGS, best_accuracy, decoder_for, generate
+from unclip.experiments.verdicts import COMPETENCE_MIN, binding_difference, binding_verdict
 
 COMPARED = ("unclip", "caption")
 
@@ -44,7 +48,8 @@ COMPARED = ("unclip", "caption")
 @dataclass
 class BindingSettings:
     """captions: two-object captions; per_caption: images each; guidances: decoder guidance scales;
-    reconstructions: held-out two-object rows decoded from their z_i; steps, decoders: as the sweep."""
+    reconstructions: held-out two-object rows decoded from their z_i; steps, decoders: as the sweep; gate_rows,
+    competence_min: the competence gate's held-out rows and accuracy."""
 
     captions: int = 64
     per_caption: int = 2
@@ -52,6 +57,8 @@ class BindingSettings:
     reconstructions: int = 64
     steps: int = 20
     decoders: DecoderBudget = field(default_factory=lambda: QUICK_DECODERS)
+    gate_rows: int = 64
+    competence_min: float = COMPETENCE_MIN
 
 
 def binding_caption(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -147,6 +154,8 @@ def run(ctx: ExperimentContext, s: BindingSettings) -> ExperimentResult:
         f"{res['unclip'][gs[0]]['colour_swap']:.3f} vs {res['caption'][gs[0]]['colour_swap']:.3f}; reconstructions "
         f"from z_i: bound {recon['decoded']['bound']:.3f}, swapped {recon['decoded']['colour_swap']:.3f} "
         f"(real renders {recon['real']['bound']:.3f}).")  # fmt: skip
+    best = best_accuracy(ctx, s.decoders, COMPARED, s.guidances, s.gate_rows, s.steps)
+    verdict, gate = competence_gate(verdict, best, SETTING_LABELS, s.competence_min)
     header = [
         "images",
         "guidance",
@@ -197,7 +206,7 @@ def run(ctx: ExperimentContext, s: BindingSettings) -> ExperimentResult:
         )
         + f". Reconstructions: {recon['decoded']['n']} held-out two-object cache rows decoded from their z_i."
     )
-    data = {"generated": res, "reconstructions": recon, "difference_bound": diffs, "decoders": info}
+    data = {"generated": res, "reconstructions": recon, "difference_bound": diffs, "decoders": info, "gate": gate}
     return ExperimentResult(verdict, markdown_table(header, rows), data, fig, notes)
 
 

@@ -326,10 +326,45 @@ class Verdict:
 
     held: bool | None
     summary: str
+    not_run: bool = False  # a compared model failed the competence gate: no verdict (held is None)
 
     @property
     def label(self) -> str:
+        if self.not_run:
+            return "not run"
         return {True: "held", False: "did not hold", None: "inconclusive"}[self.held]
+
+
+def competence_gate(
+    verdict: Verdict, best_accuracy: dict[str, float], labels: dict[str, str], minimum: float
+) -> tuple[Verdict, dict[str, Any]]:
+    """The verdict if every compared model reaches ``minimum`` mean specified-attribute accuracy at its best
+    guidance (``best_accuracy``: model -> accuracy), else "not run: model X at 0.55" and no verdict; with the
+    gate's record for the JSON (``{"minimum", "best_accuracy", "failed", "labels"}``)."""
+    from unclip.experiments.verdicts import competence_failures
+
+    failed = competence_failures(best_accuracy, minimum)
+    labels = {m: labels.get(m, m) for m in best_accuracy}
+    record = {"minimum": minimum, "best_accuracy": dict(best_accuracy), "failed": failed, "labels": labels}
+    if not failed:
+        return verdict, record
+    passed = [m for m in best_accuracy if m not in failed]
+    summary = "not run: " + ", ".join(f"model {labels[m]} at {best_accuracy[m]:.2f}" for m in failed)
+    summary += f" (gate: every compared model >= {minimum:.2f} mean specified-attribute accuracy at its best guidance"
+    summary += ("; " + ", ".join(f"{labels[m]} {best_accuracy[m]:.2f}" for m in passed) if passed else "") + ")."
+    return Verdict(None, summary, not_run=True), record
+
+
+def gate_markdown(gate: dict[str, Any]) -> str:
+    """One line stating each compared model's best accuracy against the gate (a :func:`competence_gate` record)."""
+    parts = [
+        f"{gate['labels'][m]} {a:.3f} {'(failed)' if m in gate['failed'] else '(passed)'}"
+        for m, a in gate["best_accuracy"].items()
+    ]
+    return (
+        f"**Competence gate** (mean specified-attribute accuracy at each model's best guidance >= "
+        f"{gate['minimum']:.2f}): " + "; ".join(parts) + "."
+    )
 
 
 @dataclass
@@ -425,7 +460,12 @@ def write_outputs(
         "command": command,
         "wall_seconds": round(seconds, 1),
         "finished": finished,
-        "verdict": {"held": result.verdict.held, "label": result.verdict.label, "summary": result.verdict.summary},
+        "verdict": {
+            "held": result.verdict.held,
+            "label": result.verdict.label,
+            "summary": result.verdict.summary,
+            "not_run": result.verdict.not_run,
+        },
         "results": result.data,
     }
     atomic_write_text(paths["json"], json.dumps(to_jsonable(payload), indent=1) + "\n")
@@ -439,6 +479,7 @@ def write_outputs(
         "",
         f"**Verdict at our scale: {result.verdict.label}.** {result.verdict.summary}",
         "",
+        *([gate_markdown(result.data["gate"]), ""] if "gate" in result.data else []),
         result.table,
         "",
         f"![{spec.name}]({spec.name}.png)",

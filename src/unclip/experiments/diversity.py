@@ -6,6 +6,9 @@ fill, colour, position, background), each model draws ``per_caption`` images per
 the accuracy of the attributes the caption names (mean over them) and the normalised entropy of those it
 leaves free (:func:`unclip.measure.oracle.unspecified_entropy`, averaged over attributes and captions).
 
+Competence gate: both models must reach a mean specified-attribute accuracy of 0.7 at their best guidance of
+the sweep, else the row reads "not run: model X at ..." and no verdict is written.
+
 Verdict: at matched accuracy, unCLIP's entropy against the baseline's, each curve linearly interpolated in
 accuracy at the other curve's points (over the accuracy range both reach); held when unCLIP is higher by
 more than 0.05 on average, not held when lower by more than 0.05, else inconclusive. Without an overlapping
@@ -28,13 +31,14 @@ from unclip.experiments.common import (
     Progress,
     ResultStore,
     Verdict,
+    competence_gate,
     markdown_table,
     new_figure,
 )
 from unclip.experiments.guidance_fid import decoder_info
 from unclip.experiments.models import FULL_DECODERS, QUICK_DECODERS, DecoderBudget
 from unclip.experiments.sweep import SETTING_LABELS, SETTINGS, generate
-from unclip.experiments.verdicts import diversity_verdict, matched_gap
+from unclip.experiments.verdicts import COMPETENCE_MIN, diversity_verdict, matched_gap
 
 __all__ = ["DiversitySettings", "SPEC", "caption_unit", "matched_gap", "run"]
 
@@ -43,13 +47,15 @@ COMPARED = ("unclip", "caption")
 
 @dataclass
 class DiversitySettings:
-    """captions: one-object captions; per_caption: images per caption; guidances, steps, decoders: as the sweep."""
+    """captions: one-object captions; per_caption: images per caption; guidances, steps, decoders: as the sweep;
+    competence_min: the competence gate's accuracy."""
 
     captions: int = 12
     per_caption: int = 8
     guidances: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
     steps: int = 20
     decoders: DecoderBudget = field(default_factory=lambda: QUICK_DECODERS)
+    competence_min: float = COMPETENCE_MIN
 
 
 def caption_unit(ctx: ExperimentContext, s: DiversitySettings, setting: str, guidance: float) -> dict[str, Any]:
@@ -99,6 +105,8 @@ def run(ctx: ExperimentContext, s: DiversitySettings) -> ExperimentResult:
     collapse = {m: res[m][gs[-1]]["mean_entropy"] - res[m][gs[0]]["mean_entropy"] for m in COMPARED}
     verdict = Verdict(held, f"{how}; entropy change from guidance {gs[0]} to {gs[-1]}: unCLIP "
                             f"{collapse['unclip']:+.3f}, caption-only {collapse['caption']:+.3f}.")  # fmt: skip
+    best = {m: max(res[m][g]["mean_accuracy"] for g in gs) for m in COMPARED}
+    verdict, gate = competence_gate(verdict, best, SETTING_LABELS, s.competence_min)
     header = ["guidance", *[f"{SETTING_LABELS[m]}: {q}" for m in COMPARED for q in ("accuracy", "entropy")]]
     rows = [[g, *[res[m][g][q] for m in COMPARED for q in ("mean_accuracy", "mean_entropy")]] for g in gs]
     attrs = sorted({k for m in COMPARED for g in gs for k in res[m][g]["entropy"]})
@@ -131,7 +139,7 @@ def run(ctx: ExperimentContext, s: DiversitySettings) -> ExperimentResult:
         )
         + "."
     )
-    data = {"results": res, "matched_entropy_gap": gap, "entropy_change": collapse, "decoders": info}
+    data = {"results": res, "matched_entropy_gap": gap, "entropy_change": collapse, "decoders": info, "gate": gate}
     return ExperimentResult(verdict, table, data, fig, notes)
 
 

@@ -4,8 +4,9 @@ guidance, unCLIP vs the caption-only baseline (same decoder size and training re
 
 Captions: the first ``rows`` held-out cache rows (one image each, decoded at the base resolution). Reference:
 the real images of the last ``reference`` held-out rows (disjoint). The FD of the real images of the
-caption rows to the same reference is the floor (sampling noise at this N). Verdict: held when unCLIP's FD
-rises less from its best guidance to the largest guidance than the baseline's does.
+caption rows to the same reference is the floor (sampling noise at this N). Competence gate: both decoders must
+reach a mean specified-attribute accuracy of 0.7 at their best guidance of the sweep. Verdict: held when
+unCLIP's FD rises less from its best guidance to the largest guidance than the baseline's does.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from unclip.experiments.common import (
     ExperimentSpec,
     Progress,
     Verdict,
+    competence_gate,
     markdown_table,
     new_figure,
 )
@@ -33,20 +35,22 @@ from unclip.experiments.sweep import (
     summarise_scores,
     unit_key,
 )
-from unclip.experiments.verdicts import fd_rise, guidance_fid_verdict
+from unclip.experiments.verdicts import COMPETENCE_MIN, fd_rise, guidance_fid_verdict
 
 
 @dataclass
 class SweepSettings:
     """rows: captions (held-out rows) per unit; reference: real held-out rows for the FD reference (taken
     from the end of the held-out range, disjoint from ``rows``); guidances: decoder guidance scales;
-    steps: DDPM decoder steps; decoders: the compared decoders' training recipe."""
+    steps: DDPM decoder steps; decoders: the compared decoders' training recipe; competence_min: the
+    competence gate's accuracy."""
 
     rows: int = 200
     reference: int = 500
     guidances: tuple[float, ...] = (1.0, 3.0, 8.0)
     steps: int = 20
     decoders: DecoderBudget = field(default_factory=lambda: QUICK_DECODERS)
+    competence_min: float = COMPETENCE_MIN
 
 
 QUICK = SweepSettings()
@@ -102,6 +106,8 @@ def run(ctx: ExperimentContext, s: SweepSettings) -> ExperimentResult:
     verdict = Verdict(held, f"FD rise from best guidance to {gs[-1]}: unCLIP {rise['unclip']:.2f} vs caption-only "
                             f"{rise['caption']:.2f} (slopes {slope['unclip']:+.3f} vs {slope['caption']:+.3f} per "
                             f"unit of guidance; real-image floor {real['fd']:.2f}).")  # fmt: skip
+    best = {m: max(results[m][g]["accuracy"]["mean"] for g in gs) for m in compared}
+    verdict, gate = competence_gate(verdict, best, SETTING_LABELS, s.competence_min)
     header = ["decoder guidance", *[f"FD {SETTING_LABELS[m]}" for m in compared],
               *[f"accuracy {SETTING_LABELS[m]}" for m in compared]]  # fmt: skip
     table_rows = [[g, *[results[m][g]["fd"] for m in compared], *[results[m][g]["accuracy"]["mean"] for m in compared]]
@@ -124,7 +130,7 @@ def run(ctx: ExperimentContext, s: SweepSettings) -> ExperimentResult:
                          f"steps ({v['source'] or 'trained here'})" for m, v in info.items())
              + ". unCLIP's z_i come from the diffusion prior (25 steps, guidance 4, best of 2).")  # fmt: skip
     data = {"fd_and_accuracy": results, "real": real, "fd_rise": rise, "fd_slope": slope, "decoders": info,
-            "image_size": size}  # fmt: skip
+            "image_size": size, "gate": gate}  # fmt: skip
     return ExperimentResult(verdict, markdown_table(header, table_rows), data, fig, notes)
 
 

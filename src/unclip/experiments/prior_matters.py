@@ -2,8 +2,9 @@
 decoder trained on CLIP text embeddings, (c) the text embedding z_t fed zero-shot to unCLIP's decoder.
 
 Same units as experiment 4 (held-out captions, one image each, base resolution). As in the paper each
-setting reports its best FD over the decoder guidance sweep. Verdict: held when the FD order is the paper's,
-(a) < (b) < (c).
+setting reports its best FD over the decoder guidance sweep. Competence gate: the two trained models, (a) and
+(b), must reach a mean specified-attribute accuracy of 0.7 at their best guidance ((c) is (a)'s decoder fed
+the wrong input on purpose, so it is not gated). Verdict: held when the FD order is the paper's, (a) < (b) < (c).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from unclip.experiments.common import (
     ExperimentResult,
     ExperimentSpec,
     Verdict,
+    competence_gate,
     markdown_table,
     new_figure,
 )
@@ -21,6 +23,7 @@ from unclip.experiments.sweep import SETTING_LABELS
 from unclip.experiments.verdicts import prior_matters_verdict
 
 COMPARED = ("unclip", "text_embedding", "zero_shot")
+GATED = ("unclip", "text_embedding")  # the trained models; zero_shot is unclip's decoder given z_t
 PAPER_FID = {"unclip": 7.99, "text_embedding": 9.16, "zero_shot": 16.55}
 
 
@@ -38,6 +41,7 @@ def run(ctx: ExperimentContext, s: SweepSettings) -> ExperimentResult:
         f"best FD: unCLIP {fd['unclip']:.2f}, z_t-trained decoder {fd['text_embedding']:.2f}, "
         f"z_t zero-shot {fd['zero_shot']:.2f} (order: {order}; real floor {real['fd']:.2f}).",
     )
+    verdict, gate = competence_gate(verdict, {m: best_acc[m] for m in GATED}, SETTING_LABELS, s.competence_min)
     header = ["setting", "best FD", "at guidance", "accuracy there", "best accuracy (any guidance)", "paper FID"]
     rows = [[SETTING_LABELS[m], fd[m], best[m], acc[m], best_acc[m], PAPER_FID[m]] for m in COMPARED]
     rows.append(["real renders", real["fd"], "—", real["accuracy"]["mean"], real["accuracy"]["mean"], None])
@@ -66,7 +70,8 @@ def run(ctx: ExperimentContext, s: SweepSettings) -> ExperimentResult:
         f"decoder ({info['unclip']['params']:,} parameters, {info['unclip']['source'] or 'trained here'})."
     )
     data = {"fd_and_accuracy": results, "best_guidance": best, "best_fd": fd, "accuracy_at_best_fd": acc,
-            "best_accuracy": best_acc, "real": real, "decoders": info, "paper_fid": PAPER_FID}  # fmt: skip
+            "best_accuracy": best_acc, "real": real, "decoders": info, "paper_fid": PAPER_FID,
+            "gate": gate}  # fmt: skip
     return ExperimentResult(verdict, table, data, fig, notes)
 
 

@@ -47,6 +47,11 @@ prior at guidance 1, docs/shapes_model.md), so a clean-clone rerun retrains the 
 slightly different embeddings, samples z_i from the newer prior, and can differ from these tables. All
 numbers are read by the shipped oracle (`docs/oracle.md`).
 
+**Competence gate** (issue 20). A comparison writes a verdict only when every compared model reaches a mean
+specified-attribute accuracy of at least 0.7 on held-out captions at its best guidance (`verdicts.COMPETENCE_MIN`);
+otherwise its row reads "not run: model X at 0.55", and the gate column states each model's number. The rows
+below whose gate column reads "not checked" were run before the gate existed; rerunning them applies it.
+
 **Scale caveat.** Experiments 1, 2, 4 and 7 were run at the `quick` budget only: their decoders (0.48 M
 parameters, 1,000 steps) reach a specified-attribute accuracy of about 0.35 at 32 px and draw no
 recognisable shapes (binding "bound" is 0 for every model), so those verdicts compare weak decoders; the
@@ -61,7 +66,8 @@ def write_readme(out_dir: str | Path) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lines = [INTRO, "| # | experiment | claim | our number | verdict | budget run |", "|---|---|---|---|---|---|"]
+    lines = [INTRO, "| # | experiment | claim | our number | verdict | competence gate | budget run |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     pending = []
     for name in EXPERIMENTS:
         spec = get_spec(name)
@@ -70,9 +76,9 @@ def write_readme(out_dir: str | Path) -> Path:
             data = json.loads(path.read_text())
             v = data["verdict"]
             lines.append(f"| {spec.number} | [{spec.title}]({name}.md) | {spec.claim} | {v['summary']} | "
-                         f"**{v['label']}** | `{data['budget']}` |")  # fmt: skip
+                         f"**{v['label']}** | {gate_cell(data)} | `{data['budget']}` |")  # fmt: skip
         else:
-            lines.append(f"| {spec.number} | {spec.title} | {spec.claim} | — | **not yet run** | — |")
+            lines.append(f"| {spec.number} | {spec.title} | {spec.claim} | — | **not yet run** | — | — |")
             pending.append(spec)
     lines.append("")
     if pending:
@@ -103,6 +109,23 @@ def write_readme(out_dir: str | Path) -> Path:
     path = out / "README.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def gate_cell(data: dict) -> str:
+    """The README's gate column: each compared model's best accuracy, or why there is none."""
+    gate = data.get("results", {}).get("gate")
+    if gate is None:
+        return "not checked (run before the gate)" if data.get("number") in GATED_EXPERIMENTS else "—"
+    return (
+        ", ".join(
+            f"{gate['labels'][m]} {a:.2f}{' ✗' if m in gate['failed'] else ' ✓'}"
+            for m, a in gate["best_accuracy"].items()
+        )
+        + f" (≥ {gate['minimum']:.2f})"
+    )
+
+
+GATED_EXPERIMENTS = (1, 2, 3, 4, 7)  # the comparisons of trained models
 
 
 def _doc_markdown(doc: str) -> str:

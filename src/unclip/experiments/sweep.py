@@ -101,6 +101,20 @@ def row_sweep_unit(
     return found
 
 
+def best_accuracy(
+    ctx: ExperimentContext, budget: DecoderBudget, settings: tuple[str, ...], guidances: tuple[float, ...],
+    rows: int, steps: int,
+) -> dict[str, float]:
+    """Each setting's best mean specified-attribute accuracy over ``guidances`` on the first ``rows`` held-out
+    cache rows (the competence gate of an experiment whose own measures are not that accuracy; the units are
+    :func:`row_sweep_unit`'s, shared with experiments 2 and 4)."""
+    held = ctx.heldout_rows()[:rows]
+    return {
+        m: max(summarise_scores(row_sweep_unit(ctx, budget, m, g, held, steps)["scores"])["mean"] for g in guidances)
+        for m in settings
+    }
+
+
 def real_features(ctx: ExperimentContext, rows: list[int], size: int) -> torch.Tensor:
     """Oracle features [N, F] of the real images of cache ``rows`` at ``size`` px (the decoders' resolution)."""
     from unclip.measure.oracle import oracle_features

@@ -24,11 +24,21 @@ TEXT_DIFF_MIN_FLIP_GAIN = 0.25
 TEXT_DIFF_MIN_STABILITY_KEPT = 0.8
 VARIATIONS_HELD_RHO = 0.6
 VARIATIONS_NOT_HELD_RHO = 0.0
+COMPETENCE_MIN = 0.7  # mean specified-attribute accuracy every compared model must reach at its best guidance
 
 
 def proportion_se(p: float, n: int) -> float:
     """Binomial standard error sqrt(p (1 - p) / n) of a rate p over n trials (n < 1 counts as 1)."""
     return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+# ----------------------------------------------------------------------------- the competence gate
+
+
+def competence_failures(best_accuracy: Mapping[str, float], minimum: float = COMPETENCE_MIN) -> list[str]:
+    """The models (mapping order) whose best mean specified-attribute accuracy is below ``minimum`` (or not a
+    number): a comparison with any of them writes no verdict."""
+    return [m for m, a in best_accuracy.items() if a is None or not math.isfinite(a) or a < minimum]
 
 
 # ----------------------------------------------------------------------------- 3. diffusion vs AR prior
