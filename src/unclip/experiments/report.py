@@ -13,12 +13,12 @@ from unclip.io import atomic_write_text
 INTRO = """# The paper's claims at small scale
 
 Each experiment tests one claim of Ramesh et al. (2022), "Hierarchical Text-Conditional Image
-Generation with CLIP Latents" (arXiv:2204.06125), on the shapes world (`docs/shapes_world.md`), where
+Generation with CLIP Latents" (arXiv:2204.06125), on the shapes world ([shapes_world.md](../shapes_world.md)), where
 every attribute of every image is known, so each claim becomes a number read by the shapes oracle
-(`unclip.measure.oracle`). Models: the built-in shapes model (`unclip train shapes`, run directory
-`runs/shapes`: CLIP, cache of 30,000 samples with the last 1,000 rows held out, diffusion prior, decoder,
-upsampler) and, for the decoder comparisons, baseline decoders of the same architecture trained with the
-same recipe on the same rows (`unclip.experiments.models`). Evaluation captions and
+(`unclip.measure.oracle`). Models: a shapes model (the run directory of `unclip train shapes`, `--shapes-run`,
+default `runs/shapes`: CLIP, cache of 30,000 samples with the last 1,000 rows held out, diffusion prior,
+decoder, upsampler; or the built-in model) and, for the decoder comparisons, baseline decoders of the same
+architecture trained with the same recipe on the same rows (`unclip.experiments.models`). Evaluation captions and
 scenes come from world seed 4242 or the held-out cache rows, never from training data.
 
 **Baselines** (`unclip.experiments.models`): the decoder comparisons (experiments 1, 2, 4, 7) train
@@ -28,35 +28,37 @@ the image); the caption-only, GLIDE-like baseline (the slot always holds the lea
 only the caption's CLIP token states and pooled z_t condition it; caption dropout 20%, GLIDE's rate); and
 the paper's decoder trained on CLIP text embeddings (z_t in the slot, plus the caption). Budget `quick`
 trains all of them small (channels 16, one ResBlock per level, 32 px, 1,000 steps of batch 32, about
-15 CPU-minutes each on an idle core); budget `full` trains the baselines with the shipped decoder's
-recipe (`shapes` preset, 5,000 steps) and compares them with the shipped decoder itself. All images of
+15 CPU-minutes each on an idle core); budget `full` trains the baselines with the pipeline decoder's
+recipe (`shapes` preset, 5,000 steps) and compares them with the pipeline's decoder itself. All images of
 these comparisons are read at the decoders' base resolution (no upsampler).
 
 Run one with `unclip experiment NAME [--budget quick|full] [-o docs/experiments]` (resumable: finished
 units are kept under `runs/experiments/NAME/`, keyed by a fingerprint of the inputs; trained baselines under
-`runs/experiments/_models/`). CPU budgets are for the 2-core reference machine. A claim that did not hold
-at our scale is reported as such.
+`runs/experiments/_models/`; `--run-dir` moves both). CPU budgets are for 2 CPU cores. A claim that did not
+hold at our scale is reported as such.
 
 **From a clean clone** no `unclip train shapes` run is needed: without `runs/shapes`, an experiment uses
 the built-in model and first renders and embeds the recipe's cache with its CLIP (30,000 samples of world
 seed 0 at 64 px into `runs/shapes/cache`, about 1 CPU-minute; the same rows as the training run, embedded
 by the fp16-stored CLIP), then trains the baselines it needs. The tables here were made with
-`--shapes-run runs/shapes4`, the run that produced the built-in model (its own fp32 CLIP's cache; its
-600-step prior at guidance 4 / best-of-2, which the built-in model replaced on 2026-11-30 by a 1,500-step
-prior at guidance 1, docs/shapes_model.md), so a clean-clone rerun retrains the `quick` baselines on
-slightly different embeddings, samples z_i from the newer prior, and can differ from these tables. All
-numbers are read by the shipped oracle (`docs/oracle.md`).
+`--shapes-run` set to a CPU-only run of the `shapes` recipe (its own fp32 CLIP's cache, a 600-step prior at
+guidance 4 / best-of-2 and the 4,000-step CPU decoder; [shapes_model.md](../shapes_model.md), "What the
+CPU-only recipe gives"). The built-in model's prior and decoder were trained on a GPU instead, so a
+clean-clone rerun retrains the `quick` baselines on slightly different embeddings, uses the GPU-trained
+stages wherever an experiment takes the built-in model's, and can differ from these tables (and compare
+stages trained with very different budgets: give `--shapes-run` a CPU run for like-for-like budgets). All
+numbers are read by the built-in oracle ([oracle.md](../oracle.md)).
 
 **Competence gate** (issue 20). A comparison writes a verdict only when every compared model reaches a mean
 specified-attribute accuracy of at least 0.7 on held-out captions at its best guidance (`verdicts.COMPETENCE_MIN`);
-otherwise its row reads "not run: model X at 0.55", and the gate column states each model's number. The rows
-below whose gate column reads "not checked" were run before the gate existed; rerunning them applies it.
+otherwise its row reads "not run: model X at 0.55", and the gate column states each model's number. Rows
+whose gate column reads "not checked" were run before the gate existed; rerunning them applies it.
 
 **Scale caveat.** Experiments 1, 2, 4 and 7 were run at the `quick` budget only: their decoders (0.48 M
 parameters, 1,000 steps) reach a specified-attribute accuracy of about 0.35 at 32 px and draw no
-recognisable shapes (binding "bound" is 0 for every model), so those verdicts compare weak decoders; the
-`full` budget (the shipped decoder against baselines trained with its recipe, ~2 CPU-hours per
-experiment) has not been run.
+recognisable shapes (binding "bound" is 0 for every model), so those verdicts compare weak decoders; no
+`full`-budget results (the pipeline's decoder against baselines trained with its recipe, ~2 CPU-hours per
+experiment) are recorded here.
 """
 
 
