@@ -22,8 +22,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 """The precision names the CLI, the API and :func:`resolve_precision` accept."""
 
 
-def native_bf16(device: str | torch.device = "cpu") -> bool:
-    """Whether ``device`` computes bf16 natively (CUDA bf16 support; a CPU with AVX-512 BF16 or AMX tiles)."""
+def _bf16_capable(device: str | torch.device, cpu_checks: tuple[str, ...]) -> bool:
+    """``UNCLIP_NATIVE_BF16`` if set to 0/1; else CUDA bf16 support, or any of torch's ``cpu_checks`` on a CPU."""
     import torch
 
     forced = os.environ.get("UNCLIP_NATIVE_BF16")
@@ -33,29 +33,22 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     if kind == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if kind == "cpu":
-        cpu = torch.cpu
-        checks = (getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None))
+        checks = [getattr(torch.cpu, name, None) for name in cpu_checks]
         return any(bool(check()) for check in checks if check is not None)
     return False
 
 
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether ``device`` computes bf16 natively (CUDA bf16 support; a CPU with AVX-512 BF16 or AMX tiles)."""
+    return _bf16_capable(device, ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def native_bf16_training(device: str | torch.device = "cpu") -> bool:
     """Whether bf16 autocast is the faster way to *train* on ``device``: a CUDA GPU with bf16, or a CPU with AMX
-    tiles (measured there: the ``shapes64`` decoder's training step 1.9x and the prior's 2.0x fp32's,
-    ``docs/performance.md``). A CPU with AVX-512 BF16 alone measured bf16 training slower than fp32, so it
-    keeps fp32. ``UNCLIP_NATIVE_BF16=0`` or ``=1`` overrides the detection, as for inference."""
-    import torch
-
-    forced = os.environ.get("UNCLIP_NATIVE_BF16")
-    if forced in ("0", "1"):
-        return forced == "1"
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if kind == "cpu":
-        check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-        return bool(check()) if check is not None else False
-    return False
+    tiles (measured there: the ``shapes64`` decoder's training step 1.1-1.7x and the prior's 1.4x fp32's
+    samples/s, ``docs/performance.md``). A CPU with AVX-512 BF16 alone measured bf16 training slower than
+    fp32, so it keeps fp32. ``UNCLIP_NATIVE_BF16=0`` or ``=1`` overrides the detection, as for inference."""
+    return _bf16_capable(device, ("_is_amx_tile_supported",))
 
 
 def resolve_precision(precision: str, device: str | torch.device = "cpu") -> torch.dtype:
