@@ -1,9 +1,10 @@
-"""``unclip train prior``: train the diffusion prior or the AR prior on a shapes cache (one trainer).
+"""``unclip train prior``: train the diffusion, the AR or the projection (ECLIPSE) prior on a shapes cache.
 
 Example (the shipped priors, see docs/priors.md)::
 
     unclip train prior --kind diffusion --cache runs/shapes_cache -o runs/prior_diffusion --holdout 1000
     unclip train prior --kind ar --cache runs/shapes_cache -o runs/prior_ar --holdout 1000
+    unclip train prior --kind projection --cache runs/shapes_cache -o runs/prior_projection --holdout 1000
 
 The cache (``unclip.data.shapes_cache.build_shapes_cache``) holds the CLIP embeddings of world samples; the
 last ``--holdout`` rows are never trained on. Writes the run directory of
@@ -29,7 +30,10 @@ _DTYPES = {"fp16": "float16", "fp32": "float32"}
 
 
 @click.command("prior")
-@click.option("--kind", type=click.Choice(["diffusion", "ar"]), required=True, help="Which prior.")
+@click.option(
+    "--kind", type=click.Choice(["diffusion", "ar", "projection"]), required=True,
+    help="Which prior (projection: ECLIPSE's one-pass prior, the diffusion prior's network).",
+)  # fmt: skip
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, exists=True), required=True, help="Cache.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Run directory.")
 @click.option("--preset", type=click.Choice(["shapes", "tiny"]), default="shapes", show_default=True)
@@ -48,6 +52,14 @@ _DTYPES = {"fp16": "float16", "fp32": "float32"}
 @click.option(
     "--max-rel-mse", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01, show_default=True
 )
+@click.option(
+    "--contrastive-weight", type=click.FloatRange(min=0), default=0.2, show_default=True,
+    help="Projection: weight of the contrastive loss (ECLIPSE's lambda).",
+)  # fmt: skip
+@click.option(
+    "--temperature", type=click.FloatRange(min=0, min_open=True), default=0.07, show_default=True,
+    help="Projection: temperature of the contrastive logits.",
+)  # fmt: skip
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Initialisation seed.")
 @click.option("--data-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Row order seed.")
@@ -81,6 +93,8 @@ def command(
     num_buckets: int | None,
     dot_buckets: int | None,
     max_rel_mse: float,
+    contrastive_weight: float,
+    temperature: float,
     precision: str,
     seed: int,
     data_seed: int,
@@ -97,7 +111,7 @@ def command(
     resume: bool,
     progress: bool | None,
 ) -> None:
-    """Train a prior (--kind diffusion | ar) on a shapes cache; export EMA weights to OUT/model."""
+    """Train a prior (--kind diffusion | ar | projection) on a shapes cache; export EMA weights to OUT/model."""
     import torch
 
     from unclip.cli.train_common import check_batch_option, check_threads_option, train_config
@@ -106,7 +120,7 @@ def command(
     from unclip.io import atomic_write_text
     from unclip.measure.prior_metrics import format_table, measure_prior_dirs, results_to_json
     from unclip.train.loop import run_training
-    from unclip.train.prior_task import ARPriorTask, DiffusionPriorTask
+    from unclip.train.prior_task import ARPriorTask, DiffusionPriorTask, ProjectionPriorTask
 
     check_threads_option(threads)
     if threads is not None:
@@ -139,6 +153,10 @@ def command(
     try:
         if kind == "diffusion":
             task = DiffusionPriorTask(cache, null_text, preset, **common)
+        elif kind == "projection":
+            task = ProjectionPriorTask(
+                cache, null_text, preset, contrastive_weight=contrastive_weight, temperature=temperature, **common
+            )
         else:
             task = ARPriorTask(
                 cache,
@@ -188,7 +206,7 @@ def command(
             f"PCA: K={task.config.num_components}, " + ", ".join(f"{k}={v:.4g}" for k, v in task.fit_stats.items())
         )
     if final_eval_rows and holdout:
-        dirs = {"diffusion_dir": out / "model"} if kind == "diffusion" else {"ar_dir": out / "model"}
+        dirs = {f"{kind}_dir": out / "model"}
         results = measure_prior_dirs(cache, holdout, clip=clip, rows=final_eval_rows, **dirs)
         atomic_write_text(out / "prior_quality.json", json.dumps(results_to_json(results), indent=1) + "\n")
         click.echo(f"held-out captions (first {min(final_eval_rows, holdout)} of the last {holdout} rows):")

@@ -45,6 +45,7 @@ BASELINE = "text embedding z_t (baseline)"
 UNCONDITIONAL = "mean training z_i (unconditional)"
 DIFFUSION = "diffusion prior"
 AR = "AR prior"
+PROJECTION = "projection prior (ECLIPSE)"
 
 
 @dataclass
@@ -110,6 +111,7 @@ def measure_priors(
     diffusion_prior: nn.Module | None = None,
     diffusion: DiffusionConfig | None = None,
     ar_prior: nn.Module | None = None,
+    projection_prior: nn.Module | None = None,
     train_mean: Tensor | None = None,
     diffusion_kwargs: dict[str, Any] | None = None,
     ar_kwargs: dict[str, Any] | None = None,
@@ -129,11 +131,13 @@ def measure_priors(
         ar_prior: an :class:`~unclip.models.ar_prior.ARPrior`, sampled with
             :func:`~unclip.stages.prior.sample_ar_prior` and ``ar_kwargs`` (default: top-half
             dot token, temperature 1, no guidance). ``null_text`` is passed when ``guidance_scale != 1``.
+        projection_prior: a :class:`~unclip.models.projection_prior.ProjectionPrior` (one deterministic pass).
         batch_size: captions per sampling call; seed: seeds one generator per method (on the model's device).
         samples_out: when given, receives each method's proposals ``{method: [N, D] float32}``.
 
     Returns:
-        one :class:`PriorQuality` per method: baseline, [unconditional], [diffusion prior], [AR prior].
+        one :class:`PriorQuality` per method: baseline, [unconditional], [diffusion prior], [AR prior],
+        [projection prior].
     """
     from unclip.stages.prior import sample_ar_prior, sample_prior
 
@@ -171,6 +175,11 @@ def measure_priors(
         samples, seconds = _batched(ar_fn, text, batch_size, seed, device)
         samples_out[AR] = samples
         results.append(_quality(AR, samples, z_i, z_t, seconds))
+    if projection_prior is not None:
+        device = next(projection_prior.parameters()).device
+        samples, seconds = _batched(lambda chunk, _: projection_prior.sample(chunk), text, batch_size, seed, device)
+        samples_out[PROJECTION] = samples
+        results.append(_quality(PROJECTION, samples, z_i, z_t, seconds))
     return results
 
 
@@ -231,6 +240,7 @@ def measure_prior_dirs(
     *,
     diffusion_dir: str | Path | None = None,
     ar_dir: str | Path | None = None,
+    projection_dir: str | Path | None = None,
     clip: Any = None,
     rows: int | None = None,
     diffusion_kwargs: dict[str, Any] | None = None,
@@ -248,6 +258,7 @@ def measure_prior_dirs(
         holdout: how many trailing rows were held out of training (the unconditional mean uses the others).
         diffusion_dir: an exported diffusion prior (``config.json``, ``model.safetensors``, ``diffusion.json``).
         ar_dir: an exported AR prior.
+        projection_dir: an exported projection prior.
         clip: the cache's CLIP (a :class:`ClipEncoder`, name or directory) for the null text; default the
             name recorded in the cache.
         references: append :func:`same_caption_references` (all methods and the ideal-prior rows on the
@@ -277,6 +288,7 @@ def measure_prior_dirs(
         diffusion = load_config(DiffusionConfig, Path(diffusion_dir) / DIFFUSION_FILE)
     if ar_dir is not None:
         ar_prior = load_model("ar_prior", ar_dir)
+    projection_prior = load_model("projection_prior", projection_dir) if projection_dir is not None else None
     samples: dict[str, Tensor] = {}
     results = measure_priors(
         cache.image_embedding[start:stop],
@@ -285,6 +297,7 @@ def measure_prior_dirs(
         diffusion_prior=diffusion_prior,
         diffusion=diffusion,
         ar_prior=ar_prior,
+        projection_prior=projection_prior,
         train_mean=cache.image_embedding[:first_heldout].double().mean(0),
         diffusion_kwargs=diffusion_kwargs,
         ar_kwargs=ar_kwargs,

@@ -22,6 +22,7 @@ MODEL_KINDS: dict[str, tuple[str, str]] = {
     "clip": ("unclip.models.clip", "SmallCLIP"),
     "prior": ("unclip.models.prior", "DiffusionPrior"),
     "ar_prior": ("unclip.models.ar_prior", "ARPrior"),
+    "projection_prior": ("unclip.models.projection_prior", "ProjectionPrior"),
     "decoder": ("unclip.models.decoder_unet", "DecoderUNet"),
     "upsampler": ("unclip.models.upsampler_unet", "UpsamplerUNet"),
     "oracle": ("unclip.models.oracle_net", "ShapesOracle"),
@@ -70,8 +71,8 @@ def build_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> nn.Module:
-    """Build network ``kind`` ("clip", "prior", "ar_prior", "decoder", "upsampler") from a preset name
-    or a config dataclass. ``device="meta"`` builds it without allocating memory (e.g. ``karlo``)."""
+    """Build network ``kind`` ("clip", "prior", "ar_prior", "projection_prior", "decoder", "upsampler") from a
+    preset name or a config dataclass. ``device="meta"`` builds it without allocating memory (e.g. ``karlo``)."""
     cls, _ = _lookup(kind)
     config = model_config(kind, preset) if isinstance(preset, str) else preset
     target = torch.device(device if device is not None else "cpu")

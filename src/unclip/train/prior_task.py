@@ -1,4 +1,4 @@
-"""Training the two priors on a shapes cache, as :class:`~unclip.train.task.TrainTask`\\ s.
+"""Training the priors on a shapes cache, as :class:`~unclip.train.task.TrainTask`\\ s.
 
 Both tasks read an :class:`~unclip.data.embed_cache.EmbeddingCache` (CLIP image embeddings z_i, caption
 encodings, per world sample) instead of running CLIP every step. The last ``holdout`` rows of the cache are
@@ -13,6 +13,11 @@ row once, in a fresh order, and the batch is a deterministic function of the ind
   ``config.text_drop_prob``, uniform t, ``training_losses`` with x0 prediction / fixed-small variance
   (:data:`~unclip.stages.prior.PRIOR_DIFFUSION`). Export: ``config.json`` +
   ``model.safetensors`` + ``diffusion.json``.
+- :class:`ProjectionPriorTask` — ECLIPSE's non-diffusion prior
+  (:class:`~unclip.models.projection_prior.ProjectionPrior`, the diffusion prior's network run once): mean
+  squared error of the predicted to the normalised z_i plus ``contrastive_weight`` x the symmetric InfoNCE
+  loss between the predicted z_i and the batch's z_t (cosine logits over ``temperature``); no caption
+  dropout (it samples without guidance). Export: ``config.json`` + ``model.safetensors``.
 - :class:`ARPriorTask` — K from the < 1% PCA reconstruction rule on the training rows (or given), the PCA,
   component and dot-product quantisers fitted in :meth:`build_model`; next-token cross-entropy over the
   dot-product token and the K component tokens. Export: ``config.json`` + ``model.safetensors``.
@@ -42,10 +47,11 @@ from unclip.models.ar_prior import ARPrior, ARPriorConfig
 from unclip.models.pca_quantizer import num_components_for
 from unclip.models.prior import PRESETS as PRIOR_PRESETS
 from unclip.models.prior import DiffusionPrior, PriorConfig, text_dropout
+from unclip.models.projection_prior import ProjectionPrior
 from unclip.models.serialization import save_model
 from unclip.stages.prior import sample_ar_prior, sample_prior
 
-__all__ = ["ARPriorTask", "DiffusionPriorTask", "PriorBatch"]
+__all__ = ["ARPriorTask", "DiffusionPriorTask", "PriorBatch", "ProjectionPriorTask", "projection_prior_loss"]
 
 
 @dataclass
@@ -276,6 +282,78 @@ class DiffusionPriorTask(_CachePriorTask):
         """``config.json`` + ``model.safetensors`` (CLIP stats included) + ``diffusion.json``."""
         save_model(_unwrap(model), out_dir, dtype=self.export_dtype)
         save_config(self.diffusion, Path(out_dir) / DIFFUSION_FILE)
+
+
+def projection_prior_loss(
+    predicted: Tensor, target: Tensor, predicted_clip: Tensor, text_pooled: Tensor, weight: float, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """ECLIPSE's objective on a batch of B: ``(projection MSE, symmetric InfoNCE)``; the loss is
+    ``mse + weight * infonce`` (returned apart for logging; ``weight`` only checks here).
+
+    Args:
+        predicted, target: [B, D] the predicted and the true z_i in normalised space (the MSE's inputs).
+        predicted_clip: [B, D] the predicted z_i in CLIP space; text_pooled: [B, D] the captions' z_t. Logits
+            ``cos(predicted_clip_j, z_t_k) / temperature``; row j's positive is column j, both directions.
+    """
+    if weight < 0 or temperature <= 0:
+        raise ValueError(f"contrastive weight must be >= 0 and temperature > 0, got {weight}, {temperature}")
+    mse = F.mse_loss(predicted.float(), target.float())
+    logits = F.normalize(predicted_clip.float(), dim=-1) @ F.normalize(text_pooled.float(), dim=-1).T / temperature
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    infonce = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    return mse, infonce
+
+
+class ProjectionPriorTask(_CachePriorTask):
+    """ECLIPSE's non-diffusion prior on a shapes cache (see the module doc); arguments as
+    :class:`DiffusionPriorTask` (the same :class:`PriorConfig` and presets), plus ``contrastive_weight``
+    (ECLIPSE's lambda, 0.2) and ``temperature`` of the contrastive logits."""
+
+    name = "prior"
+    setting_attributes = ("holdout", "data_seed", "contrastive_weight", "temperature")
+
+    def __init__(
+        self,
+        cache: EmbeddingCache | str | Path,
+        null_text: TextEmbedding,
+        config: PriorConfig | str = "shapes",
+        holdout: int = 1000,
+        contrastive_weight: float = 0.2,
+        temperature: float = 0.07,
+        data_seed: int = 0,
+        eval_rows: int = 100,
+        eval_seed: int = 0,
+        export_dtype: torch.dtype | None = None,
+    ):
+        super().__init__(cache, null_text, holdout, data_seed, eval_rows, eval_seed, export_dtype)
+        if contrastive_weight < 0 or temperature <= 0:
+            raise ValueError(f"contrastive_weight must be >= 0 (got {contrastive_weight}) and temperature > 0 "
+                             f"(got {temperature})")  # fmt: skip
+        self.config: PriorConfig = _sized(config, PRIOR_PRESETS, "prior", self.clip_dims)
+        self.contrastive_weight, self.temperature = float(contrastive_weight), float(temperature)
+
+    def build_model(self) -> ProjectionPrior:
+        """A fresh projection prior whose CLIP mean/std are fitted on the training rows' z_i."""
+        model = ProjectionPrior(self.config)
+        model.fit_clip_stats(self.train_embeddings()[0])
+        return model
+
+    def loss(self, model: nn.Module, batch: PriorBatch, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        core = _unwrap(model)
+        text = batch.text
+        predicted = model(text.pooled, text.tokens, text.mask)
+        mse, infonce = projection_prior_loss(
+            predicted, core.normalize(batch.image_embedding), core.denormalize(predicted.float()), text.pooled,
+            self.contrastive_weight, self.temperature,
+        )  # fmt: skip
+        return mse + self.contrastive_weight * infonce, {"mse": float(mse.detach()), "infonce": float(infonce.detach())}
+
+    def _sample(self, model: nn.Module, batch: PriorBatch, generator: torch.Generator) -> Tensor:
+        return _unwrap(model).sample(batch.text)
+
+    def export(self, model: nn.Module, out_dir: Path) -> None:
+        """``config.json`` + ``model.safetensors`` (CLIP stats included)."""
+        save_model(_unwrap(model), out_dir, dtype=self.export_dtype)
 
 
 class ARPriorTask(_CachePriorTask):
