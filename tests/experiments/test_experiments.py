@@ -23,6 +23,7 @@ from unclip.experiments.ar_vs_diffusion import PriorCompareSettings
 from unclip.experiments.binding import BindingSettings, binding_caption, binding_measures
 from unclip.experiments.common import ResultStore, Verdict, markdown_table
 from unclip.experiments.diversity import DiversitySettings, matched_gap
+from unclip.experiments.eclipse import EclipseSettings, PriorBudget
 from unclip.experiments.guidance_fid import SweepSettings
 from unclip.experiments.models import ComparisonDecoderTask, DecoderBudget, comparison_decoder, decode_with
 from unclip.experiments.pca import PCASettings
@@ -87,6 +88,8 @@ TEST_SETTINGS = {
     "binding": BindingSettings(captions=2, per_caption=2, guidances=(2.0,), reconstructions=3, steps=2,
                                decoders=TEST_DECODERS, gate_rows=8, competence_min=0.0),
     "ar_vs_diffusion": PriorCompareSettings(rows=8, reference=8, image_rows=3, steps=2, competence_min=0.0),
+    "eclipse": EclipseSettings(rows=8, reference=8, captions=2, per_caption=3, steps=2, competence_min=0.0,
+                               priors=PriorBudget(name="test", preset="tiny", steps=2, batch_size=8, warmup_steps=1)),
 }  # fmt: skip
 
 
@@ -114,6 +117,8 @@ def recomputed_best_accuracy(name: str, r: dict) -> dict[str, float]:
                 for m in ("unclip", "text_embedding")}  # fmt: skip
     if name == "ar_vs_diffusion":
         return {m: _num(r["images"][m]["accuracy"]["mean"]) for m in ("diffusion", "ar")}
+    if name == "eclipse":
+        return {m: _num(r["images"][m]["accuracy"]) for m in ("diffusion", "projection")}
     return r["gate"]["best_accuracy"]  # binding: from units of other rows, checked in test_competence_gate
 
 
@@ -138,6 +143,16 @@ def recomputed_held(name: str, r: dict) -> bool | None:
             _num(e["ar"]["fd"]), _num(img["diffusion"]["accuracy"]["mean"]), _num(img["ar"]["accuracy"]["mean"]),
             img["diffusion"]["n"],
         )[0]  # fmt: skip
+    if name == "eclipse":
+        e, img = r["embeddings"], r["images"]
+        for m in ("diffusion", "projection"):  # pooled accuracy = answer-weighted mean of the per-caption ones
+            caps = img[m]["captions"]
+            pooled = sum(c["accuracy"] * c["answers"] for c in caps) / sum(c["answers"] for c in caps)
+            assert _same(pooled, img[m]["accuracy"])
+        assert all(c["spread"] == pytest.approx(0.0, abs=1e-9) for c in img["projection"]["captions"])
+        return V.eclipse_verdict(_num(e["diffusion"]["cos_image"]), _num(e["projection"]["cos_image"]),
+                                 _num(img["diffusion"]["accuracy"]), _num(img["projection"]["accuracy"]),
+                                 min(img["diffusion"]["answers"], img["projection"]["answers"]))[0]  # fmt: skip
     if name == "binding":
         u, c = r["generated"]["unclip"], r["generated"]["caption"]
         diffs = [V.binding_difference(_num(u[g]["bound"]), u[g]["n"], _num(c[g]["bound"]), c[g]["n"]) for g in u]
@@ -189,7 +204,8 @@ def test_every_experiment_writes_its_outputs_and_resumes(world):
         held = recomputed_held(name, data["results"])
         assert data["verdict"]["held"] is held, (name, data["verdict"], held)
         gated = "gate" in data["results"]
-        assert gated == (name in ("diversity", "guidance_fid", "prior_matters", "binding", "ar_vs_diffusion")), name
+        assert gated == (name in ("diversity", "guidance_fid", "prior_matters", "binding", "ar_vs_diffusion",
+                                  "eclipse")), name  # fmt: skip
         assert not data["verdict"]["not_run"], name  # competence_min 0: every gate passes
         assert data["verdict"]["label"] == Verdict(held, "").label, name
         md = paths["md"].read_text()
@@ -444,7 +460,7 @@ def test_cli_lists_runs_and_reports_errors(world, tmp_path):
 
 def test_specs_are_complete():
     numbers = sorted(get_spec(n).number for n in EXPERIMENTS)
-    assert numbers == list(range(1, 9))
+    assert numbers == list(range(1, 10))
     for name in EXPERIMENTS:
         spec = get_spec(name)
         assert set(spec.settings) == {"quick", "full"} and set(spec.cpu_budget) == {"quick", "full"}

@@ -298,3 +298,33 @@ def test_competence_gate_verdict_and_record():
     assert "unCLIP 0.820 (passed)" in gate_markdown(record) and "caption-only 0.550 (failed)" in gate_markdown(record)
     passed, record = competence_gate(held, {"u": 0.82, "c": 0.71}, {}, 0.7)
     assert passed is held and record["failed"] == [] and record["labels"] == {"u": "u", "c": "c"}
+
+
+def test_eclipse_verdict_both_sides_of_each_threshold():
+    m = V.ECLIPSE_COS_MARGIN
+    assert m == 0.02
+    n = 400
+    se = math.sqrt(2 * 0.8 * 0.2 / n)  # both accuracies near 0.8
+    # cosine within the margin, accuracy within 1.96 se: held
+    assert V.eclipse_verdict(0.80, 0.80 - m + 1e-9, 0.8, 0.8, n)[0] is True
+    assert V.eclipse_verdict(0.80, 0.81, 0.8, 0.8 - 1.9 * se, n)[0] is True
+    # both beyond: not held
+    assert V.eclipse_verdict(0.80, 0.80 - m - 1e-3, 0.8, 0.8 - 2.5 * se, n)[0] is False
+    # one beyond, one within: inconclusive
+    assert V.eclipse_verdict(0.80, 0.80 - m - 1e-3, 0.8, 0.8, n)[0] is None
+    assert V.eclipse_verdict(0.80, 0.80, 0.8, 0.8 - 2.5 * se, n)[0] is None
+    held, got_se = V.eclipse_verdict(0.5, 0.5, 0.8, 0.8, n)
+    assert got_se == pytest.approx(se)
+
+
+def test_bootstrap_mean_interval():
+    mean, low, high = V.bootstrap_mean_interval([0.3] * 7)
+    assert mean == low == high == pytest.approx(0.3)
+    values = [0.0, 1.0] * 50
+    mean, low, high = V.bootstrap_mean_interval(values, draws=4000, seed=1)
+    assert mean == 0.5 and low < 0.5 < high
+    # the normal approximation of the mean's 95 % interval: 0.5 +- 1.96 * 0.5 / sqrt(100)
+    assert low == pytest.approx(0.5 - 0.098, abs=0.02) and high == pytest.approx(0.5 + 0.098, abs=0.02)
+    assert V.bootstrap_mean_interval(values, seed=3) == V.bootstrap_mean_interval(values, seed=3)
+    assert V.bootstrap_mean_interval([float("nan"), 1.0, None])[0] == 1.0
+    assert all(math.isnan(x) for x in V.bootstrap_mean_interval([float("nan")]))

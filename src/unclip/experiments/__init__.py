@@ -24,6 +24,7 @@ EXPERIMENTS: dict[str, str] = {
     "text_diffs": "unclip.experiments.text_diffs",
     "binding": "unclip.experiments.binding",
     "pca": "unclip.experiments.pca",
+    "eclipse": "unclip.experiments.eclipse",
 }
 BUDGETS = ("quick", "full")
 

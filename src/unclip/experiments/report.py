@@ -127,7 +127,7 @@ def gate_cell(data: dict) -> str:
     )
 
 
-GATED_EXPERIMENTS = (1, 2, 3, 4, 7)  # the comparisons of trained models
+GATED_EXPERIMENTS = (1, 2, 3, 4, 7, 9)  # the comparisons of trained models
 
 
 def _doc_markdown(doc: str) -> str:

@@ -25,6 +25,7 @@ TEXT_DIFF_MIN_STABILITY_KEPT = 0.8
 VARIATIONS_HELD_RHO = 0.6
 VARIATIONS_NOT_HELD_RHO = 0.0
 COMPETENCE_MIN = 0.7  # mean specified-attribute accuracy every compared model must reach at its best guidance
+ECLIPSE_COS_MARGIN = 0.02  # the projection prior "matches" when its cos(ẑ, z_i) is at most this much lower
 
 
 def proportion_se(p: float, n: int) -> float:
@@ -39,6 +40,19 @@ def competence_failures(best_accuracy: Mapping[str, float], minimum: float = COM
     """The models (mapping order) whose best mean specified-attribute accuracy is below ``minimum`` (or not a
     number): a comparison with any of them writes no verdict."""
     return [m for m, a in best_accuracy.items() if a is None or not math.isfinite(a) or a < minimum]
+
+
+def bootstrap_mean_interval(
+    values: Sequence[float], draws: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of ``values`` (NaNs dropped) and its percentile bootstrap interval
+    (``draws`` resamples with replacement, numpy's generator seeded by ``seed``); NaNs when nothing is left."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    means = np.random.default_rng(seed).choice(x, size=(draws, x.size), replace=True).mean(axis=1)
+    tail = (1 - level) / 2
+    return float(x.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
 # ----------------------------------------------------------------------------- 3. diffusion vs AR prior
@@ -58,6 +72,25 @@ def ar_vs_diffusion_verdict(
     if cos_diffusion > cos_ar and fd_diffusion < fd_ar and acc_diffusion >= acc_ar - Z_95 * se:
         return True, se
     if cos_ar > cos_diffusion and fd_ar < fd_diffusion:
+        return False, se
+    return None, se
+
+
+# ----------------------------------------------------------------------------- 9. ECLIPSE
+
+
+def eclipse_verdict(
+    cos_diffusion: float, cos_projection: float, acc_diffusion: float, acc_projection: float, n_answers: int
+) -> tuple[bool | None, float]:
+    """(held, se) for "the projection prior matches the diffusion prior": held when its cos to z_i is at most
+    ECLIPSE_COS_MARGIN lower and its accuracy at most 1.96 se lower; not held when both are lower by more;
+    else None. se: of the accuracy difference over ``n_answers`` specified attributes per prior."""
+    se = math.sqrt(sum(max(a * (1 - a), 0.0) / max(n_answers, 1) for a in (acc_diffusion, acc_projection)))
+    cos_close = cos_projection >= cos_diffusion - ECLIPSE_COS_MARGIN
+    acc_close = acc_projection >= acc_diffusion - Z_95 * se
+    if cos_close and acc_close:
+        return True, se
+    if not cos_close and not acc_close:
         return False, se
     return None, se
 
