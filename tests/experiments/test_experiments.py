@@ -459,8 +459,10 @@ def test_cli_lists_runs_and_reports_errors(world, tmp_path):
 
 
 def test_specs_are_complete():
+    from unclip.cli.experiment_cmds import _NAMES
+
     numbers = sorted(get_spec(n).number for n in EXPERIMENTS)
-    assert numbers == list(range(1, 10))
+    assert numbers == list(range(1, 10)) and tuple(_NAMES) == tuple(EXPERIMENTS)  # the CLI's choices
     for name in EXPERIMENTS:
         spec = get_spec(name)
         assert set(spec.settings) == {"quick", "full"} and set(spec.cpu_budget) == {"quick", "full"}

@@ -12,6 +12,7 @@ import click
 
 _NAMES = (
     "diversity", "prior_matters", "ar_vs_diffusion", "guidance_fid", "variations", "text_diffs", "binding", "pca",
+    "eclipse",
 )  # fmt: skip
 
 
