@@ -153,7 +153,7 @@ SPEC = ExperimentSpec(
     needs=("cache", "oracle", "baselines"),
     cpu_budget={
         "quick": "~15 CPU-min training per decoder (2) + ~8 CPU-min sampling",
-        "full": "~60 CPU-min training of the baseline + ~60 CPU-min sampling",
+        "full": "~60 CPU-min training per decoder (2) + ~60 CPU-min sampling",
     },
     settings={
         "quick": DiversitySettings(),

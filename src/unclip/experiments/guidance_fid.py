@@ -144,7 +144,7 @@ SPEC = ExperimentSpec(
     needs=("cache", "oracle", "baselines"),
     cpu_budget={
         "quick": "~15 CPU-min of decoder training x 2 + ~10 CPU-min sampling (shared with exp. 2)",
-        "full": "~60 CPU-min training of the baseline + ~60 CPU-min sampling",
+        "full": "~60 CPU-min training per decoder (2, shared with exp. 1) + ~60 CPU-min sampling",
     },  # fmt: skip
     settings={"quick": QUICK, "full": FULL},
     run=run,

@@ -70,7 +70,8 @@ QUICK_DECODERS = DecoderBudget(
     name="quick", model_channels=16, num_res_blocks=1, norm_groups=8, steps=1000, warmup_steps=50, ema_decay=0.995,
     prior_steps=600,
 )  # fmt: skip
-FULL_DECODERS = DecoderBudget(name="full", use_shipped_image_decoder=True)  # the shipped decoder's recipe
+# Equal budgets (issue 20): unCLIP's decoder is trained with the baselines' recipe, not taken from the pipeline
+FULL_DECODERS = DecoderBudget(name="full")
 
 
 class ComparisonDecoderTask(DecoderTask):

@@ -85,7 +85,7 @@ SPEC = ExperimentSpec(
     needs=("cache", "oracle", "baselines"),
     cpu_budget={
         "quick": "~15 CPU-min training per compared decoder + ~15 CPU-min sampling (shared with exp. 4)",
-        "full": "~60 CPU-min training of the z_t decoder + ~90 CPU-min sampling",
+        "full": "~60 CPU-min training per decoder (2) + ~90 CPU-min sampling",
     },  # fmt: skip
     settings={"quick": QUICK, "full": FULL},
     run=run,

@@ -28,8 +28,9 @@ the image); the caption-only, GLIDE-like baseline (the slot always holds the lea
 only the caption's CLIP token states and pooled z_t condition it; caption dropout 20%, GLIDE's rate); and
 the paper's decoder trained on CLIP text embeddings (z_t in the slot, plus the caption). Budget `quick`
 trains all of them small (channels 16, one ResBlock per level, 32 px, 1,000 steps of batch 32, about
-15 CPU-minutes each on an idle core); budget `full` trains the baselines with the pipeline decoder's
-recipe (`shapes` preset, 5,000 steps) and compares them with the pipeline's decoder itself. All images of
+15 CPU-minutes each on an idle core); budget `full` trains every compared decoder, unCLIP's included,
+with one recipe (`shapes` preset, 5,000 steps of batch 32; equal budgets, issue 20), never the shipped
+decoder against CPU-trained baselines. All images of
 these comparisons are read at the decoders' base resolution (no upsampler).
 
 Run one with `unclip experiment NAME [--budget quick|full] [-o docs/experiments]` (resumable: finished
