@@ -482,6 +482,9 @@ def test_missing_cache_is_built_like_the_recipe_from_a_clean_clone(tmp_path, mon
     logs: list[str] = []
     ctx = ExperimentContext(run_root=tmp_path / "runs", out_dir=tmp_path / "docs", shapes_run=tmp_path / "shapes",
                             holdout=2, log=logs.append, progress=False)  # fmt: skip
+    # the first fingerprint asked for builds the cache, so it names the built cache, never its absence
+    inputs = json.loads((ctx.run_dir("_models", uses=("cache",)) / "context.json").read_text())
+    assert "absent" not in inputs["cache"] and inputs["cache"].startswith(str((tmp_path / "shapes").resolve()))
     cache = ctx.get_cache()
     assert len(cache) == 10 and cache.images.shape[1] == 16 and any("building it" in m for m in logs)
     world = ShapesWorld(seed=3)

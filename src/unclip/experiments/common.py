@@ -81,6 +81,8 @@ class ExperimentContext:
         fingerprint hashes their resolved paths and file times, ``holdout``, ``seed`` and ``extra``, and the
         inputs are recorded in ``context.json`` beside the units.
         """
+        if "cache" in uses:  # a missing cache is built first: the fingerprint must name the cache, not its absence
+            self.get_cache()
         inputs = {part: self._input_identity(part) for part in uses}
         inputs.update(holdout=self.holdout, seed=self.seed, extra=to_jsonable(extra))
         text = json.dumps(inputs, sort_keys=True, default=str)
