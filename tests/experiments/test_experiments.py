@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -420,7 +421,10 @@ def test_units_are_keyed_by_their_inputs(world, tmp_path):
     assert a == ctx.run_dir("pca", uses=("cache",)) and (a / "context.json").is_file()
     assert ctx.run_dir("pca", uses=("cache", "oracle")) != a
     assert replace(ctx, seed=1).run_dir("pca", uses=("cache",)) != a
+    shutil.copytree(world / "shapes" / "cache", tmp_path / "other")  # the same rows in another place
     assert replace(ctx, cache=tmp_path / "other").run_dir("pca", uses=("cache",)) != a
+    with pytest.raises(FileNotFoundError, match="no shapes cache"):  # a named cache that is not there
+        replace(ctx, cache=tmp_path / "nowhere").run_dir("pca", uses=("cache",))
     meta = world / "shapes" / "cache" / "index.json"
     st = meta.stat()
     os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a rebuilt cache (newer index.json)

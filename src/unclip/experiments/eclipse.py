@@ -211,7 +211,11 @@ def _result(ctx: ExperimentContext, s: EclipseSettings, emb: dict, img: dict, in
     d, p = KINDS
     held, se = eclipse_verdict(emb[d]["cos_image"], emb[p]["cos_image"], img[d]["accuracy"], img[p]["accuracy"],
                                min(img[d]["answers"], img[p]["answers"]))  # fmt: skip
-    gaps = [cp["entropy"] - cd["entropy"] for cd, cp in zip(img[d]["captions"], img[p]["captions"])]
+
+    def entropy(c: dict) -> float:  # stored units write NaN (a caption that leaves nothing free) as null
+        return float("nan") if c["entropy"] is None else c["entropy"]
+
+    gaps = [entropy(cp) - entropy(cd) for cd, cp in zip(img[d]["captions"], img[p]["captions"])]
     gap, low, high = bootstrap_mean_interval(gaps, seed=ctx.seed)
     verdict = Verdict(held, f"cos to true z_i: projection {emb[p]['cos_image']:.3f} vs diffusion "
                             f"{emb[d]['cos_image']:.3f}; image accuracy {img[p]['accuracy']:.3f} vs "
