@@ -8,9 +8,7 @@ from click.testing import CliRunner
 
 from unclip.cli.main import cli
 from unclip.config import load_config
-from unclip.data.embed_cache import EmbeddingCache, null_text_for_cache
-from unclip.data.shapes import ShapesWorld
-from unclip.data.shapes_cache import build_shapes_cache
+from unclip.data.embed_cache import null_text_for_cache
 from unclip.diffusion.stage_config import DiffusionConfig
 from unclip.encoders.base import TextEmbedding
 from unclip.models.serialization import load_model
@@ -20,29 +18,7 @@ from unclip.train.config import TrainConfig
 from unclip.train.loop import run_training
 from unclip.train.prior_task import ARPriorTask, DiffusionPriorTask
 
-NUM, HOLDOUT = 64, 16
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return tiny_clip(0)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory, clip):
-    directory = tmp_path_factory.mktemp("prior_cache")
-    build_shapes_cache(directory, clip, NUM, ShapesWorld(seed=0), 16, progress=False)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def cache(cache_dir):
-    return EmbeddingCache.load(cache_dir)
-
-
-@pytest.fixture(scope="module")
-def null_text(cache, clip):
-    return null_text_for_cache(cache, clip)
+NUM, HOLDOUT = 64, 16  # NUM: conftest's PRIOR_CACHE_ROWS
 
 
 def _record_rows(task):

@@ -9,41 +9,15 @@ import torch
 from click.testing import CliRunner
 
 from unclip.cli.main import cli
-from unclip.data.embed_cache import EmbeddingCache, null_text_for_cache
-from unclip.data.shapes import ShapesWorld
-from unclip.data.shapes_cache import build_shapes_cache
 from unclip.models.prior import DiffusionPrior
 from unclip.models.projection_prior import ProjectionPrior
 from unclip.models.registry import model_config
 from unclip.models.serialization import load_model
-from unclip.pipeline.builder import tiny_clip
 from unclip.train.config import TrainConfig
 from unclip.train.loop import run_training
 from unclip.train.prior_task import ProjectionPriorTask, projection_prior_loss
 
-NUM, HOLDOUT = 64, 16
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return tiny_clip(0)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory, clip):
-    directory = tmp_path_factory.mktemp("projection_cache")
-    build_shapes_cache(directory, clip, NUM, ShapesWorld(seed=0), 16, progress=False)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def cache(cache_dir):
-    return EmbeddingCache.load(cache_dir)
-
-
-@pytest.fixture(scope="module")
-def null_text(cache, clip):
-    return null_text_for_cache(cache, clip)
+NUM, HOLDOUT = 64, 16  # NUM: conftest's PRIOR_CACHE_ROWS
 
 
 def _text(cache, rows):
