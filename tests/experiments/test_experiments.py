@@ -98,6 +98,11 @@ def _unit_interval(values) -> bool:
     return all(v is None or 0.0 <= v <= 1.0 for v in values)
 
 
+def _ordered_intervals(intervals) -> bool:
+    """Every written (low, high) has low <= high (NaN, written as null, where a statistic had no finite draw)."""
+    return all(lo is None or hi is None or lo <= hi for lo, hi in intervals)
+
+
 def _num(x):
     """A JSON number back as a float (the outputs write NaN as null)."""
     return float("nan") if x is None else x
@@ -265,12 +270,24 @@ def test_numbers_are_in_range(world):
     curve = pca["rel_mse_curve"]
     assert curve[0] == pytest.approx(1.0) and all(a >= b - 1e-12 for a, b in zip(curve, curve[1:]))
     assert all(_unit_interval(v.values()) for v in pca["probe_accuracy"].values())
+    low, high = pca["heldout_rel_mse_interval"]
+    assert 0 <= low <= high and _ordered_intervals(pca["probe_accuracy_interval_all_components"].values())
+    assert all(_unit_interval(iv) for iv in pca["probe_accuracy_interval_all_components"].values())
+    assert pca["k90_interval"].keys() == set(pca["encoded"]) and _ordered_intervals(pca["k90_interval"].values())
     var = json.loads((docs / "variations.json").read_text())["results"]
     assert _unit_interval([*var["probe_accuracy"].values(), *var["preservation"].values()])
     assert var["variations"] == 3 * 2 and var["sources"] == 3
+    for key in ("probe_accuracy_interval", "preservation_interval"):
+        assert var[key].keys() == var["probe_accuracy"].keys() and _ordered_intervals(var[key].values())
+        assert all(_unit_interval(iv) for iv in var[key].values())
     td = json.loads((docs / "text_diffs.json").read_text())["results"]
     for kind in ("colour", "shape"):
-        assert _unit_interval(td["edits"][kind]["flip_rate"]) and _unit_interval(td["edits"][kind]["mean_stability"])
+        e = td["edits"][kind]
+        assert _unit_interval(e["flip_rate"]) and _unit_interval(e["mean_stability"])
+        for key in ("flip_rate", "mean_stability"):
+            assert len(e[f"{key}_interval"]) == len(e[key]) and _ordered_intervals(e[f"{key}_interval"])
+            assert all(_unit_interval(iv) for iv in e[f"{key}_interval"])
+        assert e["flip_gain"] == pytest.approx(e["flip_rate"][-1] - e["flip_rate"][0])
     for name in ("guidance_fid", "prior_matters"):
         res = json.loads((docs / f"{name}.json").read_text())["results"]
         for per_g in res["fd_and_accuracy"].values():

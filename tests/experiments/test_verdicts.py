@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from unclip.experiments import verdicts as V
@@ -328,3 +329,27 @@ def test_bootstrap_mean_interval():
     assert V.bootstrap_mean_interval(values, seed=3) == V.bootstrap_mean_interval(values, seed=3)
     assert V.bootstrap_mean_interval([float("nan"), 1.0, None])[0] == 1.0
     assert all(math.isnan(x) for x in V.bootstrap_mean_interval([float("nan")]))
+
+
+def test_bootstrap_intervals_match_the_normal_approximation():
+    ones = np.array([0.0, 1.0] * 50)
+    ((low, high),) = V.bootstrap_intervals([100], lambda i: [ones[i].mean()], draws=4000, seed=1)
+    # the mean of 100 fair coins: 0.5 +- 1.96 * 0.5 / sqrt(100)
+    assert low == pytest.approx(0.5 - 0.098, abs=0.02) and high == pytest.approx(0.5 + 0.098, abs=0.02)
+    # two index sets are resampled independently: the difference of two such means has sqrt(2) times the spread
+    ((low, high),) = V.bootstrap_intervals([100, 100], lambda i, j: [ones[i].mean() - ones[j].mean()], draws=4000)
+    assert low == pytest.approx(-0.139, abs=0.025) and high == pytest.approx(0.139, abs=0.025)
+    # every statistic of a draw sees the same resample: a statistic and its mirror give mirrored intervals
+    (a_low, a_high), (b_low, b_high) = V.bootstrap_intervals([100], lambda i: [ones[i].mean(), 1 - ones[i].mean()])
+    assert (a_low, a_high) == pytest.approx((1 - b_high, 1 - b_low))
+    assert (
+        V.bootstrap_interval([100], lambda i: ones[i].mean(), seed=4)
+        == V.bootstrap_intervals([100], lambda i: [ones[i].mean()], seed=4)[0]
+    )
+    # NaN draws are dropped; all-NaN gives NaNs; empty index sets are refused
+    half_nan = V.bootstrap_interval([100], lambda i: float("nan") if ones[i].mean() > 0.5 else ones[i].mean())
+    assert half_nan[1] <= 0.5
+    assert all(math.isnan(x) for x in V.bootstrap_interval([3], lambda i: float("nan")))
+    with pytest.raises(ValueError, match=r"\[0\]"):
+        V.bootstrap_interval([0], lambda i: 0.0)
+    assert V.format_interval(0.8312, (0.74, 0.9)) == "0.83 [0.74, 0.90]"

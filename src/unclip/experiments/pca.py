@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from unclip.experiments.common import (
@@ -33,14 +34,21 @@ from unclip.experiments.common import (
 from unclip.experiments.probe import (
     PROBE_ATTRIBUTES,
     majority_accuracy,
+    majority_label,
     normalised_above_chance,
     one_object_labels,
-    probe_accuracy,
+    probe_correct,
 )
 from unclip.experiments.verdicts import PCA_COARSE as COARSE
 from unclip.experiments.verdicts import PCA_ENCODED_MIN as ENCODED_MIN
 from unclip.experiments.verdicts import PCA_FINE as FINE
-from unclip.experiments.verdicts import pca_encoded, pca_verdict
+from unclip.experiments.verdicts import (
+    bootstrap_interval,
+    bootstrap_intervals,
+    format_interval,
+    pca_encoded,
+    pca_verdict,
+)
 
 
 @dataclass
@@ -68,7 +76,10 @@ def run(ctx: ExperimentContext, s: PCASettings) -> ExperimentResult:
     k_needed = int(below[0]) + 1 if below.numel() else int(var.numel())
     centred_test = z[test] - mean
     proj = centred_test @ comps[:k_needed].T @ comps[:k_needed]
-    heldout_rel = float((centred_test - proj).square().sum(1).mean() / centred_test.square().sum(1).mean())
+    row_err = (centred_test - proj).square().sum(1).numpy()
+    row_norm = centred_test.square().sum(1).numpy()
+    heldout_rel = float(row_err.mean() / row_norm.mean())
+    rel_interval = bootstrap_interval([len(test)], lambda i: row_err[i].sum() / row_norm[i].sum(), seed=ctx.seed)
 
     tr_rows, tr_labels = one_object_labels(cache.records, train)
     te_rows, te_labels = one_object_labels(cache.records, test)
@@ -76,39 +87,57 @@ def run(ctx: ExperimentContext, s: PCASettings) -> ExperimentResult:
     coeff_te = (z[te_rows] - mean) @ comps.T
     ks = sorted({k for k in s.ks if k < dim} | {dim})
     progress = Progress("pca", len(ks) * len(PROBE_ATTRIBUTES), ctx.log)
-    acc: dict[str, dict[str, float]] = {a: {} for a in PROBE_ATTRIBUTES}
+    correct: dict[str, dict[int, np.ndarray]] = {a: {} for a in PROBE_ATTRIBUTES}
     for k in ks:
         for a in PROBE_ATTRIBUTES:
-            acc[a][str(k)] = progress.unit(
-                store, f"probe_{a}_k{k}",
-                lambda k=k, a=a: probe_accuracy(coeff_tr[:, :k], tr_labels[a], coeff_te[:, :k], te_labels[a]),
+            correct[a][k] = np.asarray(progress.unit(
+                store, f"probe_rows_{a}_k{k}",
+                lambda k=k, a=a: probe_correct(coeff_tr[:, :k], tr_labels[a], coeff_te[:, :k], te_labels[a]),
                 f"probe {a} on {k} components",
-            )  # fmt: skip
+            ), dtype=float)  # fmt: skip
+    acc = {a: {str(k): float(correct[a][k].mean()) for k in ks} for a in PROBE_ATTRIBUTES}
     chance = {a: majority_accuracy(tr_labels[a], te_labels[a]) for a in PROBE_ATTRIBUTES}
-    above = {a: normalised_above_chance(acc[a][str(dim)], chance[a]) for a in PROBE_ATTRIBUTES}
+    is_majority = {a: np.asarray([t == majority_label(tr_labels[a]) for t in te_labels[a]], dtype=float)
+                   for a in PROBE_ATTRIBUTES}  # fmt: skip
+    k90, above = _k90(correct, is_majority, ks, dim, slice(None))
     encoded = pca_encoded(above)
-    k90: dict[str, int | None] = dict.fromkeys(PROBE_ATTRIBUTES)
-    for a in encoded:
-        target = chance[a] + 0.9 * (acc[a][str(dim)] - chance[a])
-        k90[a] = next((k for k in ks if acc[a][str(k)] >= target), dim)
+    rel_text = f"{100 * heldout_rel:.2f}% [{100 * rel_interval[0]:.2f}, {100 * rel_interval[1]:.2f}]"
     count = (f"{k_needed} of {dim} components ({100 * k_needed / dim:.0f}%) reconstruct z_i with < 1% relative MSE "
-             f"(held-out {100 * heldout_rel:.2f}%; paper 319/1024 = 31%)")  # fmt: skip
+             f"(held-out {rel_text}; paper 319/1024 = 31%)")  # fmt: skip
     missing = [a for a in PROBE_ATTRIBUTES if a not in encoded]
     unenc = f"; not encoded by z_i (probe within {ENCODED_MIN:.0%} of chance): {', '.join(missing)}" if missing else ""
     order = ", ".join(f"{a} {k90[a]}" for a in sorted(encoded, key=lambda a: k90[a]))
     held, coarse, fine = pca_verdict(k90, above)
+    n_te = len(te_rows)
+
+    def statistics(rows: np.ndarray) -> list[float]:
+        k, ab = _k90(correct, is_majority, ks, dim, rows)
+        return [*_median_k90(k, ab), *[np.nan if k[a] is None else k[a] for a in encoded],
+                *[correct[a][dim][rows].mean() for a in PROBE_ATTRIBUTES]]  # fmt: skip
+
+    intervals = bootstrap_intervals([n_te], statistics, seed=ctx.seed)
+    coarse_ci, fine_ci = intervals[:2]
+    k90_ci = dict(zip(encoded, intervals[2 : 2 + len(encoded)]))
+    full_acc_ci = dict(zip(PROBE_ATTRIBUTES, intervals[2 + len(encoded) :]))
     if held is not None:
-        verdict = Verdict(held, f"{count}; median k90 coarse {coarse:g} vs fine {fine:g} (k90: {order}){unenc}.")
+        medians = (f"median k90 coarse {coarse:g} [{coarse_ci[0]:g}, {coarse_ci[1]:g}] vs fine {fine:g} "
+                   f"[{fine_ci[0]:g}, {fine_ci[1]:g}]")  # fmt: skip
+        verdict = Verdict(held, f"{count}; {medians} (k90: {order}){unenc}.")
     else:
         verdict = Verdict(None, f"{count}; early vs late cannot be compared (k90: {order}){unenc}.")
     header = ["attribute", "chance", *[f"k={k}" for k in ks], "above chance (all of z_i)", "k90"]
     rows = [[a, chance[a], *[acc[a][str(k)] for k in ks], above[a], k90[a] if a in encoded else "not encoded"]
             for a in PROBE_ATTRIBUTES]  # fmt: skip
+    ci_rows = [[a, format_interval(acc[a][str(dim)], full_acc_ci[a], 3),
+                f"{k90[a]} [{k90_ci[a][0]:g}, {k90_ci[a][1]:g}]" if a in encoded else "not encoded"]
+               for a in PROBE_ATTRIBUTES]  # fmt: skip
     table = (
         f"Components for < {100 * s.max_rel_mse:g}% relative MSE: **{k_needed} / {dim}** "
-        f"(held-out relative MSE at that k: {100 * heldout_rel:.2f}%).\n\n"
+        f"(held-out relative MSE at that k: {rel_text}%, 95% bootstrap interval over held-out rows).\n\n"
         "Held-out accuracy of a linear probe on the first k PCA coefficients (one-object scenes):\n\n"
         + markdown_table(header, rows)
+        + "\n\n95% bootstrap intervals over the held-out rows (probes refitted never; rows resampled):\n\n"
+        + markdown_table(["attribute", f"probe accuracy on all {dim} components", "k90"], ci_rows)
     )
     fig, (ax1, ax2) = new_figure(2)
     kk = torch.arange(0, var.numel() + 1)
@@ -117,14 +146,21 @@ def run(ctx: ExperimentContext, s: PCASettings) -> ExperimentResult:
     ax1.axvline(k_needed, color="C3", ls=":", lw=1, label=f"k = {k_needed}")
     ax1.set(xlabel="components kept", ylabel="relative reconstruction MSE", title="PCA of z_i")
     ax1.legend()
-    for a in PROBE_ATTRIBUTES:
-        ax2.plot(ks, [acc[a][str(k)] for k in ks], marker="o", label=a, ls="-" if a in COARSE else "--")
+    acc_ci = bootstrap_intervals([n_te], lambda i: [correct[a][k][i].mean() for a in PROBE_ATTRIBUTES for k in ks],
+                                 seed=ctx.seed)  # fmt: skip
+    for n, a in enumerate(PROBE_ATTRIBUTES):
+        line = ax2.plot(ks, [acc[a][str(k)] for k in ks], marker="o", label=a, ls="-" if a in COARSE else "--")[0]
+        band = acc_ci[n * len(ks) : (n + 1) * len(ks)]
+        ax2.fill_between(ks, [b[0] for b in band], [b[1] for b in band], color=line.get_color(), alpha=0.15, lw=0)
     ax2.set_xscale("log", base=2)
     ax2.set(xlabel="leading components k", ylabel="probe accuracy (held out)", title="What early components carry")
     ax2.legend(fontsize=8)
     data = {
         "dim": dim, "components_below_threshold": k_needed, "threshold": s.max_rel_mse,
-        "heldout_rel_mse_at_k": heldout_rel, "rel_mse_curve": curve[: min(len(curve), 257)].tolist(),
+        "heldout_rel_mse_at_k": heldout_rel, "heldout_rel_mse_interval": rel_interval,
+        "probe_accuracy_interval_all_components": full_acc_ci, "k90_interval": k90_ci,
+        "median_k90_coarse_interval": coarse_ci, "median_k90_fine_interval": fine_ci,
+        "rel_mse_curve": curve[: min(len(curve), 257)].tolist(),
         "probe_accuracy": acc, "chance": chance, "above_chance": above, "encoded": encoded, "k90": k90,
         "median_k90_coarse": coarse, "median_k90_fine": fine,
         "train_rows": len(train), "probe_train_rows": len(tr_rows), "probe_test_rows": len(te_rows),
@@ -134,6 +170,27 @@ def run(ctx: ExperimentContext, s: PCASettings) -> ExperimentResult:
         f"cache; probes on {len(tr_rows)} one-object training rows, scored on {len(te_rows)} held-out rows."
     )
     return ExperimentResult(verdict, table, data, fig, notes)
+
+
+def _k90(
+    correct: dict[str, dict[int, np.ndarray]], is_majority: dict[str, np.ndarray], ks: list[int], dim: int, rows
+) -> tuple[dict[str, int | None], dict[str, float]]:
+    """(k90 per attribute, None where z_i does not encode it; above-chance accuracy on all of z_i) from the
+    held-out rows ``rows`` (a slice or bootstrap indices) of the per-row probe results ``correct[a][k]``."""
+    acc = {a: {k: float(correct[a][k][rows].mean()) for k in ks} for a in correct}
+    chance = {a: float(is_majority[a][rows].mean()) for a in correct}
+    above = {a: normalised_above_chance(acc[a][dim], chance[a]) for a in correct}
+    k90: dict[str, int | None] = dict.fromkeys(correct)
+    for a in pca_encoded(above):
+        target = chance[a] + 0.9 * (acc[a][dim] - chance[a])
+        k90[a] = next((k for k in ks if acc[a][k] >= target), dim)
+    return k90, above
+
+
+def _median_k90(k90: dict[str, int | None], above: dict[str, float]) -> tuple[float, float]:
+    """The verdict's coarse and fine median k90 (NaN for a side with no encoded attribute)."""
+    _, coarse, fine = pca_verdict(k90, above)
+    return (np.nan if coarse is None else coarse), (np.nan if fine is None else fine)
 
 
 SPEC = ExperimentSpec(

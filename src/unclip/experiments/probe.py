@@ -86,17 +86,30 @@ def probe_accuracy(
     train_x: Tensor, train_labels: Sequence[Any], test_x: Tensor, test_labels: Sequence[Any], l2: float = 1e-3
 ) -> float:
     """Held-out accuracy of a probe fitted on the training split."""
+    correct = probe_correct(train_x, train_labels, test_x, test_labels, l2=l2)
+    return sum(correct) / len(correct)
+
+
+def probe_correct(
+    train_x: Tensor, train_labels: Sequence[Any], test_x: Tensor, test_labels: Sequence[Any], l2: float = 1e-3
+) -> list[int]:
+    """Per held-out row, 1 where a probe fitted on the training split reads the label right, else 0 (for
+    bootstrap intervals over the held-out rows)."""
     _check(test_x, test_labels)
     probe = fit_linear_probe(train_x, train_labels, l2=l2)
-    pred = probe.predict(test_x)
-    return sum(p == t for p, t in zip(pred, test_labels)) / len(test_labels)
+    return [int(p == t) for p, t in zip(probe.predict(test_x), test_labels)]
+
+
+def majority_label(train_labels: Sequence[Any]) -> Any:
+    """The most frequent training label (the first seen among equals)."""
+    from collections import Counter
+
+    return Counter(train_labels).most_common(1)[0][0]
 
 
 def majority_accuracy(train_labels: Sequence[Any], test_labels: Sequence[Any]) -> float:
     """Accuracy of always predicting the most frequent training label (the chance level of a probe)."""
-    from collections import Counter
-
-    top = Counter(train_labels).most_common(1)[0][0]
+    top = majority_label(train_labels)
     return sum(t == top for t in test_labels) / len(test_labels)
 
 

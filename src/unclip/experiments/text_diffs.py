@@ -35,7 +35,7 @@ from unclip.experiments.common import (
 )
 from unclip.experiments.probe import PROBE_ATTRIBUTES
 from unclip.experiments.variations import _attr
-from unclip.experiments.verdicts import text_diff_passes, text_diffs_verdict
+from unclip.experiments.verdicts import bootstrap_intervals, format_interval, text_diff_passes, text_diffs_verdict
 
 EDIT_KINDS = ("colour", "shape", "size")
 
@@ -103,19 +103,27 @@ def run(ctx: ExperimentContext, s: TextDiffSettings) -> ExperimentResult:
         images = batched_edits(pipe, renders, [c[1] for c in caps], [c[0] for c in caps], thetas, s.steps,
                                ctx.generator(EDIT_KINDS.index(kind), start))  # fmt: skip
         preds = predict(oracle, images.clamp(-1, 1))
+        others = [a for a in PROBE_ATTRIBUTES if a != kind]
         flips = [0] * len(thetas)
-        stable = {a: [0] * len(thetas) for a in PROBE_ATTRIBUTES if a != kind}
+        stable = {a: [0] * len(thetas) for a in others}
+        flip_each, kept_each = [], []  # per scene, per θ: target flipped (0/1); other attributes kept (fraction)
         for i, x in enumerate(part):
+            flip_each.append([]), kept_each.append([])
             for j in range(len(thetas)):
                 p = preds[i * len(thetas) + j]
-                flips[j] += _attr(p, kind) == caps[i][2]
-                for a in stable:
-                    stable[a][j] += _attr(p, a) == _attr(x.record, a)
-        return {"n": len(part), "flips": flips, "stable": stable, "edits": [list(c) for c in caps[:3]]}
+                flipped = int(_attr(p, kind) == caps[i][2])
+                kept = [int(_attr(p, a) == _attr(x.record, a)) for a in others]
+                flips[j] += flipped
+                for a, k in zip(others, kept):
+                    stable[a][j] += k
+                flip_each[-1].append(flipped)
+                kept_each[-1].append(sum(kept) / len(kept))
+        return {"n": len(part), "flips": flips, "stable": stable, "flip_each": flip_each, "kept_each": kept_each,
+                "edits": [list(c) for c in caps[:3]]}  # fmt: skip
 
     results = {}
     for kind, start in chunks:
-        results[(kind, start)] = progress.unit(store, f"{kind}_{start}", lambda k=kind, c=start: unit(k, c),
+        results[(kind, start)] = progress.unit(store, f"scenes_{kind}_{start}", lambda k=kind, c=start: unit(k, c),
                                                f"{kind} edits of sources {start}..")  # fmt: skip
     summary: dict[str, Any] = {}
     rows = []
@@ -127,13 +135,24 @@ def run(ctx: ExperimentContext, s: TextDiffSettings) -> ExperimentResult:
         stab = {a: [sum(u["stable"][a][j] for u in units) / n for j in range(len(thetas))] for a in others}
         mean_stab = [float(np.mean([stab[a][j] for a in others])) for j in range(len(thetas))]
         ok = text_diff_passes(flip, mean_stab)
+        flip_each = np.asarray([f for u in units for f in u["flip_each"]], dtype=float)  # [n, θ]
+        kept_each = np.asarray([k for u in units for k in u["kept_each"]], dtype=float)  # [n, θ]
+        ci = bootstrap_intervals([n], lambda i, f=flip_each, k=kept_each: [*f[i].mean(0), *k[i].mean(0),
+                                                                             f[i, -1].mean() - f[i, 0].mean()],
+                                 seed=ctx.seed)  # fmt: skip
+        flip_ci, stab_ci, gain_ci = ci[: len(thetas)], ci[len(thetas) : 2 * len(thetas)], ci[-1]
         summary[kind] = {"n": n, "flip_rate": flip, "stability": stab, "mean_stability": mean_stab, "passes": ok,
+                         "flip_rate_interval": flip_ci, "mean_stability_interval": stab_ci,
+                         "flip_gain": flip[-1] - flip[0], "flip_gain_interval": gain_ci,
                          "examples": units[0]["edits"]}  # fmt: skip
         for j, t in enumerate(thetas):
-            rows.append([kind, t, flip[j], mean_stab[j], *[stab[a][j] for a in others]])
+            rows.append([kind, t, format_interval(flip[j], flip_ci[j]), format_interval(mean_stab[j], stab_ci[j]),
+                         *[stab[a][j] for a in others]])  # fmt: skip
     desc = "; ".join(
-        f"{k}: flip {summary[k]['flip_rate'][0]:.2f} -> {summary[k]['flip_rate'][-1]:.2f}, other attributes kept "
-        f"{summary[k]['mean_stability'][0]:.2f} -> {summary[k]['mean_stability'][-1]:.2f}"
+        f"{k}: flip {summary[k]['flip_rate'][0]:.2f} -> "
+        f"{format_interval(summary[k]['flip_rate'][-1], summary[k]['flip_rate_interval'][-1])}, other attributes "
+        f"kept {summary[k]['mean_stability'][0]:.2f} -> "
+        f"{format_interval(summary[k]['mean_stability'][-1], summary[k]['mean_stability_interval'][-1])}"
         for k in s.kinds
     )
     held = text_diffs_verdict(summary[k]["passes"] for k in s.kinds)
@@ -141,12 +160,18 @@ def run(ctx: ExperimentContext, s: TextDiffSettings) -> ExperimentResult:
     table_parts = []
     for kind in s.kinds:
         others = [a for a in PROBE_ATTRIBUTES if a != kind]
-        header = ["edit", "θ", "target flip rate", "others kept (mean)", *[f"{a} kept" for a in others]]
+        header = ["edit", "θ", "target flip rate [95%]", "others kept (mean) [95%]", *[f"{a} kept" for a in others]]
         table_parts.append(markdown_table(header, [r for r in rows if r[0] == kind]))
     fig, axes = new_figure(len(s.kinds))
     for ax, kind in zip(axes, s.kinds):
-        ax.plot(thetas, summary[kind]["flip_rate"], marker="o", lw=2, label=f"target ({kind}) flipped")
-        ax.plot(thetas, summary[kind]["mean_stability"], marker="s", lw=2, label="other attributes kept (mean)")
+        for key, marker, label in (
+            ("flip_rate", "o", f"target ({kind}) flipped"),
+            ("mean_stability", "s", "other attributes kept (mean)"),
+        ):
+            line = ax.plot(thetas, summary[kind][key], marker=marker, lw=2, label=label)[0]
+            band = summary[kind][f"{key}_interval"]
+            ax.fill_between(thetas, [b[0] for b in band], [b[1] for b in band], color=line.get_color(), alpha=0.2,
+                            lw=0)  # fmt: skip
         for a, v in summary[kind]["stability"].items():
             ax.plot(thetas, v, lw=0.8, alpha=0.6, ls="--", label=f"{a} kept")
         ax.set(xlabel="θ", ylabel="rate", ylim=(-0.02, 1.02), title=f"{kind} edits (n={summary[kind]['n']})")
@@ -154,7 +179,7 @@ def run(ctx: ExperimentContext, s: TextDiffSettings) -> ExperimentResult:
     notes = (f"{s.sources} one-object scenes of world seed {ctx.seed} per edit kind; DDIM inversion and decoding with "
              f"{s.steps} steps, the pipeline's decoder guidance and upsampler. Example edits (from, to, target): "
              + "; ".join(f"{summary[k]['examples'][0][0]!r} -> {summary[k]['examples'][0][1]!r}" for k in s.kinds)
-             + ".")  # fmt: skip
+             + ". Intervals: 95% bootstrap over scenes.")  # fmt: skip
     return ExperimentResult(verdict, "\n\n".join(table_parts), {"thetas": thetas, "edits": summary}, fig, notes)
 
 

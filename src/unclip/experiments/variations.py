@@ -36,12 +36,13 @@ from unclip.experiments.common import (
 from unclip.experiments.probe import (
     PROBE_ATTRIBUTES,
     majority_accuracy,
+    majority_label,
     normalised_above_chance,
     one_object_labels,
-    probe_accuracy,
+    probe_correct,
 )
+from unclip.experiments.verdicts import bootstrap_intervals, format_interval, variations_verdict
 from unclip.experiments.verdicts import spearman as _spearman
-from unclip.experiments.verdicts import variations_verdict
 
 
 @dataclass
@@ -86,12 +87,15 @@ def run(ctx: ExperimentContext, s: VariationSettings) -> ExperimentResult:
     z = cache.image_embedding.double()
     chunks = list(range(0, s.sources, s.chunk))
     progress = Progress("variations", len(PROBE_ATTRIBUTES) + len(chunks), ctx.log)
-    probe = {
-        a: progress.unit(store, f"probe_{a}", lambda a=a: probe_accuracy(z[tr_rows], tr_labels[a], z[te_rows],
-                                                                         te_labels[a]), f"probe {a}")
+    probe_rows = {
+        a: np.asarray(progress.unit(store, f"probe_rows_{a}", lambda a=a: probe_correct(
+            z[tr_rows], tr_labels[a], z[te_rows], te_labels[a]), f"probe {a}"), dtype=float)
         for a in PROBE_ATTRIBUTES
     }  # fmt: skip
+    probe = {a: float(probe_rows[a].mean()) for a in PROBE_ATTRIBUTES}
     probe_chance = {a: majority_accuracy(tr_labels[a], te_labels[a]) for a in PROBE_ATTRIBUTES}
+    is_majority = {a: np.asarray([t == majority_label(tr_labels[a]) for t in te_labels[a]], dtype=float)
+                   for a in PROBE_ATTRIBUTES}  # fmt: skip
     marginal = {}
     for a in PROBE_ATTRIBUTES:
         counts = Counter(tr_labels[a])
@@ -111,6 +115,7 @@ def run(ctx: ExperimentContext, s: VariationSettings) -> ExperimentResult:
         kept = {a: 0 for a in PROBE_ATTRIBUTES}
         truth_vs_var = {a: 0 for a in PROBE_ATTRIBUTES}
         oracle_ok = {a: 0 for a in PROBE_ATTRIBUTES}
+        kept_each = {a: [0] * len(part) for a in PROBE_ATTRIBUTES}  # per source: variations keeping the true value
         for i, x in enumerate(part):
             for a in PROBE_ATTRIBUTES:
                 oracle_ok[a] += _attr(src_pred[i], a) == _attr(x.record, a)
@@ -119,10 +124,11 @@ def run(ctx: ExperimentContext, s: VariationSettings) -> ExperimentResult:
                 for a in PROBE_ATTRIBUTES:
                     kept[a] += _attr(p, a) == _attr(src_pred[i], a)
                     truth_vs_var[a] += _attr(p, a) == _attr(x.record, a)
+                    kept_each[a][i] += int(_attr(p, a) == _attr(x.record, a))
         return {"sources": len(part), "variations": len(part) * s.variations, "kept_vs_oracle_source": kept,
-                "kept_vs_truth": truth_vs_var, "oracle_source_correct": oracle_ok}  # fmt: skip
+                "kept_vs_truth": truth_vs_var, "oracle_source_correct": oracle_ok, "kept_each": kept_each}  # fmt: skip
 
-    units = [progress.unit(store, f"vary_{c}", lambda c=c: chunk_unit(c), f"variations of sources {c}..")
+    units = [progress.unit(store, f"scenes_{c}", lambda c=c: chunk_unit(c), f"variations of sources {c}..")
              for c in chunks]  # fmt: skip
     n_var = sum(u["variations"] for u in units)
     n_src = sum(u["sources"] for u in units)
@@ -134,31 +140,65 @@ def run(ctx: ExperimentContext, s: VariationSettings) -> ExperimentResult:
     rho = _spearman([probe_norm[a] for a in PROBE_ATTRIBUTES], [kept_norm[a] for a in PROBE_ATTRIBUTES])
     raw_rho = _spearman([probe[a] for a in PROBE_ATTRIBUTES], [kept[a] for a in PROBE_ATTRIBUTES])
     held = variations_verdict(rho)
+    kept_each = np.asarray([[k for u in units for k in u["kept_each"][a]] for a in PROBE_ATTRIBUTES], dtype=float)
+
+    def statistics(rows: np.ndarray, sources: np.ndarray) -> list[float]:
+        p = [probe_rows[a][rows].mean() for a in PROBE_ATTRIBUTES]
+        c = [is_majority[a][rows].mean() for a in PROBE_ATTRIBUTES]
+        k = kept_each[:, sources].sum(1) / (len(sources) * s.variations)
+        pn = [normalised_above_chance(x, y) for x, y in zip(p, c)]
+        kn = [normalised_above_chance(x, marginal[a]) for x, a in zip(k, PROBE_ATTRIBUTES)]
+        return [_spearman(pn, kn), _spearman(p, list(k)), *p, *k]
+
+    ci = bootstrap_intervals([len(te_rows), n_src], statistics, seed=ctx.seed)
+    rho_ci, raw_rho_ci = ci[0], ci[1]
+    probe_ci = dict(zip(PROBE_ATTRIBUTES, ci[2 : 2 + len(PROBE_ATTRIBUTES)]))
+    kept_ci = dict(zip(PROBE_ATTRIBUTES, ci[2 + len(PROBE_ATTRIBUTES) :]))
     order = sorted(PROBE_ATTRIBUTES, key=lambda a: -probe_norm[a])
-    verdict = Verdict(held, f"Spearman ρ = {rho:.2f} between probe accuracy on z_i and preservation under variation "
-                            f"(both above chance; raw rates ρ = {raw_rho:.2f}); best kept: "
+    verdict = Verdict(held, f"Spearman ρ = {format_interval(rho, rho_ci)} between probe accuracy on z_i and "
+                            f"preservation under variation (both above chance; raw rates ρ = "
+                            f"{format_interval(raw_rho, raw_rho_ci)}); best kept: "
                             f"{max(PROBE_ATTRIBUTES, key=lambda a: kept_norm[a])}, least: "
                             f"{min(PROBE_ATTRIBUTES, key=lambda a: kept_norm[a])}.")  # fmt: skip
     header = ["attribute", "probe acc on z_i", "probe chance", "probe above chance", "kept in variations",
               "Σp² (chance)", "kept above chance", "kept vs oracle's read of source", "oracle on sources"]  # fmt: skip
-    rows = [[a, probe[a], probe_chance[a], probe_norm[a], kept[a], marginal[a], kept_norm[a], kept_src[a],
-             oracle_src[a]] for a in order]  # fmt: skip
+    rows = [[a, format_interval(probe[a], probe_ci[a], 3), probe_chance[a], probe_norm[a],
+             format_interval(kept[a], kept_ci[a], 3), marginal[a], kept_norm[a], kept_src[a], oracle_src[a]]
+            for a in order]  # fmt: skip
     fig, (ax1, ax2) = new_figure(2)
     for ax, xs, ys, title in ((ax1, probe_norm, kept_norm, "above chance"), (ax2, probe, kept, "raw rates")):
         ax.scatter([xs[a] for a in PROBE_ATTRIBUTES], [ys[a] for a in PROBE_ATTRIBUTES])
+        if title == "raw rates":
+            ax.errorbar(
+                [xs[a] for a in PROBE_ATTRIBUTES],
+                [ys[a] for a in PROBE_ATTRIBUTES],
+                fmt="none",
+                lw=1,
+                xerr=_error_lengths(xs, probe_ci),
+                yerr=_error_lengths(ys, kept_ci),
+            )
         for a in PROBE_ATTRIBUTES:
             ax.annotate(a, (xs[a], ys[a]), fontsize=8, xytext=(3, 3), textcoords="offset points")
         ax.set(xlabel="linear probe accuracy on z_i", ylabel="preserved under variation", title=title)
     data = {"probe_accuracy": probe, "probe_chance": probe_chance, "probe_above_chance": probe_norm,
             "preservation": kept, "marginal_agreement": marginal, "preservation_above_chance": kept_norm,
             "preservation_vs_oracle_source": kept_src, "oracle_accuracy_on_sources": oracle_src,
-            "spearman_above_chance": rho, "spearman_raw": raw_rho, "sources": n_src, "variations": n_var,
+            "spearman_above_chance": rho, "spearman_raw": raw_rho, "spearman_above_chance_interval": rho_ci,
+            "spearman_raw_interval": raw_rho_ci, "probe_accuracy_interval": probe_ci, "preservation_interval": kept_ci,
+            "sources": n_src, "variations": n_var,
             "probe_train_rows": len(tr_rows), "probe_test_rows": len(te_rows)}  # fmt: skip
     notes = (f"{n_src} one-object scenes of world seed {ctx.seed} (never trained on), {s.variations} variations each "
              f"(DDIM inversion and decoding with {s.steps} steps, eta {s.eta}, the pipeline's decoder guidance "
              f"and upsampler). 'kept' compares the oracle's reading of a variation with the scene's true attribute; "
-             f"'kept vs oracle's read of source' with the oracle's reading of the source render.")  # fmt: skip
+             f"'kept vs oracle's read of source' with the oracle's reading of the source render. Intervals: 95% "
+             f"bootstrap, resampling held-out probe rows and source scenes independently.")  # fmt: skip
     return ExperimentResult(verdict, markdown_table(header, rows), data, fig, notes)
+
+
+def _error_lengths(values: dict[str, float], intervals: dict[str, tuple[float, float]]) -> list[list[float]]:
+    """Matplotlib's [below, above] error-bar lengths of each attribute's interval (never negative)."""
+    a = PROBE_ATTRIBUTES
+    return [[max(values[x] - intervals[x][0], 0.0) for x in a], [max(intervals[x][1] - values[x], 0.0) for x in a]]
 
 
 SPEC = ExperimentSpec(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -53,6 +53,46 @@ def bootstrap_mean_interval(
     means = np.random.default_rng(seed).choice(x, size=(draws, x.size), replace=True).mean(axis=1)
     tail = (1 - level) / 2
     return float(x.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def bootstrap_intervals(
+    sizes: Sequence[int],
+    statistics: Callable[..., Sequence[float]],
+    draws: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[tuple[float, float]]:
+    """Per statistic, (low, high): percentile bootstrap intervals of ``statistics(*indices)`` (a sequence of
+    numbers). Each draw resamples, with replacement and independently, ``range(n)`` for every n in ``sizes``
+    (e.g. held-out rows and scenes: one int64 index array per size, in order) and evaluates all statistics on
+    the same resample. A statistic's NaN draws are dropped; its interval is NaNs when all are."""
+    if not sizes or any(n < 1 for n in sizes):
+        raise ValueError(f"bootstrap sizes must be positive, got {list(sizes)}")
+    rng = np.random.default_rng(seed)
+    values = np.array(
+        [np.atleast_1d(np.asarray(statistics(*(rng.integers(0, n, size=n) for n in sizes)), dtype=float))
+         for _ in range(draws)]
+    )  # fmt: skip
+    tail = (1 - level) / 2
+    out = []
+    for column in values.T:
+        column = column[np.isfinite(column)]
+        out.append((float(np.quantile(column, tail)), float(np.quantile(column, 1 - tail))) if column.size
+                   else (float("nan"), float("nan")))  # fmt: skip
+    return out
+
+
+def bootstrap_interval(
+    sizes: Sequence[int], statistic: Callable[..., float], draws: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """(low, high) of one statistic: :func:`bootstrap_intervals` with ``statistic`` alone."""
+    return bootstrap_intervals(sizes, lambda *i: [statistic(*i)], draws, seed, level)[0]
+
+
+def format_interval(value: float, interval: Sequence[float], digits: int = 2) -> str:
+    """``0.83 [0.74, 0.90]``: a number with its 95% interval."""
+    low, high = interval
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 # ----------------------------------------------------------------------------- 3. diffusion vs AR prior
