@@ -219,6 +219,14 @@ def test_every_experiment_writes_its_outputs_and_resumes(world):
         assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     readme = (world / "docs" / "README.md").read_text()
     assert "not yet run" not in readme and all(f"({n}.md)" in readme for n in EXPERIMENTS)
+    assert "## What held" not in readme
+    # a hand-written discussion beside the JSON files goes under the table
+    (world / "docs" / "discussion.md").write_text("Experiment 5 held because z_i keeps the background.\n")
+    readme = write_readme(world / "docs").read_text()
+    discussion = readme.index("## What held, what did not, and why")
+    assert readme.index("| 9 |") < discussion < readme.index("## Methods")
+    assert "Experiment 5 held because z_i keeps the background." in readme
+    (world / "docs" / "discussion.md").unlink()
     # a second run reads every unit back instead of recomputing it, and gives the same numbers
     logs = []
     first = json.loads((world / "docs" / "diversity.json").read_text())["results"]

@@ -353,3 +353,13 @@ def test_bootstrap_intervals_match_the_normal_approximation():
     with pytest.raises(ValueError, match=r"\[0\]"):
         V.bootstrap_interval([0], lambda i: 0.0)
     assert V.format_interval(0.8312, (0.74, 0.9)) == "0.83 [0.74, 0.90]"
+
+
+def test_models_cell_names_the_model_a_run_used():
+    from unclip.experiments.report import models_cell
+
+    assert models_cell({"command": "unclip experiment pca --budget full --pipeline shapes"}) == "built-in `shapes`"
+    assert models_cell({"command": "unclip experiment pca --shapes-run runs/shapes4"}) == "`runs/shapes4`"
+    assert models_cell({"command": "unclip experiment pca --pipeline /x/pipe --shapes-run r"}) == "`/x/pipe`"
+    assert models_cell({"command": "unclip experiment pca --budget quick"}) == "built-in `shapes`"
+    assert models_cell({}) == "built-in `shapes`"

@@ -183,3 +183,25 @@ def test_evaluation_reads_the_held_out_rows_not_training_rows(cache_dir, tmp_pat
     up.evaluate(up.build_model(), 1, tmp_path)
     held_out = up.cache.pixels(torch.tensor([32, 33]), up.model_config.image_size)
     torch.testing.assert_close(seen["low"], up.degrade(held_out, None))
+
+
+def test_text_tokens_are_trimmed_to_the_batch_longest_caption_without_changing_the_loss(cache_dir):
+    from unclip.train.decoder_task import longest_caption
+
+    assert longest_caption(torch.tensor([[True, True, False, False], [True, False, True, False]])) == 3
+    assert longest_caption(torch.zeros(2, 5, dtype=torch.bool)) == 1
+    task = DecoderTask(DecoderTaskConfig(cache=str(cache_dir), preset="tiny", holdout=8))
+    short = (~task.cache.text.mask[:, -1]).nonzero().flatten()  # rows whose caption leaves padding
+    rows = short[short < task.num_train][:8]
+    assert len(rows) >= 4
+    full_mask = task.cache.text.mask[rows]
+    batch = task.batch_of_rows(rows, torch.device("cpu"))
+    length = batch["text_tokens"].shape[1]
+    assert length == longest_caption(full_mask) < full_mask.shape[1]  # the tiny CLIP pads captions
+    assert batch["text_mask"].sum() == full_mask.sum()  # no real token is cut
+    padded = dict(batch, text_tokens=task.cache.text.tokens[rows].float(), text_mask=full_mask)
+    torch.manual_seed(0)
+    model = task.build_model()
+    trimmed_loss = task.loss(model, batch, torch.Generator().manual_seed(3))[0]
+    padded_loss = task.loss(model, padded, torch.Generator().manual_seed(3))[0]
+    torch.testing.assert_close(trimmed_loss, padded_loss, rtol=1e-5, atol=1e-7)

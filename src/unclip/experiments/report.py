@@ -69,8 +69,8 @@ def write_readme(out_dir: str | Path) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lines = [INTRO, "| # | experiment | claim | our number | verdict | competence gate | budget run |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [INTRO, "| # | experiment | claim | our number | verdict | competence gate | budget run | models |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     pending = []
     for name in EXPERIMENTS:
         spec = get_spec(name)
@@ -79,9 +79,10 @@ def write_readme(out_dir: str | Path) -> Path:
             data = json.loads(path.read_text())
             v = data["verdict"]
             lines.append(f"| {spec.number} | [{spec.title}]({name}.md) | {spec.claim} | {v['summary']} | "
-                         f"**{v['label']}** | {gate_cell(data)} | `{data['budget']}` |")  # fmt: skip
+                         f"**{v['label']}** | {gate_cell(data)} | `{data['budget']}` | "
+                         f"{models_cell(data)} |")  # fmt: skip
         else:
-            lines.append(f"| {spec.number} | {spec.title} | {spec.claim} | — | **not yet run** | — | — |")
+            lines.append(f"| {spec.number} | {spec.title} | {spec.claim} | — | **not yet run** | — | — | — |")
             pending.append(spec)
     lines.append("")
     if pending:
@@ -92,6 +93,9 @@ def write_readme(out_dir: str | Path) -> Path:
                          f"({spec.cpu_budget.get('quick', '?')}); full: `{spec.command('full')}` "
                          f"({spec.cpu_budget.get('full', '?')}). Needs: {', '.join(spec.needs)}.")  # fmt: skip
         lines.append("")
+    discussion = out / DISCUSSION
+    if discussion.is_file():
+        lines += ["## What held, what did not, and why", "", discussion.read_text().strip(), ""]
     lines.append("## Methods")
     lines.append("")
     for name in EXPERIMENTS:
@@ -129,6 +133,18 @@ def gate_cell(data: dict) -> str:
 
 
 GATED_EXPERIMENTS = (1, 2, 3, 4, 7, 9)  # the comparisons of trained models
+DISCUSSION = "discussion.md"  # hand-written reading of the table, included under it when present
+
+
+def models_cell(data: dict) -> str:
+    """The README's models column: which shapes model the run used, read from its reproducing command
+    (``--pipeline NAME`` first, else ``--shapes-run DIR``, else the default: the built-in model)."""
+    words = data.get("command", "").split()
+    for flag in ("--pipeline", "--shapes-run"):
+        if flag in words[:-1]:
+            value = words[words.index(flag) + 1]
+            return f"built-in `{value}`" if flag == "--pipeline" and "/" not in value else f"`{value}`"
+    return "built-in `shapes`"
 
 
 def _doc_markdown(doc: str) -> str:

@@ -158,8 +158,10 @@ class DecoderTask(_CacheTask):
             "image_embedding": self.cache.image_embedding[rows],
         }
         if self.config.use_text:
-            batch["text_tokens"] = self.cache.text.tokens[rows].float()
-            batch["text_mask"] = self.cache.text.mask[rows]
+            mask = self.cache.text.mask[rows]
+            length = longest_caption(mask)
+            batch["text_tokens"] = self.cache.text.tokens[rows, :length].float()
+            batch["text_mask"] = mask[:, :length]
             batch["text_pooled"] = self.cache.text.pooled[rows]
         return {k: v.to(device) for k, v in batch.items()}
 
@@ -208,6 +210,16 @@ class DecoderTask(_CacheTask):
             metrics.update(_oracle_agreement(images, [self.cache.records[r] for r in rows.tolist()]))
         _write_pair_grid(batch["x0"], images, Path(out_dir) / f"decoder_step{step:07d}.png")
         return metrics
+
+
+def longest_caption(mask: torch.Tensor) -> int:
+    """Token positions a batch needs: one past the last real token of any row (``mask`` [B, L] bool; at least 1).
+
+    The decoder attends to text tokens only through ``mask`` (padding keys are masked out), so cutting the
+    positions no row uses leaves its output unchanged and spares the attention and projection work on them.
+    """
+    used = mask.any(0).nonzero()
+    return int(used.max()) + 1 if used.numel() else 1
 
 
 class UpsamplerTask(_CacheTask):
