@@ -101,7 +101,7 @@ def run(ctx: ExperimentContext, s: PCASettings) -> ExperimentResult:
                    for a in PROBE_ATTRIBUTES}  # fmt: skip
     k90, above = _k90(correct, is_majority, ks, dim, slice(None))
     encoded = pca_encoded(above)
-    rel_text = f"{100 * heldout_rel:.2f}% [{100 * rel_interval[0]:.2f}, {100 * rel_interval[1]:.2f}]"
+    rel_text = f"{100 * heldout_rel:.2f}% [{100 * rel_interval[0]:.2f}%, {100 * rel_interval[1]:.2f}%]"
     count = (f"{k_needed} of {dim} components ({100 * k_needed / dim:.0f}%) reconstruct z_i with < 1% relative MSE "
              f"(held-out {rel_text}; paper 319/1024 = 31%)")  # fmt: skip
     missing = [a for a in PROBE_ATTRIBUTES if a not in encoded]
@@ -133,10 +133,10 @@ def run(ctx: ExperimentContext, s: PCASettings) -> ExperimentResult:
                for a in PROBE_ATTRIBUTES]  # fmt: skip
     table = (
         f"Components for < {100 * s.max_rel_mse:g}% relative MSE: **{k_needed} / {dim}** "
-        f"(held-out relative MSE at that k: {rel_text}%, 95% bootstrap interval over held-out rows).\n\n"
+        f"(held-out relative MSE at that k: {rel_text}, 95% bootstrap interval over held-out rows).\n\n"
         "Held-out accuracy of a linear probe on the first k PCA coefficients (one-object scenes):\n\n"
         + markdown_table(header, rows)
-        + "\n\n95% bootstrap intervals over the held-out rows (probes refitted never; rows resampled):\n\n"
+        + "\n\n95% bootstrap intervals (the probes fitted once; their held-out rows resampled):\n\n"
         + markdown_table(["attribute", f"probe accuracy on all {dim} components", "k90"], ci_rows)
     )
     fig, (ax1, ax2) = new_figure(2)
