@@ -309,6 +309,11 @@ def test_numbers_are_in_range(world):
     prior = json.loads((docs / "ar_vs_diffusion.json").read_text())["results"]
     assert prior["embeddings"]["true_z_i"]["cos_image"] == pytest.approx(1.0)
     assert prior["embeddings"]["diffusion"]["fd"] >= 0 and prior["training"]["ar"]["params"] > 0
+    for m in ("diffusion", "ar", "text_embedding", "true_z_i"):
+        e, img = prior["embeddings"][m], prior["images"][m]
+        assert _ordered_intervals([e["cos_image_interval"], e["fd_interval"], img["accuracy_interval"]])
+        assert _unit_interval(img["accuracy_interval"]) and min(e["fd_interval"]) >= -1e-6
+    assert prior["embeddings"]["true_z_i"]["cos_image_interval"] == pytest.approx([1.0, 1.0])
 
 
 def test_linear_probe_reaches_the_optimum_of_its_objective():

@@ -39,7 +39,7 @@ from unclip.experiments.common import (
     markdown_table,
     new_figure,
 )
-from unclip.experiments.verdicts import COMPETENCE_MIN, ar_vs_diffusion_verdict
+from unclip.experiments.verdicts import COMPETENCE_MIN, ar_vs_diffusion_verdict, bootstrap_intervals, format_interval
 
 METHODS = ("diffusion", "ar", "text_embedding", "true_z_i")
 LABELS = {"diffusion": "diffusion prior", "ar": "AR prior", "text_embedding": "z_t (no prior)",
@@ -188,12 +188,16 @@ def run(ctx: ExperimentContext, s: PriorCompareSettings) -> ExperimentResult:
         images = decode_with(stage, text[:n], s.guidance, gen, image_embedding=samples[method][:n], steps=s.steps)
         preds = predict(ctx.get_oracle(), images.clamp(-1, 1))
         scores = [score_specified(p, cache.specified[r]) for p, r in zip(preds, rows[:n])]
-        return {"accuracy": summarise_scores(scores), "n": n, "decoder": stage.source}
+        return {"accuracy": summarise_scores(scores), "n": n, "decoder": stage.source, "scores": scores}
 
-    images = {m: progress.unit(store, f"images_{m}_n{s.image_rows}_g{s.guidance:g}_s{s.steps}",
+    images = {m: progress.unit(store, f"scored_images_{m}_n{s.image_rows}_g{s.guidance:g}_s{s.steps}",
                                lambda m=m: image_unit(m), f"decode {m}") for m in METHODS}  # fmt: skip
     acc = {m: images[m]["accuracy"]["mean"] for m in METHODS}
     n_img = images["diffusion"]["n"]
+    ci = _intervals(samples, z_true, z_ref, {m: images[m]["scores"] for m in METHODS}, ctx.seed)
+    for m in METHODS:
+        emb[m]["cos_image_interval"], emb[m]["fd_interval"] = ci[m]["cos_image"], ci[m]["fd"]
+        images[m]["accuracy_interval"] = ci[m]["accuracy"]
     d, a = emb["diffusion"], emb["ar"]
     held, se = ar_vs_diffusion_verdict(
         d["cos_image"], a["cos_image"], d["fd"], a["fd"], acc["diffusion"], acc["ar"], n_img
@@ -201,15 +205,20 @@ def run(ctx: ExperimentContext, s: PriorCompareSettings) -> ExperimentResult:
     ratio = None
     if info["diffusion"].get("approx_train_flops") and info["ar"].get("approx_train_flops"):
         ratio = info["diffusion"]["approx_train_flops"] / info["ar"]["approx_train_flops"]
-    verdict = Verdict(held, f"cos to true z_i: diffusion {d['cos_image']:.3f} vs AR {a['cos_image']:.3f}; FD to z_i: "
-                            f"{d['fd']:.3f} vs {a['fd']:.3f}; image accuracy {acc['diffusion']:.3f} vs {acc['ar']:.3f} "
-                            f"(±{se:.3f}); training FLOPs ratio diffusion/AR "
+    txt = {m: {k: format_interval(v, ci[m][key], digits) for k, v, key, digits in (
+        ("cos", emb[m]["cos_image"], "cos_image", 3), ("fd", emb[m]["fd"], "fd", 2),
+        ("acc", acc[m], "accuracy", 3))} for m in ("diffusion", "ar")}  # fmt: skip
+    verdict = Verdict(held, f"cos to true z_i: diffusion {txt['diffusion']['cos']} vs AR {txt['ar']['cos']}; FD to "
+                            f"z_i: {txt['diffusion']['fd']} vs {txt['ar']['fd']}; image accuracy "
+                            f"{txt['diffusion']['acc']} vs {txt['ar']['acc']} (±{se:.3f}); training FLOPs ratio "
+                            f"diffusion/AR "
                             f"{'n/a' if ratio is None else f'{ratio:.2f}'}, wall "
                             f"{info['diffusion'].get('wall_seconds') or 0:.0f} s vs "
                             f"{info['ar'].get('wall_seconds') or 0:.0f} s.")  # fmt: skip
     verdict, gate = competence_gate(verdict, {m: acc[m] for m in ("diffusion", "ar")}, LABELS, s.competence_min)
     header = ["method", "cos(ẑ, z_i)", "cos(ẑ, z_t)", "FD to real z_i", "image accuracy (specified)", "all right"]
-    rows_md = [[LABELS[m], emb[m]["cos_image"], emb[m]["cos_text"], emb[m]["fd"], acc[m],
+    rows_md = [[LABELS[m], format_interval(emb[m]["cos_image"], ci[m]["cos_image"], 3), emb[m]["cos_text"],
+                format_interval(emb[m]["fd"], ci[m]["fd"]), format_interval(acc[m], ci[m]["accuracy"], 3),
                 images[m]["accuracy"]["all"]] for m in METHODS]  # fmt: skip
     cost_header = ["prior", "parameters", "steps x batch", "sequence tokens", "approx. train FLOPs", "train wall s"]
     cost_rows = [[LABELS[k], f"{v['params']:,}", f"{v.get('steps_done')} x {v.get('batch_size')}",
@@ -218,9 +227,19 @@ def run(ctx: ExperimentContext, s: PriorCompareSettings) -> ExperimentResult:
     table = markdown_table(header, rows_md) + "\n\nTraining cost:\n\n" + markdown_table(cost_header, cost_rows)
     fig, (ax1, ax2) = new_figure(2)
     names = [LABELS[m] for m in METHODS]
-    ax1.bar(names, [emb[m]["cos_image"] for m in METHODS], color=["C0", "C1", "C2", "C7"])
+    ax1.bar(
+        names,
+        [emb[m]["cos_image"] for m in METHODS],
+        color=["C0", "C1", "C2", "C7"],
+        yerr=_bar_errors([emb[m]["cos_image"] for m in METHODS], [ci[m]["cos_image"] for m in METHODS]),
+    )
     ax1.set(ylabel="cos(ẑ, true z_i)", title="Embedding similarity (held-out captions)")
-    ax2.bar(names, [acc[m] for m in METHODS], color=["C0", "C1", "C2", "C7"])
+    ax2.bar(
+        names,
+        [acc[m] for m in METHODS],
+        color=["C0", "C1", "C2", "C7"],
+        yerr=_bar_errors([acc[m] for m in METHODS], [ci[m]["accuracy"] for m in METHODS]),
+    )
     ax2.set(ylabel="specified-attribute accuracy", title="Decoded images", ylim=(0, 1))
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", labelsize=7, rotation=15)
@@ -229,11 +248,42 @@ def run(ctx: ExperimentContext, s: PriorCompareSettings) -> ExperimentResult:
         f"z_i); {n_img} decoded at guidance {s.guidance:g} with {s.steps} DDPM steps by "
         f"{images['diffusion']['decoder'] or 'the comparison decoder'}. Diffusion prior sampled as shipped (25 "
         "steps, guidance 4, best of 2); AR prior with the paper's top-half dot-product token, best of 2, no "
-        "guidance. FLOPs are 6 x parameters x tokens x samples, a rough count (embedding tables included)."
+        "guidance. FLOPs are 6 x parameters x tokens x samples, a rough count (embedding tables included). "
+        "Intervals: 95% bootstrap over captions (and, for FD, the reference rows too)."
     )
-    data = {"embeddings": emb, "images": images, "training": info, "flops_ratio_diffusion_over_ar": ratio,
+    written_images = {m: {k: v for k, v in images[m].items() if k != "scores"} for m in METHODS}
+    data = {"embeddings": emb, "images": written_images, "training": info, "flops_ratio_diffusion_over_ar": ratio,
             "gate": gate}  # fmt: skip
     return ExperimentResult(verdict, table, data, fig, notes)
+
+
+def _intervals(
+    samples: dict[str, torch.Tensor], z_true: torch.Tensor, z_ref: torch.Tensor, scores: dict[str, list], seed: int
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per method, 95% bootstrap intervals of cos(ẑ, z_i) (captions resampled), the FD to the reference z_i
+    (captions and reference rows resampled) and the decoded images' mean specified accuracy (images resampled)."""
+    from unclip.experiments.sweep import summarise_scores
+    from unclip.measure.metrics import frechet_distance
+
+    zt = z_true.double()
+    cos = {m: torch.nn.functional.cosine_similarity(samples[m].double(), zt, dim=1).numpy() for m in METHODS}
+    out: dict[str, dict[str, tuple[float, float]]] = {m: {} for m in METHODS}
+    cos_ci = bootstrap_intervals([len(zt)], lambda i: [cos[m][i].mean() for m in METHODS], seed=seed)
+    fd_ci = bootstrap_intervals([len(zt), len(z_ref)], lambda i, j: [
+        frechet_distance(samples[m].double()[torch.from_numpy(i)], z_ref.double()[torch.from_numpy(j)])
+        for m in METHODS], draws=300, seed=seed)  # fmt: skip
+    n_img = len(scores[METHODS[0]])
+    acc_ci = bootstrap_intervals([n_img], lambda i: [summarise_scores([scores[m][k] for k in i])["mean"]
+                                                     for m in METHODS], seed=seed)  # fmt: skip
+    for m, c, f, a in zip(METHODS, cos_ci, fd_ci, acc_ci):
+        out[m] = {"cos_image": c, "fd": f, "accuracy": a}
+    return out
+
+
+def _bar_errors(values: list[float], intervals: list[tuple[float, float]]) -> list[list[float]]:
+    """Matplotlib's [below, above] error-bar lengths (never negative)."""
+    return [[max(v - lo, 0.0) for v, (lo, _) in zip(values, intervals)],
+            [max(hi - v, 0.0) for v, (_, hi) in zip(values, intervals)]]  # fmt: skip
 
 
 def _decoder_budget(ctx: ExperimentContext):
