@@ -363,3 +363,50 @@ def test_models_cell_names_the_model_a_run_used():
     assert models_cell({"command": "unclip experiment pca --pipeline /x/pipe --shapes-run r"}) == "`/x/pipe`"
     assert models_cell({"command": "unclip experiment pca --budget quick"}) == "built-in `shapes`"
     assert models_cell({}) == "built-in `shapes`"
+
+
+def test_readme_applies_the_gate_to_rows_recorded_before_it(tmp_path):
+    import json
+
+    from unclip.experiments.report import write_readme
+
+    def write(name, number, results, decoders="quick", label="did not hold"):
+        data = {
+            "number": number,
+            "name": name,
+            "budget": "quick",
+            "command": f"unclip experiment {name}",
+            "settings": {"decoders": {"name": decoders}},
+            "results": results,
+            "verdict": {"held": False, "label": label, "summary": f"{name} summary", "not_run": False},
+        }
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+
+    sweep = {
+        "unclip": {"1": {"mean_accuracy": 0.40}, "2": {"mean_accuracy": 0.44}},
+        "caption": {"1": {"mean_accuracy": 0.80}},
+    }
+    write("diversity", 1, {"results": sweep})
+    write("binding", 7, {}, label="inconclusive")  # measured with experiment 1's decoders: takes its numbers
+    write(
+        "guidance_fid",
+        4,
+        {
+            "fd_and_accuracy": {
+                "unclip": {"1": {"accuracy": {"mean": 0.75}}},
+                "caption": {"1": {"accuracy": {"mean": 0.9}}},
+            }
+        },
+    )
+    rows: dict[str, str] = {}
+    for line in write_readme(tmp_path).read_text().splitlines():  # the first table only (the commands table repeats #)
+        if line.startswith("| ") and line.split("|")[1].strip().isdigit():
+            rows.setdefault(line.split("|")[1].strip(), line)
+    assert "not run: model unCLIP (prior + decoder) at 0.44 (" in rows["1"] and "**not run**" in rows["1"]
+    assert "unCLIP (prior + decoder) 0.44 ✗, caption-only decoder (GLIDE-like) 0.80 ✓" in rows["1"]
+    assert 'its page reads "did not hold"' in rows["1"]
+    assert "**not run**" in rows["7"] and 'its page reads "inconclusive"' in rows["7"]
+    assert "**did not hold**" in rows["4"] and "0.75 ✓" in rows["4"] and "from the recorded numbers" in rows["4"]
+    write("binding", 7, {}, decoders="full", label="inconclusive")  # other decoders: nothing to read the gate from
+    rows7 = [line for line in write_readme(tmp_path).read_text().splitlines() if line.startswith("| 7 |")][0]
+    assert "**inconclusive**" in rows7 and "not checked (run before the gate)" in rows7
