@@ -410,3 +410,14 @@ def test_readme_applies_the_gate_to_rows_recorded_before_it(tmp_path):
     write("binding", 7, {}, decoders="full", label="inconclusive")  # other decoders: nothing to read the gate from
     rows7 = [line for line in write_readme(tmp_path).read_text().splitlines() if line.startswith("| 7 |")][0]
     assert "**inconclusive**" in rows7 and "not checked (run before the gate)" in rows7
+
+
+def test_bias_corrected_bootstrap_centres_a_statistic_that_resampling_shrinks():
+    x = np.random.default_rng(0).normal(size=20)
+    var = float(x.var())  # plug-in variance: a resample's repeated values lower it by about (n - 1) / n
+    ((low, high),) = V.bootstrap_intervals([20], lambda i: [x[i].var()], draws=4000, seed=2)
+    ((c_low, c_high),) = V.bootstrap_intervals([20], lambda i: [x[i].var()], draws=4000, seed=2, bias_corrected=True)
+    shift = c_low - low
+    assert shift == pytest.approx(c_high - high) and shift > 0  # the same draws, moved up by the estimated bias
+    assert shift == pytest.approx(var / 20, rel=0.25)  # E[var of a resample] = var (n - 1) / n
+    assert c_low < var < c_high
