@@ -56,10 +56,9 @@ otherwise its row reads "not run: model X at 0.55", and the gate column states e
 whose gate column reads "not checked" were run before the gate existed; rerunning them applies it.
 
 **Scale caveat.** Experiments 1, 2, 4 and 7 were run at the `quick` budget only: their decoders (0.48 M
-parameters, 1,000 steps) reach a specified-attribute accuracy of about 0.35 at 32 px and draw no
-recognisable shapes (binding "bound" is 0 for every model), so those verdicts compare weak decoders; no
-`full`-budget results (the pipeline's decoder against baselines trained with its recipe, ~2 CPU-hours per
-experiment) are recorded here.
+parameters, 1,000 steps) reach a specified-attribute accuracy of 0.35–0.44 at 32 px and draw no
+recognisable shapes, so their rows read "not run" (the gate, applied to their recorded numbers). Their `full`
+budget trains every compared decoder with one recipe (~2 CPU-hours per experiment); none is recorded yet.
 """
 
 
