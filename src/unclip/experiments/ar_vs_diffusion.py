@@ -275,6 +275,7 @@ def _intervals(
     cos = {m: torch.nn.functional.cosine_similarity(samples[m].double(), zt, dim=1).numpy() for m in METHODS}
     out: dict[str, dict[str, tuple[float, float]]] = {m: {} for m in METHODS}
     cos_ci = bootstrap_intervals([len(zt)], lambda i: [cos[m][i].mean() for m in METHODS], seed=seed)
+
     def fds(i: np.ndarray, j: np.ndarray) -> list[float]:
         ref = z_ref.double()[torch.from_numpy(j)]
         fd = [frechet_distance(samples[m].double()[torch.from_numpy(i)], ref) for m in METHODS]
