@@ -532,3 +532,43 @@ def test_missing_cache_is_built_like_the_recipe_from_a_clean_clone(tmp_path, mon
         ExperimentContext(shapes_run=tmp_path / "other", holdout=2, log=logs.append).get_cache()
     with pytest.raises(FileNotFoundError, match="--cache"):
         ExperimentContext(cache=tmp_path / "nowhere", holdout=2, log=logs.append).get_cache()
+
+
+def test_decoders_trained_elsewhere_are_used_instead_of_training(world, tmp_path):
+    """The GPU script's output (here run on the CPU with the tiny preset) feeds the decoder comparisons."""
+    import sys
+    from pathlib import Path
+
+    from unclip.experiments.models import CONDITIONINGS, comparison_decoder
+    from unclip.models.serialization import load_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import gpu_experiment_decoders as script
+
+    assert script.calibrated_steps(1000.0, 60.0, 100, 3) == 180  # 0.9 * 60 s * 1000 / (100 * 3)
+    assert script.calibrated_steps(1.0, 1.0, 100, 3) == 20
+    with pytest.raises(ValueError, match="positive"):
+        script.calibrated_steps(0.0, 60.0, 100, 3)
+    out = tmp_path / "decoders"
+    summary = script.main(["--out", str(out), "--device", "cpu", "--cache", str(world / "shapes" / "cache"),
+                           "--holdout", str(HOLDOUT), "--preset", "tiny", "--batch-size", "4", "--seconds", "0.01",
+                           "--calibrate-steps", "2"])  # fmt: skip
+    steps = {summary["decoders"][c]["steps"] for c in CONDITIONINGS}
+    assert steps == {summary["budget"]["steps"]} == {20}  # one recipe: the same steps for every decoder
+    logs: list[str] = []
+    ctx = make_ctx(world, logs)
+    ctx.decoders = out
+    for c in CONDITIONINGS:
+        stage = comparison_decoder(ctx, c, TEST_DECODERS)
+        saved = load_model("decoder", out / f"decoder_{c}" / "model", "cpu", torch.float32).state_dict()
+        assert all(torch.equal(v, saved[k]) for k, v in stage.model.state_dict().items())
+        assert stage.source == str(out / f"decoder_{c}" / "model") and stage.train_steps == 20
+    assert not any("[models] training" in m for m in logs)
+    assert make_ctx(world).run_dir("diversity") != ctx.run_dir("diversity")  # their units are kept apart
+    run_experiment("guidance_fid", ctx, "test", settings=TEST_SETTINGS["guidance_fid"])
+    assert not any("[models] training" in m for m in logs)
+    (out / "decoder_caption" / "done.json").unlink()
+    ctx = make_ctx(world)
+    ctx.decoders = out
+    with pytest.raises(FileNotFoundError, match="decoder_caption"):
+        comparison_decoder(ctx, "caption", TEST_DECODERS)

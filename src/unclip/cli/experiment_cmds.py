@@ -85,9 +85,16 @@ _NAMES = (
     default=None,
     help="ar_vs_diffusion: exported diffusion prior [default: discovered under runs/prior_*].",
 )
+@click.option(
+    "--decoders",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Decoder comparisons: decoders trained elsewhere (decoder_image/, decoder_caption/, "
+    "decoder_text_embedding/, e.g. by benchmarks/gpu_experiment_decoders.py) instead of training them.",
+)
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def experiment(name, budget, out_dir, run_dir, shapes_run, pipeline, cache, oracle, holdout, seed, device, threads,
-               ar_prior, diffusion_prior, quiet) -> None:  # fmt: skip
+               ar_prior, diffusion_prior, decoders, quiet) -> None:  # fmt: skip
     """Run experiment NAME (one of the paper's claims) and write its table, JSON and plot."""
     from unclip.experiments import EXPERIMENTS, ExperimentContext, get_spec, run_experiment
     from unclip.experiments.report import write_readme
@@ -114,14 +121,15 @@ def experiment(name, budget, out_dir, run_dir, shapes_run, pipeline, cache, orac
     ctx_options = click.get_current_context()
     extra = []
     for param in ("out_dir", "run_dir", "shapes_run", "pipeline", "cache", "oracle", "holdout", "seed", "ar_prior",
-                  "diffusion_prior"):  # fmt: skip
+                  "diffusion_prior", "decoders"):  # fmt: skip
         source = ctx_options.get_parameter_source(param)
         if source is not None and source.name == "COMMANDLINE":
             opt = next(p for p in experiment.params if p.name == param)
             extra.append(f"{opt.opts[-1]} {ctx_options.params[param]}")
     ctx = ExperimentContext(run_root=run_dir, out_dir=out_dir, shapes_run=shapes_run, pipeline=pipeline, cache=cache,
                             oracle=oracle, holdout=holdout, device=device, seed=seed, log=log,
-                            progress=False if quiet else None, command_extra=" ".join(extra))  # fmt: skip
+                            progress=False if quiet else None, command_extra=" ".join(extra),
+                            decoders=decoders)  # fmt: skip
     overrides = {}
     if name == "ar_vs_diffusion":
         overrides = {k: v for k, v in (("ar_dir", ar_prior), ("diffusion_dir", diffusion_prior)) if v is not None}

@@ -55,6 +55,8 @@ class ExperimentContext:
         seed: world seed of evaluation scenes and seed of sampling noise.
         log: receives one-line progress messages.
         command_extra: options appended to the reproduce command in the outputs (e.g. ``--shapes-run DIR``).
+        decoders: comparison decoders trained elsewhere (``decoder_{image,caption,text_embedding}/`` as
+            ``benchmarks/gpu_experiment_decoders.py`` writes them), used instead of training them here.
     """
 
     run_root: Path = Path("runs/experiments")
@@ -69,6 +71,7 @@ class ExperimentContext:
     progress: bool | None = None
     log: Log = print
     command_extra: str = ""
+    decoders: str | Path | None = None
     _memo: dict[str, Any] = field(default_factory=dict, repr=False, init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -85,6 +88,9 @@ class ExperimentContext:
             self.get_cache()
         inputs = {part: self._input_identity(part) for part in uses}
         inputs.update(holdout=self.holdout, seed=self.seed, extra=to_jsonable(extra))
+        if self.decoders is not None:  # units decoded by decoders trained elsewhere are theirs alone
+            weights = sorted(Path(self.decoders).resolve().glob("decoder_*/model/model.safetensors"))
+            inputs["decoders"] = [f"{w}@{w.stat().st_mtime_ns}" for w in weights]
         text = json.dumps(inputs, sort_keys=True, default=str)
         path = self.run_root / name / hashlib.sha1(text.encode()).hexdigest()[:12]
         path.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,8 @@ QUICK_DECODERS = DecoderBudget(
 )  # fmt: skip
 # Equal budgets (issue 20): unCLIP's decoder is trained with the baselines' recipe, not taken from the pipeline
 FULL_DECODERS = DecoderBudget(name="full")
+# One GPU call (benchmarks/gpu_experiment_decoders.py): the shipped decoder's recipe, steps from a calibration
+GPU_DECODERS = DecoderBudget(name="shapes-gpu", batch_size=512, lr=1.5e-3, warmup_steps=100, steps=1000)
 
 
 class ComparisonDecoderTask(DecoderTask):
@@ -146,6 +148,10 @@ def comparison_decoder(ctx: ExperimentContext, conditioning: str, budget: Decode
         stage = DecoderStage(model, pipe.decoder.diffusion, "image", _num_params(model), source="shipped pipeline")
         ctx._memo[key] = stage
         return stage
+    if ctx.decoders is not None:
+        stage = trained_elsewhere(Path(ctx.decoders), conditioning, ctx)
+        ctx._memo[key] = stage
+        return stage
     out = ctx.run_dir("_models", uses=("cache",)) / budget.name / f"decoder_{conditioning}"
     done = out / "done.json"
     if not done.is_file():
@@ -168,6 +174,21 @@ def comparison_decoder(ctx: ExperimentContext, conditioning: str, budget: Decode
         atomic_write_text(done, json.dumps({"steps": result.step, "seconds": seconds}) + "\n")
     stage = _load_stage(out / "model", conditioning, json.loads(done.read_text()), ctx.device)
     ctx._memo[key] = stage
+    return stage
+
+
+def trained_elsewhere(root: Path, conditioning: str, ctx: ExperimentContext) -> DecoderStage:
+    """The ``conditioning`` decoder of a directory of comparison decoders trained elsewhere (``root/decoder_C/``
+    holding ``model/`` and ``done.json``, as ``benchmarks/gpu_experiment_decoders.py`` writes them); refuses one
+    built for another CLIP width than this cache's."""
+    out = root / f"decoder_{conditioning}"
+    if not (out / "done.json").is_file() or not (out / "model" / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no trained {conditioning!r} decoder in {out} (needs model/ and done.json)")
+    stage = _load_stage(out / "model", conditioning, json.loads((out / "done.json").read_text()), ctx.device)
+    width = ctx.get_cache().image_embedding.shape[1]
+    if stage.model.config.clip_dim != width:
+        raise ValueError(f"the decoder in {out} takes {stage.model.config.clip_dim}-wide embeddings, "
+                         f"this cache has {width}")  # fmt: skip
     return stage
 
 

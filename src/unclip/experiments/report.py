@@ -58,7 +58,10 @@ whose gate column reads "not checked" were run before the gate existed; rerunnin
 **Scale caveat.** Experiments 1, 2, 4 and 7 were run at the `quick` budget only: their decoders (0.48 M
 parameters, 1,000 steps) reach a specified-attribute accuracy of 0.35–0.44 at 32 px and draw no
 recognisable shapes, so their rows read "not run" (the gate, applied to their recorded numbers). Their `full`
-budget trains every compared decoder with one recipe (~2 CPU-hours per experiment); none is recorded yet.
+budget trains every compared decoder with one recipe (~2 CPU-hours per experiment); none is recorded yet. With
+a GPU, `python benchmarks/gpu_experiment_decoders.py --out OUT --device cuda` trains all three decoders (unCLIP's,
+caption-only, z_t) with the shipped decoder's recipe and equal steps in one call, and `unclip experiment NAME
+--budget full --decoders OUT` then runs experiments 1, 2, 4 and 7 with them on the CPU.
 """
 
 
