@@ -37,6 +37,7 @@ from unclip.experiments.common import (
     ResultStore,
     Verdict,
     competence_gate,
+    error_bar_lengths,
     markdown_table,
     new_figure,
 )
@@ -234,14 +235,14 @@ def run(ctx: ExperimentContext, s: PriorCompareSettings) -> ExperimentResult:
         names,
         [emb[m]["cos_image"] for m in METHODS],
         color=["C0", "C1", "C2", "C7"],
-        yerr=_bar_errors([emb[m]["cos_image"] for m in METHODS], [ci[m]["cos_image"] for m in METHODS]),
+        yerr=error_bar_lengths([emb[m]["cos_image"] for m in METHODS], [ci[m]["cos_image"] for m in METHODS]),
     )
     ax1.set(ylabel="cos(ẑ, true z_i)", title="Embedding similarity (held-out captions)")
     ax2.bar(
         names,
         [acc[m] for m in METHODS],
         color=["C0", "C1", "C2", "C7"],
-        yerr=_bar_errors([acc[m] for m in METHODS], [ci[m]["accuracy"] for m in METHODS]),
+        yerr=error_bar_lengths([acc[m] for m in METHODS], [ci[m]["accuracy"] for m in METHODS]),
     )
     ax2.set(ylabel="specified-attribute accuracy", title="Decoded images", ylim=(0, 1))
     for ax in (ax1, ax2):
@@ -276,9 +277,12 @@ def _intervals(
     out: dict[str, dict[str, tuple[float, float]]] = {m: {} for m in METHODS}
     cos_ci = bootstrap_intervals([len(zt)], lambda i: [cos[m][i].mean() for m in METHODS], seed=seed)
 
+    sampled = {m: samples[m].double() for m in METHODS}
+    reference = z_ref.double()
+
     def fds(i: np.ndarray, j: np.ndarray) -> list[float]:
-        ref = z_ref.double()[torch.from_numpy(j)]
-        fd = [frechet_distance(samples[m].double()[torch.from_numpy(i)], ref) for m in METHODS]
+        ref = reference[torch.from_numpy(j)]
+        fd = [frechet_distance(sampled[m][torch.from_numpy(i)], ref) for m in METHODS]
         return [*fd, fd[METHODS.index("diffusion")] - fd[METHODS.index("ar")]]
 
     fd_ci = bootstrap_intervals([len(zt), len(z_ref)], fds, draws=300, seed=seed, bias_corrected=True)
@@ -289,12 +293,6 @@ def _intervals(
         out[m] = {"cos_image": c, "fd": f, "accuracy": a}
     out["diffusion"]["fd_minus_ar"] = fd_ci[-1]
     return out
-
-
-def _bar_errors(values: list[float], intervals: list[tuple[float, float]]) -> list[list[float]]:
-    """Matplotlib's [below, above] error-bar lengths (never negative)."""
-    return [[max(v - lo, 0.0) for v, (lo, _) in zip(values, intervals)],
-            [max(hi - v, 0.0) for v, (_, hi) in zip(values, intervals)]]  # fmt: skip
 
 
 def _decoder_budget(ctx: ExperimentContext):

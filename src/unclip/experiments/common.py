@@ -428,6 +428,13 @@ def markdown_table(header: list[str], rows: list[list[Any]], digits: int = 3) ->
     return "\n".join(lines)
 
 
+def error_bar_lengths(values: list[float], intervals: list[tuple[float, float]]) -> list[list[float]]:
+    """Matplotlib's ``[[below...], [above...]]`` error-bar lengths of each value's (low, high) interval, never
+    negative (a percentile interval need not contain its point estimate)."""
+    return [[max(v - lo, 0.0) for v, (lo, _) in zip(values, intervals)],
+            [max(hi - v, 0.0) for v, (_, hi) in zip(values, intervals)]]  # fmt: skip
+
+
 def new_figure(ncols: int = 1, width: float = 5.0, height: float = 3.8):
     """A matplotlib figure with ``ncols`` axes side by side (Agg backend, no display)."""
     import matplotlib

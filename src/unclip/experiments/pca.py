@@ -113,12 +113,13 @@ def run(ctx: ExperimentContext, s: PCASettings) -> ExperimentResult:
     def statistics(rows: np.ndarray) -> list[float]:
         k, ab = _k90(correct, is_majority, ks, dim, rows)
         return [*_median_k90(k, ab), *[np.nan if k[a] is None else k[a] for a in encoded],
-                *[correct[a][dim][rows].mean() for a in PROBE_ATTRIBUTES]]  # fmt: skip
+                *[correct[a][k_][rows].mean() for a in PROBE_ATTRIBUTES for k_ in ks]]  # fmt: skip
 
-    intervals = bootstrap_intervals([n_te], statistics, seed=ctx.seed)
+    intervals = bootstrap_intervals([n_te], statistics, seed=ctx.seed)  # one resample for every statistic
     coarse_ci, fine_ci = intervals[:2]
     k90_ci = dict(zip(encoded, intervals[2 : 2 + len(encoded)]))
-    full_acc_ci = dict(zip(PROBE_ATTRIBUTES, intervals[2 + len(encoded) :]))
+    acc_ci = intervals[2 + len(encoded) :]  # attribute-major, then k
+    full_acc_ci = {a: acc_ci[n * len(ks) + ks.index(dim)] for n, a in enumerate(PROBE_ATTRIBUTES)}
     if held is not None:
         medians = (f"median k90 coarse {coarse:g} [{coarse_ci[0]:g}, {coarse_ci[1]:g}] vs fine {fine:g} "
                    f"[{fine_ci[0]:g}, {fine_ci[1]:g}]")  # fmt: skip
@@ -146,8 +147,6 @@ def run(ctx: ExperimentContext, s: PCASettings) -> ExperimentResult:
     ax1.axvline(k_needed, color="C3", ls=":", lw=1, label=f"k = {k_needed}")
     ax1.set(xlabel="components kept", ylabel="relative reconstruction MSE", title="PCA of z_i")
     ax1.legend()
-    acc_ci = bootstrap_intervals([n_te], lambda i: [correct[a][k][i].mean() for a in PROBE_ATTRIBUTES for k in ks],
-                                 seed=ctx.seed)  # fmt: skip
     for n, a in enumerate(PROBE_ATTRIBUTES):
         line = ax2.plot(ks, [acc[a][str(k)] for k in ks], marker="o", label=a, ls="-" if a in COARSE else "--")[0]
         band = acc_ci[n * len(ks) : (n + 1) * len(ks)]

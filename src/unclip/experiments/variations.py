@@ -30,6 +30,7 @@ from unclip.experiments.common import (
     Progress,
     ResultStore,
     Verdict,
+    error_bar_lengths,
     markdown_table,
     new_figure,
 )
@@ -174,8 +175,8 @@ def run(ctx: ExperimentContext, s: VariationSettings) -> ExperimentResult:
                 [ys[a] for a in PROBE_ATTRIBUTES],
                 fmt="none",
                 lw=1,
-                xerr=_error_lengths(xs, probe_ci),
-                yerr=_error_lengths(ys, kept_ci),
+                xerr=error_bar_lengths([xs[a] for a in PROBE_ATTRIBUTES], [probe_ci[a] for a in PROBE_ATTRIBUTES]),
+                yerr=error_bar_lengths([ys[a] for a in PROBE_ATTRIBUTES], [kept_ci[a] for a in PROBE_ATTRIBUTES]),
             )
         for a in PROBE_ATTRIBUTES:
             ax.annotate(a, (xs[a], ys[a]), fontsize=8, xytext=(3, 3), textcoords="offset points")
@@ -193,12 +194,6 @@ def run(ctx: ExperimentContext, s: VariationSettings) -> ExperimentResult:
              f"'kept vs oracle's read of source' with the oracle's reading of the source render. Intervals: 95% "
              f"bootstrap, resampling held-out probe rows and source scenes independently.")  # fmt: skip
     return ExperimentResult(verdict, markdown_table(header, rows), data, fig, notes)
-
-
-def _error_lengths(values: dict[str, float], intervals: dict[str, tuple[float, float]]) -> list[list[float]]:
-    """Matplotlib's [below, above] error-bar lengths of each attribute's interval (never negative)."""
-    a = PROBE_ATTRIBUTES
-    return [[max(values[x] - intervals[x][0], 0.0) for x in a], [max(intervals[x][1] - values[x], 0.0) for x in a]]
 
 
 SPEC = ExperimentSpec(
