@@ -504,7 +504,8 @@ def write_outputs(
         md += [result.notes.strip(), ""]
     md += [
         f"Reproduce: `{command}` (budget `{budget}`: {spec.cpu_budget.get(budget, '?')}; "
-        f"this run took {seconds / 60:.1f} min wall on a shared 2-core machine, finished {finished}). "
+        f"this run took {seconds / 60:.1f} min wall on a shared 2-core machine, reusing the models and units "
+        f"already stored under its run directory, finished {finished}). "
         f"Raw numbers: [{spec.name}.json]({spec.name}.json).",
         "",
     ]
