@@ -44,8 +44,10 @@ def test_layer_norm_statistics_are_float32(dtype):
 
 @pytest.mark.parametrize("norm_kind", ["group", "layer"])
 def test_bf16_training_norm_is_the_float32_computation_rounded(norm_kind):
-    """With autograd on, a bf16 CPU input goes through float32 (forward and backward, bitwise), as under
-    autocast training with float32 weights; without autograd it stays PyTorch's native bf16 kernel."""
+    """With autograd on, a bf16 CPU input gives the float32 computation rounded to bf16, forward and backward,
+    bitwise on this NCHW input (LayerNorm goes through float32; GroupNorm's mixed bf16/float32 kernels compute
+    in float32 internally), as under autocast training with float32 weights. Without autograd it stays
+    PyTorch's native bf16 kernel."""
     g = torch.Generator().manual_seed(2)
     if norm_kind == "group":
         norm = GroupNorm32(8, 16)
@@ -79,3 +81,57 @@ def test_bf16_training_norm_is_the_float32_computation_rounded(norm_kind):
             assert torch.equal(native, F.group_norm(x.detach(), 8, weight, bias, norm.eps))
         else:
             assert torch.equal(native, F.layer_norm(x.detach(), (16,), weight, bias, norm.eps))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("affine", [True, False])
+def test_bf16_training_group_norm_matches_float64(channels_last, affine):
+    """The bf16 CPU training path (forward on the input's layout, backward through the NCHW kernel) against
+    a float64 GroupNorm: output and input gradient within bf16 rounding, float32 weight gradients, and the
+    input gradient in the input's memory format."""
+    g = torch.Generator().manual_seed(3)
+    norm = GroupNorm32(8, 32, affine=affine)
+    if affine:
+        with torch.no_grad():
+            norm.weight.copy_(torch.rand(32, generator=g) + 0.5)
+            norm.bias.copy_(torch.randn(32, generator=g))
+    x = (torch.randn(3, 32, 12, 12, generator=g) * 3 + 20).bfloat16()
+    upstream = torch.randn(3, 32, 12, 12, generator=g).bfloat16()
+    if channels_last:
+        x, upstream = (t.contiguous(memory_format=torch.channels_last) for t in (x, upstream))
+    x.requires_grad_()
+    out = norm(x)
+    out.backward(upstream)
+
+    x64 = x.detach().double().requires_grad_()
+    w64 = norm.weight.detach().double().requires_grad_() if affine else None
+    b64 = norm.bias.detach().double().requires_grad_() if affine else None
+    ref = F.group_norm(x64, 8, w64, b64, norm.eps)
+    ref.backward(upstream.double())
+
+    assert out.dtype == torch.bfloat16 and x.grad.dtype == torch.bfloat16
+    assert x.grad.is_contiguous(memory_format=torch.channels_last) == channels_last
+    err = (out.double() - ref.detach()).abs()
+    assert float(err.max()) <= 2 * float(_ulp_bf16(ref.detach().abs().max()))
+    grad_err = (x.grad.double() - x64.grad).abs()
+    assert float(grad_err.max()) <= 0.02 * float(x64.grad.abs().max())
+    if affine:
+        assert norm.weight.grad.dtype == torch.float32 and norm.bias.grad.dtype == torch.float32
+        torch.testing.assert_close(norm.weight.grad.double(), w64.grad, rtol=0.02, atol=0.02)
+        torch.testing.assert_close(norm.bias.grad.double(), b64.grad, rtol=0.01, atol=0.01)
+
+
+def test_bf16_training_group_norm_under_autocast_and_3d_input():
+    """Under CPU autocast with float32 weights (how training runs) and on [B, C, T] input (attention blocks)."""
+    g = torch.Generator().manual_seed(4)
+    norm = GroupNorm32(4, 16)
+    x = torch.randn(2, 16, 10, generator=g).bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x)
+    out.float().sum().backward()
+    x32 = x.detach().float().requires_grad_()
+    F.group_norm(x32, 4, norm.weight, norm.bias, norm.eps).sum().backward()
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape
+    torch.testing.assert_close(out.float(), F.group_norm(x32.detach(), 4, norm.weight, norm.bias, norm.eps),
+                               rtol=0.02, atol=0.02)  # fmt: skip
+    torch.testing.assert_close(x.grad.float(), x32.grad, rtol=0.05, atol=0.05)
