@@ -409,7 +409,8 @@ def test_readme_applies_the_gate_to_rows_recorded_before_it(tmp_path):
     assert "**did not hold**" in rows["4"] and "0.75 ✓" in rows["4"] and "from the recorded numbers" in rows["4"]
     write("binding", 7, {}, decoders="full", label="inconclusive")  # other decoders: nothing to read the gate from
     rows7 = [line for line in write_readme(tmp_path).read_text().splitlines() if line.startswith("| 7 |")][0]
-    assert "**inconclusive**" in rows7 and "not checked (run before the gate)" in rows7
+    assert "**not run**" in rows7 and "not checked (run before the gate)" in rows7
+    assert "gate cannot be checked" in rows7 and 'reads "inconclusive"' in rows7
 
 
 def test_bias_corrected_bootstrap_centres_a_statistic_that_resampling_shrinks():

@@ -164,7 +164,8 @@ def recorded_best_accuracy(data: dict, written: dict[str, dict]) -> dict[str, fl
 
 def regated(data: dict, written: dict[str, dict]) -> tuple[str, str, dict | None]:
     """(label, summary, gate) of a README row. A comparison run before the gate existed gets the gate applied
-    to its recorded numbers (:func:`recorded_best_accuracy`): failing it, the row reads "not run"."""
+    to its recorded numbers (:func:`recorded_best_accuracy`): failing it, or without such numbers, the row reads
+    "not run"."""
     from unclip.experiments.common import Verdict, competence_gate
     from unclip.experiments.sweep import SETTING_LABELS
     from unclip.experiments.verdicts import COMPETENCE_MIN
@@ -173,8 +174,9 @@ def regated(data: dict, written: dict[str, dict]) -> tuple[str, str, dict | None
     if data.get("number") not in GATED_EXPERIMENTS or "gate" in data.get("results", {}):
         return v["label"], v["summary"], None
     best = recorded_best_accuracy(data, written)
-    if best is None:
-        return v["label"], v["summary"], None
+    if best is None:  # no verdict without the gate: a comparison whose models' accuracy is unknown is not run
+        return "not run", (f"not run: its models' accuracy was not recorded, so the gate cannot be checked "
+                           f"(its page, from before the gate, reads \"{v['label']}\")."), None  # fmt: skip
     labels = {**SETTING_LABELS, "diffusion": "diffusion prior", "ar": "AR prior"}
     gated, gate = competence_gate(Verdict(v["held"], v["summary"]), best, labels, COMPETENCE_MIN)
     gate["recorded"] = True
