@@ -140,3 +140,22 @@ def test_commands_leave_autograd_alone(model_dir, tmp_path):
 
     run(["generate", "a red circle", "-n", "1", "--model", str(model_dir), "-o", str(tmp_path / "g.png"), "-q"])
     assert torch.is_grad_enabled()
+
+
+def test_console_script_fast_exit_keeps_every_file_and_line(model_dir, tmp_path):
+    """The console script ends ``generate`` with os._exit after flushing: the files and the last line survive,
+    and the exit code is 0 (bad input still exits 2 through the normal path)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli"
+    code = "import sys; from unclip.cli.main import main; sys.argv[0] = 'unclip'; main()"
+    args = [sys.executable, "-c", code, "generate", "a red circle", "-n", "2", "--model", str(model_dir), "-o",
+            str(out)]  # fmt: skip
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(f"wrote 2 image(s) to {out}")
+    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "grid.png"]
+    assert Image.open(out / "0001.png").size == (32, 32)
+    bad = subprocess.run(args[:3] + ["generate", "x", "-n", "0", "-o", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Error:" in bad.stderr

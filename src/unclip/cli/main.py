@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import os
 
-# Must happen before torch is imported anywhere: with OpenMP's default spin policy
-# small workloads on 2 cores run many times slower.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from unclip.omp_policy import apply_wait_policy
+
+# Must happen before torch is imported anywhere: OpenMP threads spin briefly between parallel regions on an
+# idle machine and sleep when other work competes for the cores (unclip.omp_policy).
+try:
+    apply_wait_policy()
+    _POLICY_ERROR: str | None = None
+except ValueError as _err:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _POLICY_ERROR = str(_err)
 
 import importlib  # noqa: E402
 import sys  # noqa: E402
 
 import click  # noqa: E402
+
+FAST_EXIT_COMMANDS = frozenset({"generate", "vary", "interpolate", "edit", "mix", "inpaint", "embed"})
+"""Commands whose process ends with ``os._exit`` after a success, once output is flushed: they leave no worker
+processes or pending files behind, and the interpreter's teardown after importing torch costs ~0.2 s."""
 
 
 class LazyGroup(click.Group):
@@ -85,6 +96,9 @@ def one_line(message: object) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: every error is one line on stderr (``Error: ...``), exit code 2 for bad usage
     and 1 otherwise; ``UNCLIP_DEBUG=1`` shows the traceback of unexpected errors instead."""
+    if _POLICY_ERROR is not None:
+        click.echo(f"Error: {_POLICY_ERROR}", err=True)
+        sys.exit(2)
     try:
         code = cli.main(args=argv, prog_name="unclip", standalone_mode=False)
     except KeyboardInterrupt:
@@ -105,7 +119,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"Error: {one_line(err) or type(err).__name__} ({type(err).__name__})", err=True)
         sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if argv is None and code == 0 and len(sys.argv) > 1 and sys.argv[1] in FAST_EXIT_COMMANDS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
