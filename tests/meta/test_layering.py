@@ -27,7 +27,7 @@ SRC = Path(os.environ.get("UNCLIP_LAYERING_SRC") or Path(__file__).resolve().par
 
 # Bottom to top. A unit may import units on lower rows only (never its own row: siblings stay independent).
 LAYERS: list[tuple[str, ...]] = [
-    ("io", "limits", "images", "precision"),  # root modules: files, bounds, image conversion, dtype choice
+    ("io", "limits", "images", "precision", "omp_policy"),  # root modules: files, bounds, images, dtype, threads
     ("config",),  # config dataclasses <-> JSON (uses io)
     ("nn", "diffusion"),  # building blocks; diffusion math and stage settings (torch only)
     ("samplers", "models"),  # algorithms on the denoiser contract (diffusion only); the networks
