@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unclip.nn.norm import GroupNorm32, LayerNorm32
+from unclip.nn.norm import GroupNorm32, LayerNorm32, _slow_channels_last_bf16
 
 
 def _ulp_bf16(x: torch.Tensor) -> torch.Tensor:
@@ -24,12 +24,41 @@ def test_group_norm_statistics_are_float32(dtype, channels_last):
     with torch.no_grad():
         norm.weight.copy_(torch.rand(64, generator=g) + 0.5)
         norm.bias.copy_(torch.randn(64, generator=g))
-    reference = F.group_norm(x.double(), 32, norm.weight.double(), norm.bias.double(), norm.eps)
-    out = norm(x)
+    reference = F.group_norm(x.double(), 32, norm.weight.detach().double(), norm.bias.detach().double(), norm.eps)
+    out = norm(x).detach()
     assert out.dtype == dtype
     err = (out.double() - reference).abs()
     assert float(err.max()) <= 2 * float(_ulp_bf16(reference.abs().max()))  # within two bf16 ulps of float64
     assert float(err.mean()) < 0.004
+
+
+@pytest.mark.parametrize(
+    ("shape", "groups", "through_nchw"),
+    [
+        ((3, 64, 16, 16), 32, True),  # 2 channels per group, 256 pixels: PyTorch's channels-last kernel is slow
+        ((2, 64, 31, 31), 16, True),  # 4 per group, 961 pixels
+        ((2, 64, 32, 32), 32, False),  # 1,024 pixels: the channels-last kernel is the faster one
+        ((2, 320, 8, 8), 32, False),  # 10 channels per group
+    ],
+)
+def test_bf16_channels_last_group_norm_routes_and_keeps_layout(shape, groups, through_nchw):
+    """Both routes of a bf16 channels-last GroupNorm agree with float64 and return channels-last bf16."""
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(*shape, generator=g, dtype=torch.float64) * 2 + 5).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    assert _slow_channels_last_bf16(x, groups) is through_nchw
+    norm = GroupNorm32(groups, shape[1]).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(shape[1], generator=g) + 0.5)
+        norm.bias.copy_(torch.randn(shape[1], generator=g))
+        out = norm(x)
+        reference = F.group_norm(x.double(), groups, norm.weight.double(), norm.bias.double(), norm.eps)
+    assert out.dtype == torch.bfloat16
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    err = (out.double() - reference).abs()
+    assert float(err.max()) <= 2 * float(_ulp_bf16(reference.abs().max()))
+    assert not _slow_channels_last_bf16(x.contiguous(), groups)  # NCHW input: nothing to reroute
+    assert not _slow_channels_last_bf16(x.float().contiguous(memory_format=torch.channels_last), groups)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -37,8 +66,8 @@ def test_layer_norm_statistics_are_float32(dtype):
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(4, 9, 256, generator=g, dtype=torch.float64) * 2 + 50).to(dtype)
     norm = LayerNorm32(256).to(dtype)
-    reference = F.layer_norm(x.double(), (256,), norm.weight.double(), norm.bias.double(), norm.eps)
-    err = (norm(x).double() - reference).abs()
+    reference = F.layer_norm(x.double(), (256,), norm.weight.detach().double(), norm.bias.detach().double(), norm.eps)
+    err = (norm(x).detach().double() - reference).abs()
     assert float(err.max()) <= 2 * float(_ulp_bf16(reference.abs().max())) and float(err.mean()) < 0.004
 
 
