@@ -159,3 +159,30 @@ def test_console_script_fast_exit_keeps_every_file_and_line(model_dir, tmp_path)
     assert Image.open(out / "0001.png").size == (32, 32)
     bad = subprocess.run(args[:3] + ["generate", "x", "-n", "0", "-o", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and "Error:" in bad.stderr
+
+
+def test_console_script_pauses_the_collector_until_the_pipeline_is_loaded(model_dir, tmp_path):
+    """unclip.cli.startup through the real console-script path: the collector is off before the pipeline loads and on after."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli"
+    code = (
+        "import gc, sys\n"
+        "import unclip.cli.generate_cmds as g\n"
+        "load = g._load\n"
+        "def traced(*a, **k):\n"
+        "    before = gc.isenabled()\n"
+        "    result = load(*a, **k)\n"
+        "    print('gc', before, gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr)\n"
+        "    return result\n"
+        "g._load = traced\n"
+        "from unclip.cli.main import main\n"
+        "sys.argv[0] = 'unclip'\n"
+        "main()\n"
+    )
+    args = [sys.executable, "-c", code, "generate", "a red circle", "-n", "1", "--model", str(model_dir), "-o",
+            str(out)]  # fmt: skip
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "gc False True True" in result.stderr

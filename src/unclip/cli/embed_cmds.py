@@ -82,6 +82,7 @@ def embed(clip_name, data, out, fmt, size, crop, flip, min_size, caption_column,
     """Embed the captioned images of DATA with CLIP into the cache OUT (resumable, sharded)."""
     import torch
 
+    from unclip.cli.startup import resume_gc
     from unclip.cli.train_common import check_threads_option
     from unclip.data.cache_settings import resolved_clip_name
     from unclip.data.embed_cache import build_embedding_cache
@@ -106,6 +107,7 @@ def embed(clip_name, data, out, fmt, size, crop, flip, min_size, caption_column,
         source = _source(data, fmt, caption_column, part_size, transform.min_size)
         recorded = resolved_clip_name(clip_name)
         clip = load_clip(clip_name, device=device, dtype=torch.float16 if half else None)
+        resume_gc()  # the console script paused it for the start-up (unclip.cli.startup)
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     try:

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from unclip.cli.outputs import OutputTarget, plan_output, write_images
+from unclip.cli.startup import resume_gc
 from unclip.pipeline import bounds
 from unclip.precision import PRECISIONS
 
@@ -90,6 +91,7 @@ def _load(model: str, device: str, precision: str):
     dtype = resolve_precision(pipe.defaults.precision if precision == "auto" else precision, device)
     if dtype != torch.float32:
         pipe.to(device, dtype)
+    resume_gc()  # the console script paused it for the start-up (unclip.cli.startup)
     return pipe, {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 

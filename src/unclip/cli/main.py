@@ -25,6 +25,8 @@ import sys  # noqa: E402
 
 import click  # noqa: E402
 
+from unclip.cli.startup import pause_gc  # noqa: E402
+
 FAST_EXIT_COMMANDS = frozenset({"generate", "vary", "interpolate", "edit", "mix", "inpaint", "embed"})
 """Commands whose process ends with ``os._exit`` after a success, once output is flushed: they leave no worker
 processes or pending files behind, and the interpreter's teardown after importing torch costs ~0.2 s."""
@@ -99,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     if _POLICY_ERROR is not None:
         click.echo(f"Error: {_POLICY_ERROR}", err=True)
         sys.exit(2)
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] in FAST_EXIT_COMMANDS:
+        pause_gc()  # until the pipeline is loaded (unclip.cli.startup)
     try:
         code = cli.main(args=argv, prog_name="unclip", standalone_mode=False)
     except KeyboardInterrupt:
