@@ -91,7 +91,7 @@ def _shapes() -> Recipe:
         upsampler_blur_prob=0.5,
         defaults=dict(  # tuned on world seed 998 (docs/performance.md, "Built-in defaults")
             decoder_steps=15,
-            prior_steps=25,
+            prior_steps=10,
             upsampler_steps=7,
             decoder_guidance_scale=3.0,
             prior_guidance_scale=1.0,
