@@ -422,3 +422,35 @@ def test_bias_corrected_bootstrap_centres_a_statistic_that_resampling_shrinks():
     assert shift == pytest.approx(c_high - high) and shift > 0  # the same draws, moved up by the estimated bias
     assert shift == pytest.approx(var / 20, rel=0.25)  # E[var of a resample] = var (n - 1) / n
     assert c_low < var < c_high
+
+
+def test_sweep_unit_intervals_cover_the_closed_form_fd_and_the_accuracy():
+    """unit_intervals on Gaussian features whose FD is known in closed form (equal covariances, means apart by
+    |d|^2 = 4: FD = 4) and on scores of known accuracy: both intervals hold the true value and are not wide."""
+    import torch
+
+    from unclip.experiments.sweep import unit_intervals
+
+    g = torch.Generator().manual_seed(0)
+    dim = 8
+    shift = torch.zeros(dim)
+    shift[:4] = 1.0
+    features = torch.randn(2000, dim, generator=g, dtype=torch.float64) + shift
+    reference = torch.randn(2000, dim, generator=g, dtype=torch.float64)
+    right = (torch.rand(600, generator=g) < 0.7).tolist()
+    scores = [{"shape": r, "colour": True, "count": True} for r in right]  # mean over shape and colour
+    out = unit_intervals(features, scores, reference, seed=1, fd_draws=100)
+    low, high = out["fd"]
+    assert low < 4.0 < high and high - low < 1.0
+    truth = (0.7 + 1.0) / 2
+    low, high = out["accuracy"]
+    assert low < truth < high and high - low < 0.06
+
+
+def test_binding_rate_interval_matches_the_normal_approximation():
+    from unclip.experiments.binding import rate_interval
+
+    low, high = rate_interval(0.3, 400)
+    half = 1.96 * (0.3 * 0.7 / 400) ** 0.5
+    assert abs(low - (0.3 - half)) < 0.01 and abs(high - (0.3 + half)) < 0.01
+    assert rate_interval(0.0, 200) == (0.0, 0.0)

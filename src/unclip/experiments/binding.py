@@ -34,6 +34,7 @@ from unclip.experiments.common import (
     ResultStore,
     Verdict,
     competence_gate,
+    error_bar_lengths,
     markdown_table,
     new_figure,
 )
@@ -41,7 +42,7 @@ from unclip.experiments.guidance_fid import FULL as GUIDANCE_FID_FULL
 from unclip.experiments.guidance_fid import decoder_info
 from unclip.experiments.models import FULL_DECODERS, QUICK_DECODERS, DecoderBudget
 from unclip.experiments.sweep import SETTING_LABELS, SETTINGS, best_accuracy, decoder_for, generate
-from unclip.experiments.verdicts import COMPETENCE_MIN, binding_difference, binding_verdict
+from unclip.experiments.verdicts import COMPETENCE_MIN, binding_difference, binding_verdict, format_interval
 
 COMPARED = ("unclip", "caption")
 
@@ -94,6 +95,24 @@ def binding_measures(pred: dict[str, Any], spec: dict[str, Any]) -> dict[str, bo
 
 
 MEASURES = ("count", "bound", "colours_bound", "colour_swap", "relation")
+
+
+def rate_interval(rate: float, n: int, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of a rate over ``n`` images: a yes/no measure's resample depends on its count
+    alone, so the stored rate and n rebuild the per-image outcomes exactly."""
+    import numpy as np
+
+    from unclip.experiments.verdicts import bootstrap_interval
+
+    outcomes = np.zeros(n)
+    outcomes[: round(rate * n)] = 1.0
+    return bootstrap_interval([n], lambda i: float(outcomes[i].mean()), seed=seed)
+
+
+def _cell(rates: dict[str, float], key: str) -> str:
+    if key == "n":
+        return str(int(rates[key]))
+    return format_interval(rates[key], rate_interval(rates[key], int(rates["n"])), digits=3)
 
 
 def _rates(measures: list[dict[str, bool]]) -> dict[str, float]:
@@ -169,32 +188,35 @@ def run(ctx: ExperimentContext, s: BindingSettings) -> ExperimentResult:
         "relation",
         "n",
     ]
-    rows = [[SETTING_LABELS[m], g, *[res[m][g][k] for k in (*MEASURES, "n")]]
+    rows = [[SETTING_LABELS[m], g, *[_cell(res[m][g], k) for k in (*MEASURES, "n")]]
             for m in COMPARED for g in gs]  # fmt: skip
     rows.append(
         [
             "unCLIP decoder on true z_i (reconstruction)",
             s.guidances[0],
-            *[recon["decoded"][k] for k in (*MEASURES, "n")],
+            *[_cell(recon["decoded"], k) for k in (*MEASURES, "n")],
         ]
     )
     rows.append(
         [
             "real renders (oracle ceiling)",
             "—",
-            *[recon["real"][k] for k in (*MEASURES, "n")],
+            *[_cell(recon["real"], k) for k in (*MEASURES, "n")],
         ]
     )
     fig, (ax,) = new_figure(1, width=7)
-    labels = [f"{SETTING_LABELS[m]}\ng={g}" for m in COMPARED for g in gs] + ["reconstruction\nfrom z_i", "real"]
+    short = {"unclip": "unCLIP", "caption": "caption-only"}
+    labels = [f"{short[m]}\ng={g}" for m in COMPARED for g in gs] + ["reconstruction\nfrom z_i", "real"]
     bound = [res[m][g]["bound"] for m in COMPARED for g in gs] + [recon["decoded"]["bound"], recon["real"]["bound"]]
     swap = [res[m][g]["colour_swap"] for m in COMPARED for g in gs] + [
         recon["decoded"]["colour_swap"],
         recon["real"]["colour_swap"],
     ]
     x = torch.arange(len(labels)).float()
-    ax.bar((x - 0.2).tolist(), bound, width=0.4, label="bound")
-    ax.bar((x + 0.2).tolist(), swap, width=0.4, label="colours swapped")
+    ns = [res[m][g]["n"] for m in COMPARED for g in gs] + [recon["decoded"]["n"], recon["real"]["n"]]
+    for offset, values, label in ((-0.2, bound, "bound"), (0.2, swap, "colours swapped")):
+        errors = error_bar_lengths(values, [rate_interval(v, int(n)) for v, n in zip(values, ns)])
+        ax.bar((x + offset).tolist(), values, width=0.4, yerr=errors, capsize=2, label=label)
     ax.set_xticks(x.tolist(), labels, fontsize=7)
     ax.set(ylabel="rate", ylim=(0, 1), title="Binding on two-object captions")
     ax.legend()

@@ -12,6 +12,7 @@ unCLIP's FD rises less from its best guidance to the largest guidance than the b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +34,10 @@ from unclip.experiments.sweep import (
     real_scores,
     row_sweep_unit,
     summarise_scores,
+    unit_intervals,
     unit_key,
 )
-from unclip.experiments.verdicts import COMPETENCE_MIN, fd_rise, guidance_fid_verdict
+from unclip.experiments.verdicts import COMPETENCE_MIN, fd_rise, format_interval, guidance_fid_verdict
 
 
 @dataclass
@@ -72,8 +74,9 @@ def sweep_table(ctx: ExperimentContext, name: str, settings_list: tuple[str, ...
     progress = Progress(name, len(settings_list) * len(s.guidances), ctx.log)
     size = decoder_for(ctx, s.decoders, settings_list[0]).model.config.image_size
     ref = real_features(ctx, ref_rows, size)
-    real = {"fd": frechet_distance(real_features(ctx, rows, size), ref), "accuracy": summarise_scores(
-        real_scores(ctx, rows, size))}  # fmt: skip
+    real_feats, real_sc = real_features(ctx, rows, size), real_scores(ctx, rows, size)
+    real = {"fd": frechet_distance(real_feats, ref), "accuracy": summarise_scores(real_sc),
+            "intervals": unit_intervals(real_feats, real_sc, ref)}  # fmt: skip
     results: dict[str, dict[str, dict]] = {}
     for setting in settings_list:
         results[setting] = {}
@@ -81,9 +84,36 @@ def sweep_table(ctx: ExperimentContext, name: str, settings_list: tuple[str, ...
             key = unit_key(setting, g, len(rows), s.steps)
             unit = row_sweep_unit(ctx, s.decoders, setting, g, rows, s.steps)
             progress.step(key)
-            results[setting][f"{g:g}"] = {"fd": frechet_distance(unit["features"], ref),
-                                          "accuracy": summarise_scores(unit["scores"])}  # fmt: skip
+            results[setting][f"{g:g}"] = {
+                "fd": frechet_distance(unit["features"], ref),
+                "accuracy": summarise_scores(unit["scores"]),
+                "intervals": unit_intervals(unit["features"], unit["scores"], ref),
+            }
     return results, real, size
+
+
+def fd_cell(point: dict[str, Any]) -> str:
+    """``41.01 [37.92, 45.30]``: a sweep point's FD with its 95% interval."""
+    return format_interval(point["fd"], point["intervals"]["fd"])
+
+
+def accuracy_cell(point: dict[str, Any]) -> str:
+    """``0.680 [0.652, 0.707]``: a sweep point's mean specified-attribute accuracy with its 95% interval."""
+    return format_interval(point["accuracy"]["mean"], point["intervals"]["accuracy"], digits=3)
+
+
+def plot_sweep(ax_fd, ax_accuracy, results: dict, settings_list: tuple[str, ...], guidances: tuple[float, ...]) -> None:
+    """FD and accuracy against guidance, one curve per setting, with 95% bootstrap error bars."""
+    from unclip.experiments.common import error_bar_lengths
+
+    gs = [f"{g:g}" for g in guidances]
+    for m in settings_list:
+        points = [results[m][g] for g in gs]
+        for ax, value, key in ((ax_fd, lambda p: p["fd"], "fd"), (ax_accuracy, lambda p: p["accuracy"]["mean"],
+                                                                    "accuracy")):  # fmt: skip
+            values = [value(p) for p in points]
+            ax.errorbar(list(guidances), values, yerr=error_bar_lengths(values, [p["intervals"][key] for p in points]),
+                        marker="o", capsize=3, label=SETTING_LABELS[m])  # fmt: skip
 
 
 def decoder_info(ctx: ExperimentContext, s: SweepSettings, settings_list: tuple[str, ...]) -> dict[str, dict]:
@@ -110,14 +140,11 @@ def run(ctx: ExperimentContext, s: SweepSettings) -> ExperimentResult:
     verdict, gate = competence_gate(verdict, best, SETTING_LABELS, s.competence_min)
     header = ["decoder guidance", *[f"FD {SETTING_LABELS[m]}" for m in compared],
               *[f"accuracy {SETTING_LABELS[m]}" for m in compared]]  # fmt: skip
-    table_rows = [[g, *[results[m][g]["fd"] for m in compared], *[results[m][g]["accuracy"]["mean"] for m in compared]]
+    table_rows = [[g, *[fd_cell(results[m][g]) for m in compared], *[accuracy_cell(results[m][g]) for m in compared]]
                   for g in gs]  # fmt: skip
-    table_rows.append(["real renders", real["fd"], real["fd"], real["accuracy"]["mean"], real["accuracy"]["mean"]])
+    table_rows.append(["real renders", fd_cell(real), fd_cell(real), accuracy_cell(real), accuracy_cell(real)])
     fig, (ax1, ax2) = new_figure(2)
-    for m in compared:
-        ax1.plot(list(s.guidances), [results[m][g]["fd"] for g in gs], marker="o", label=SETTING_LABELS[m])
-        ax2.plot(list(s.guidances), [results[m][g]["accuracy"]["mean"] for g in gs], marker="o",
-                 label=SETTING_LABELS[m])  # fmt: skip
+    plot_sweep(ax1, ax2, results, compared, s.guidances)
     ax1.axhline(real["fd"], color="grey", ls="--", lw=1, label="real renders (floor)")
     ax1.set(xlabel="decoder guidance scale", ylabel="domain FD (oracle features)", title="FD vs guidance")
     ax2.set(xlabel="decoder guidance scale", ylabel="specified-attribute accuracy", title="Caption accuracy")

@@ -18,7 +18,16 @@ from unclip.experiments.common import (
     markdown_table,
     new_figure,
 )
-from unclip.experiments.guidance_fid import FULL, QUICK, SweepSettings, decoder_info, sweep_table
+from unclip.experiments.guidance_fid import (
+    FULL,
+    QUICK,
+    SweepSettings,
+    accuracy_cell,
+    decoder_info,
+    fd_cell,
+    plot_sweep,
+    sweep_table,
+)
 from unclip.experiments.sweep import SETTING_LABELS
 from unclip.experiments.verdicts import prior_matters_verdict
 
@@ -38,14 +47,16 @@ def run(ctx: ExperimentContext, s: SweepSettings) -> ExperimentResult:
     order = " < ".join(SETTING_LABELS[m] for m in sorted(COMPARED, key=fd.get))
     verdict = Verdict(
         held,
-        f"best FD: unCLIP {fd['unclip']:.2f}, z_t-trained decoder {fd['text_embedding']:.2f}, "
-        f"z_t zero-shot {fd['zero_shot']:.2f} (order: {order}; real floor {real['fd']:.2f}).",
+        f"best FD: unCLIP {fd_cell(results['unclip'][best['unclip']])}, z_t-trained decoder "
+        f"{fd_cell(results['text_embedding'][best['text_embedding']])}, z_t zero-shot "
+        f"{fd_cell(results['zero_shot'][best['zero_shot']])} (order: {order}; real floor {fd_cell(real)}).",
     )
     verdict, gate = competence_gate(verdict, {m: best_acc[m] for m in GATED}, SETTING_LABELS, s.competence_min)
     header = ["setting", "best FD", "at guidance", "accuracy there", "best accuracy (any guidance)", "paper FID"]
-    rows = [[SETTING_LABELS[m], fd[m], best[m], acc[m], best_acc[m], PAPER_FID[m]] for m in COMPARED]
-    rows.append(["real renders", real["fd"], "—", real["accuracy"]["mean"], real["accuracy"]["mean"], None])
-    sweep_rows = [[SETTING_LABELS[m], g, results[m][g]["fd"], results[m][g]["accuracy"]["mean"],
+    rows = [[SETTING_LABELS[m], fd_cell(results[m][best[m]]), best[m], accuracy_cell(results[m][best[m]]), best_acc[m],
+             PAPER_FID[m]] for m in COMPARED]  # fmt: skip
+    rows.append(["real renders", fd_cell(real), "—", accuracy_cell(real), real["accuracy"]["mean"], None])
+    sweep_rows = [[SETTING_LABELS[m], g, fd_cell(results[m][g]), accuracy_cell(results[m][g]),
                    results[m][g]["accuracy"]["all"]] for m in COMPARED for g in gs]  # fmt: skip
     table = (
         markdown_table(header, rows)
@@ -53,10 +64,7 @@ def run(ctx: ExperimentContext, s: SweepSettings) -> ExperimentResult:
         + markdown_table(["setting", "guidance", "FD", "mean accuracy", "all specified right"], sweep_rows)
     )
     fig, (ax1, ax2) = new_figure(2)
-    for m in COMPARED:
-        ax1.plot(list(s.guidances), [results[m][g]["fd"] for g in gs], marker="o", label=SETTING_LABELS[m])
-        ax2.plot(list(s.guidances), [results[m][g]["accuracy"]["mean"] for g in gs], marker="o",
-                 label=SETTING_LABELS[m])  # fmt: skip
+    plot_sweep(ax1, ax2, results, COMPARED, s.guidances)
     ax1.axhline(real["fd"], color="grey", ls="--", lw=1, label="real renders (floor)")
     ax1.set(xlabel="decoder guidance scale", ylabel="domain FD (oracle features)", title="The prior matters: FD")
     ax2.set(xlabel="decoder guidance scale", ylabel="specified-attribute accuracy", title="Caption accuracy")

@@ -102,8 +102,12 @@ def row_sweep_unit(
 
 
 def best_accuracy(
-    ctx: ExperimentContext, budget: DecoderBudget, settings: tuple[str, ...], guidances: tuple[float, ...],
-    rows: int, steps: int,
+    ctx: ExperimentContext,
+    budget: DecoderBudget,
+    settings: tuple[str, ...],
+    guidances: tuple[float, ...],
+    rows: int,
+    steps: int,
 ) -> dict[str, float]:
     """Each setting's best mean specified-attribute accuracy over ``guidances`` on the first ``rows`` held-out
     cache rows (the competence gate of an experiment whose own measures are not that accuracy; the units are
@@ -140,3 +144,20 @@ def summarise_scores(scores: list[dict[str, bool]]) -> dict[str, float]:
     keys = [k for k in acc if k not in ("all", "count")]
     acc["mean"] = sum(acc[k] for k in keys) / len(keys) if keys else float("nan")
     return acc
+
+
+def unit_intervals(
+    features: torch.Tensor, scores: list[dict[str, bool]], reference: torch.Tensor, seed: int = 0, fd_draws: int = 200
+) -> dict[str, tuple[float, float]]:
+    """95% bootstrap intervals of one unit: ``fd`` (its rows [N, F] and the reference [M, F] resampled
+    independently, bias-corrected: resampling inflates an FD) and ``accuracy`` (the mean specified-attribute
+    accuracy, rows resampled)."""
+    from unclip.experiments.verdicts import bootstrap_intervals
+    from unclip.measure.metrics import frechet_distance
+
+    a, b = features.double().numpy(), reference.double().numpy()
+    (fd,) = bootstrap_intervals([len(a), len(b)], lambda i, j: [frechet_distance(a[i], b[j])], draws=fd_draws,
+                                seed=seed, bias_corrected=True)  # fmt: skip
+    (acc,) = bootstrap_intervals([len(scores)], lambda i: [summarise_scores([scores[k] for k in i])["mean"]],
+                                 seed=seed)  # fmt: skip
+    return {"fd": fd, "accuracy": acc}
