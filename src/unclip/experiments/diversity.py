@@ -32,13 +32,14 @@ from unclip.experiments.common import (
     ResultStore,
     Verdict,
     competence_gate,
+    error_bar_lengths,
     markdown_table,
     new_figure,
 )
 from unclip.experiments.guidance_fid import decoder_info
 from unclip.experiments.models import FULL_DECODERS, QUICK_DECODERS, DecoderBudget
 from unclip.experiments.sweep import SETTING_LABELS, SETTINGS, generate
-from unclip.experiments.verdicts import COMPETENCE_MIN, diversity_verdict, matched_gap
+from unclip.experiments.verdicts import COMPETENCE_MIN, diversity_verdict, format_interval, matched_gap
 
 __all__ = ["DiversitySettings", "SPEC", "caption_unit", "matched_gap", "run"]
 
@@ -59,8 +60,8 @@ class DiversitySettings:
 
 
 def caption_unit(ctx: ExperimentContext, s: DiversitySettings, setting: str, guidance: float) -> dict[str, Any]:
-    """Accuracy and unspecified-attribute entropy of ``setting`` at ``guidance`` over the held-out captions."""
-    from unclip.experiments.sweep import summarise_scores
+    """Accuracy and unspecified-attribute entropy of ``setting`` at ``guidance`` over the held-out captions,
+    with each caption's image scores and entropies (``per_caption``, for the bootstrap over captions)."""
     from unclip.measure.oracle import predict, score_specified, unspecified_entropy
     from unclip.measure.quality import held_out_captions
 
@@ -69,16 +70,47 @@ def caption_unit(ctx: ExperimentContext, s: DiversitySettings, setting: str, gui
     gen = ctx.generator(s.captions, s.per_caption, int(guidance * 1000), 11 + SETTINGS.index(setting))
     images = generate(ctx, s.decoders, setting, text.to(dtype=torch.float32), guidance, s.steps, gen).clamp(-1, 1)
     preds = predict(ctx.get_oracle(), images)
-    scores, entropies = [], {}
+    per_caption = []
     for i, x in enumerate(samples):
         group = preds[i * s.per_caption : (i + 1) * s.per_caption]
-        scores += [score_specified(p, x.specified) for p in group]
-        for k, v in unspecified_entropy(group, x.specified).items():
+        per_caption.append({"scores": [score_specified(p, x.specified) for p in group],
+                            "entropy": unspecified_entropy(group, x.specified)})  # fmt: skip
+    return summarise_captions(per_caption) | {"per_caption": per_caption, "images": len(preds)}
+
+
+def summarise_captions(per_caption: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pooled accuracy and mean entropy per free attribute (over the captions that leave it free) of a list of
+    captions' ``{"scores": [...], "entropy": {attribute: value}}``; ``mean_entropy`` averages the attributes."""
+    from unclip.experiments.sweep import summarise_scores
+
+    acc = summarise_scores([sc for c in per_caption for sc in c["scores"]])
+    entropies: dict[str, list[float]] = {}
+    for c in per_caption:
+        for k, v in c["entropy"].items():
             entropies.setdefault(k, []).append(v)
-    acc = summarise_scores(scores)
     ent = {k: statistics.fmean(v) for k, v in entropies.items()}
     return {"accuracy": acc, "entropy": ent, "mean_accuracy": acc["mean"],
-            "mean_entropy": statistics.fmean(ent.values()) if ent else float("nan"), "images": len(preds)}  # fmt: skip
+            "mean_entropy": statistics.fmean(ent.values()) if ent else float("nan")}  # fmt: skip
+
+
+def point_intervals(res: dict[str, dict[str, Any]], gs: list[str], seed: int = 0) -> dict[str, Any]:
+    """95% bootstrap intervals over captions (one resample of the caption indices shared by every point, so the
+    two models' points and their gap move together): each point's accuracy and entropy, and the matched-
+    accuracy entropy gap (NaN draws, without an overlapping accuracy range, dropped)."""
+    from unclip.experiments.verdicts import bootstrap_intervals
+
+    n = len(res[COMPARED[0]][gs[0]]["per_caption"])
+
+    def stats(i) -> list[float]:
+        pts = {m: [summarise_captions([res[m][g]["per_caption"][k] for k in i]) for g in gs] for m in COMPARED}
+        out = [p[q] for m in COMPARED for p in pts[m] for q in ("mean_accuracy", "mean_entropy")]
+        gap = matched_gap(*[[(p["mean_accuracy"], p["mean_entropy"]) for p in pts[m]] for m in COMPARED])
+        return out + [float("nan") if gap is None else gap]
+
+    ci = bootstrap_intervals([n], stats, draws=500, seed=seed)
+    it = iter(ci[:-1])
+    points = {m: {g: {"accuracy": next(it), "entropy": next(it)} for g in gs} for m in COMPARED}
+    return {"points": points, "matched_gap": ci[-1]}
 
 
 def run(ctx: ExperimentContext, s: DiversitySettings) -> ExperimentResult:
@@ -90,14 +122,16 @@ def run(ctx: ExperimentContext, s: DiversitySettings) -> ExperimentResult:
         for g, key in zip(s.guidances, gs):
             res[m][key] = progress.unit(
                 store,
-                f"{m}_g{key}_c{s.captions}x{s.per_caption}_s{s.steps}",
+                f"{m}_g{key}_c{s.captions}x{s.per_caption}_s{s.steps}_v2",
                 lambda m=m, g=g: caption_unit(ctx, s, m, g),
                 f"{m} at guidance {key}",
             )
     pts = {m: [(res[m][g]["mean_accuracy"], res[m][g]["mean_entropy"]) for g in gs] for m in COMPARED}
     held, gap = diversity_verdict(pts["unclip"], pts["caption"])
+    ci = point_intervals(res, gs)
     if gap is not None:
-        how = f"unCLIP's entropy minus the baseline's at matched accuracy: {gap:+.3f}"
+        low, high = ci["matched_gap"]
+        how = f"unCLIP's entropy minus the baseline's at matched accuracy: {gap:+.3f} [{low:+.3f}, {high:+.3f}]"
     else:
         (au, hu), (ab, hb) = max(pts["unclip"]), max(pts["caption"])
         how = (f"no overlapping accuracy range; at their most accurate points unCLIP {au:.2f} acc / {hu:.2f} "
@@ -108,7 +142,8 @@ def run(ctx: ExperimentContext, s: DiversitySettings) -> ExperimentResult:
     best = {m: max(res[m][g]["mean_accuracy"] for g in gs) for m in COMPARED}
     verdict, gate = competence_gate(verdict, best, SETTING_LABELS, s.competence_min)
     header = ["guidance", *[f"{SETTING_LABELS[m]}: {q}" for m in COMPARED for q in ("accuracy", "entropy")]]
-    rows = [[g, *[res[m][g][q] for m in COMPARED for q in ("mean_accuracy", "mean_entropy")]] for g in gs]
+    rows = [[g, *[format_interval(res[m][g][f"mean_{q}"], ci["points"][m][g][q], digits=3) for m in COMPARED
+                  for q in ("accuracy", "entropy")]] for g in gs]  # fmt: skip
     attrs = sorted({k for m in COMPARED for g in gs for k in res[m][g]["entropy"]})
     ent_rows = [[SETTING_LABELS[m], g, *[res[m][g]["entropy"].get(a) for a in attrs]] for m in COMPARED for g in gs]
     table = (
@@ -118,11 +153,13 @@ def run(ctx: ExperimentContext, s: DiversitySettings) -> ExperimentResult:
     )
     fig, (ax1, ax2) = new_figure(2)
     for m in COMPARED:
-        a, h = zip(*pts[m])
-        ax1.plot(a, h, marker="o", label=SETTING_LABELS[m])
+        a, h = (list(v) for v in zip(*pts[m]))
+        a_err = error_bar_lengths(a, [ci["points"][m][g]["accuracy"] for g in gs])
+        h_err = error_bar_lengths(h, [ci["points"][m][g]["entropy"] for g in gs])
+        ax1.errorbar(a, h, xerr=a_err, yerr=h_err, marker="o", capsize=2, label=SETTING_LABELS[m])
         for g, x, y in zip(gs, a, h):
             ax1.annotate(g, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax2.plot(list(s.guidances), h, marker="o", label=SETTING_LABELS[m])
+        ax2.errorbar(list(s.guidances), h, yerr=h_err, marker="o", capsize=3, label=SETTING_LABELS[m])
     ax1.set(xlabel="specified-attribute accuracy", ylabel="unspecified-attribute entropy",
             title="Diversity vs accuracy (labels: guidance)")  # fmt: skip
     ax2.set(xlabel="decoder guidance scale", ylabel="unspecified-attribute entropy", title="Diversity vs guidance")
@@ -139,7 +176,16 @@ def run(ctx: ExperimentContext, s: DiversitySettings) -> ExperimentResult:
         )
         + "."
     )
-    data = {"results": res, "matched_entropy_gap": gap, "entropy_change": collapse, "decoders": info, "gate": gate}
+    data = {
+        "results": {
+            m: {g: {k: v for k, v in r.items() if k != "per_caption"} for g, r in res[m].items()} for m in COMPARED
+        },
+        "intervals": ci,
+        "matched_entropy_gap": gap,
+        "entropy_change": collapse,
+        "decoders": info,
+        "gate": gate,
+    }
     return ExperimentResult(verdict, table, data, fig, notes)
 
 
