@@ -162,7 +162,8 @@ def test_console_script_fast_exit_keeps_every_file_and_line(model_dir, tmp_path)
 
 
 def test_console_script_pauses_the_collector_until_the_pipeline_is_loaded(model_dir, tmp_path):
-    """unclip.cli.startup through the real console-script path: the collector is off before the pipeline loads and on after."""
+    """unclip.cli.startup through the real console-script path: the collector is off before the pipeline loads
+    and on after."""
     import subprocess
     import sys
 

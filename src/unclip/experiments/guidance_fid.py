@@ -23,6 +23,7 @@ from unclip.experiments.common import (
     Progress,
     Verdict,
     competence_gate,
+    error_bar_lengths,
     markdown_table,
     new_figure,
 )
@@ -104,16 +105,16 @@ def accuracy_cell(point: dict[str, Any]) -> str:
 
 def plot_sweep(ax_fd, ax_accuracy, results: dict, settings_list: tuple[str, ...], guidances: tuple[float, ...]) -> None:
     """FD and accuracy against guidance, one curve per setting, with 95% bootstrap error bars."""
-    from unclip.experiments.common import error_bar_lengths
-
     gs = [f"{g:g}" for g in guidances]
     for m in settings_list:
         points = [results[m][g] for g in gs]
-        for ax, value, key in ((ax_fd, lambda p: p["fd"], "fd"), (ax_accuracy, lambda p: p["accuracy"]["mean"],
-                                                                    "accuracy")):  # fmt: skip
-            values = [value(p) for p in points]
-            ax.errorbar(list(guidances), values, yerr=error_bar_lengths(values, [p["intervals"][key] for p in points]),
-                        marker="o", capsize=3, label=SETTING_LABELS[m])  # fmt: skip
+        fd = [p["fd"] for p in points]
+        accuracy = [p["accuracy"]["mean"] for p in points]
+        fd_err = error_bar_lengths(fd, [p["intervals"]["fd"] for p in points])
+        accuracy_err = error_bar_lengths(accuracy, [p["intervals"]["accuracy"] for p in points])
+        style = {"marker": "o", "capsize": 3, "label": SETTING_LABELS[m]}
+        ax_fd.errorbar(list(guidances), fd, yerr=fd_err, **style)
+        ax_accuracy.errorbar(list(guidances), accuracy, yerr=accuracy_err, **style)
 
 
 def decoder_info(ctx: ExperimentContext, s: SweepSettings, settings_list: tuple[str, ...]) -> dict[str, dict]:
