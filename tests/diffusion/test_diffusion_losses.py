@@ -11,6 +11,7 @@ from torch import nn
 
 from unclip.diffusion import (
     Parameterization,
+    channel_mean_error,
     discretized_gaussian_log_likelihood,
     make_schedule,
     normal_kl,
@@ -18,6 +19,7 @@ from unclip.diffusion import (
     q_sample,
     sample_timesteps,
     training_losses,
+    training_target,
     vlb_terms,
     x0_from_eps,
 )
@@ -275,3 +277,40 @@ def test_min_snr_weighting_counts_every_parameterisation_as_min_snr_x0_error(gam
         torch.testing.assert_close(losses["loss"].double(), expected, rtol=1e-4, atol=1e-12)
     with pytest.raises(ValueError, match="gamma"):
         training_losses(lambda x, tt: x, x0, t, noise, schedule=BASE, param=Parameterization("v"), snr_gamma=0.0)
+
+
+def test_channel_mean_weight_adds_the_global_colour_error_in_closed_form() -> None:
+    """An error of c_k per channel plus a zero-mean pattern: MSE = mean(c^2) + pattern energy, the extra term
+    is w * mean(c^2) exactly; a pattern with zero spatial mean adds nothing to it."""
+    torch.manual_seed(0)
+    x0 = torch.rand(3, 3, 4, 4, dtype=torch.float64) * 2 - 1
+    noise = torch.randn_like(x0)
+    t = torch.tensor([5, 400, 990])
+    target = training_target(BASE, x0, t, noise, "v")
+    offset = torch.tensor([0.1, -0.2, 0.05], dtype=torch.float64).reshape(1, 3, 1, 1)
+    checker = (torch.arange(4).reshape(4, 1) + torch.arange(4)).remainder(2).to(torch.float64) * 2 - 1  # mean 0
+    error = offset + 0.3 * checker
+    losses = training_losses(
+        lambda x, tt: target + error, x0, t, noise, schedule=BASE, param=Parameterization("v"), channel_mean_weight=4.0
+    )
+    dc = offset.pow(2).mean()
+    torch.testing.assert_close(losses["channel_mean_mse"].double(), dc.expand(3), rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(losses["mse"].double(), (dc + 0.09).expand(3), rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(losses["loss"].double(), (dc + 0.09 + 4.0 * dc).expand(3), rtol=1e-6, atol=1e-12)
+    pattern_only = training_losses(
+        lambda x, tt: target + 0.3 * checker, x0, t, noise, schedule=BASE, param=Parameterization("v"),
+        channel_mean_weight=4.0,
+    )  # fmt: skip
+    assert float(pattern_only["channel_mean_mse"].abs().max()) < 1e-12
+    assert channel_mean_error(error.expand(2, -1, -1, -1)).shape == (2,)
+
+
+def test_channel_mean_weight_refuses_bad_values_and_non_images() -> None:
+    x0 = torch.zeros(2, 3, 4, 4)
+    t = torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="channel_mean_weight must be >= 0, got -1"):
+        training_losses(lambda x, tt: x, x0, t, schedule=BASE, param=Parameterization("v"), channel_mean_weight=-1.0)
+    with pytest.raises(ValueError, match=r"needs images \[B, C, H, W\], got x0 of shape \(2, 8\)"):
+        training_losses(
+            lambda x, tt: x, torch.zeros(2, 8), t, schedule=BASE, param=Parameterization("v"), channel_mean_weight=1.0
+        )

@@ -255,3 +255,33 @@ def test_the_pipeline_samples_through_the_prior_interface(pipe):
     assert torch.equal(out.image_embeddings, target.expand(2, -1))
     with pytest.raises(TypeError, match="prior must be"):
         UnCLIPPipeline(pipe.clip, torch.nn.Linear(2, 2), pipe.decoder)
+
+
+def test_decoder_guidance_keep_mean_reaches_the_decoder_and_round_trips(pipe, tmp_path, monkeypatch):
+    """The default decides the decoder's guidance (text to image and inpainting alike), survives save/load,
+    is not used at guidance 1, and a non-boolean value is refused by name."""
+    import unclip.stages.decoding as decoding
+
+    seen = []
+    original = decoding.guided_denoiser
+
+    def spy(*args, keep_mean=False):
+        seen.append(keep_mean)
+        return original(*args, keep_mean=keep_mean)
+
+    monkeypatch.setattr(decoding, "guided_denoiser", spy)
+    monkeypatch.setattr(pipe.defaults, "decoder_guidance_keep_mean", True)
+    pipe("a red circle", seed=0, decoder_guidance_scale=4.0)
+    plain_at_one = pipe("a red circle", seed=0, decoder_guidance_scale=1.0, output_type="pt").images
+    mask = Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), 4))
+    pipe.inpaint(_source(0), mask, "a red circle", seed=0, decoder_guidance_scale=4.0)
+    assert seen == [True, True]  # guidance 1 builds no guided denoiser
+    loaded = UnCLIPPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "p"))
+    assert loaded.defaults.decoder_guidance_keep_mean is True
+    monkeypatch.setattr(pipe.defaults, "decoder_guidance_keep_mean", False)
+    pipe("a red circle", seed=0, decoder_guidance_scale=4.0)
+    assert seen == [True, True, False]  # (the numbers: tests/samplers/test_cfg_guidance.py)
+    assert torch.equal(plain_at_one, pipe("a red circle", seed=0, decoder_guidance_scale=1.0, output_type="pt").images)
+    monkeypatch.setattr(pipe.defaults, "decoder_guidance_keep_mean", "yes")
+    with pytest.raises(ValueError, match="decoder_guidance_keep_mean must be true or false, got 'yes'"):
+        pipe("a red circle", seed=0)

@@ -179,3 +179,41 @@ def test_dynamic_threshold_matches_reference() -> None:
         s = min(max(q.item(), 1.0), 4.0)
         torch.testing.assert_close(out[b], x0[b].clamp(-s, s) / s)
     assert out[0].abs().max() <= 1.0  # s = 1 for the small sample: plain clamp
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_keep_mean_guidance_keeps_the_conditional_x0_mean_in_every_parameterisation(prediction: str) -> None:
+    """Float64: the guided x0's per-channel spatial mean is the conditional x0's, its zero-mean part is plain
+    CFG's; scale 1 is the conditional branch."""
+    from unclip.diffusion import prediction_to_x0_eps
+    from unclip.samplers import guide
+
+    gen = torch.Generator().manual_seed(3)
+    x_t, u, c = (torch.randn(2, 3, 5, 5, generator=gen, dtype=torch.float64) for _ in range(3))
+    t = torch.tensor([300, 800])
+
+    def x0_of(raw: torch.Tensor) -> torch.Tensor:
+        return prediction_to_x0_eps(BASE, x_t, t, raw, prediction)[0]
+
+    kept = guide(u, c, 4.0, keep_mean=True)
+    plain = guide(u, c, 4.0)
+    torch.testing.assert_close(plain, u + 4.0 * (c - u))
+    torch.testing.assert_close(x0_of(kept).mean(dim=(2, 3)), x0_of(c).mean(dim=(2, 3)))
+    assert (x0_of(plain).mean(dim=(2, 3)) - x0_of(c).mean(dim=(2, 3))).abs().max() > 0.1
+    centred = lambda a: a - a.mean(dim=(2, 3), keepdim=True)  # noqa: E731
+    torch.testing.assert_close(centred(x0_of(kept)), centred(x0_of(plain)))
+    torch.testing.assert_close(guide(u, c, 1.0, keep_mean=True), c)
+
+
+def test_keep_mean_through_the_wrapper_and_its_errors() -> None:
+    """The doubled-batch wrapper applies it to the mean channels only (variance from the conditional half)."""
+    from unclip.samplers import guide
+
+    gen = torch.Generator().manual_seed(4)
+    raw = torch.randn(4, 6, 5, 5, generator=gen)
+    param = Parameterization("v", "learned_range")
+    out = guided_denoiser(lambda x, t: raw, 3.0, param, keep_mean=True)(torch.zeros(2, 3, 5, 5), torch.zeros(2))
+    (u_mean, _), (c_mean, c_var) = raw[:2].chunk(2, dim=1), raw[2:].chunk(2, dim=1)
+    torch.testing.assert_close(out, torch.cat([guide(u_mean, c_mean, 3.0, keep_mean=True), c_var], dim=1))
+    with pytest.raises(ValueError, match=r"keep_mean guidance needs images \[B, C, H, W\], got shape \(2, 8\)"):
+        guide(torch.zeros(2, 8), torch.zeros(2, 8), 2.0, keep_mean=True)

@@ -25,11 +25,23 @@ from unclip.cli.train_common import run_stage, train_options
               help="What the network predicts (v is robust for short training; Karlo uses eps).")  # fmt: skip
 @click.option("--snr-gamma", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Min-SNR-gamma weighting of the MSE term (e.g. 5); default: unweighted.")  # fmt: skip
+@click.option("--channel-mean-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Extra weight of each channel's spatial-mean error (global colour) in the MSE term.")  # fmt: skip
 @click.option("--norm-groups", type=click.IntRange(min=1), default=None,
               help="GroupNorm groups [default: the preset's].")  # fmt: skip
 @train_options(steps=6000, batch_size=32, lr=1e-3, warmup=200, ema=0.999, eval_every=1000)
 def command(
-    cache, preset, holdout, prediction, snr_gamma, norm_groups, use_text, image_drop, text_drop, **options
+    cache,
+    preset,
+    holdout,
+    prediction,
+    snr_gamma,
+    channel_mean_weight,
+    norm_groups,
+    use_text,
+    image_drop,
+    text_drop,
+    **options,
 ) -> None:
     """Train the decoder U-Net (learned variance, hybrid loss) on a shapes cache."""
     from dataclasses import replace
@@ -42,7 +54,7 @@ def command(
             DecoderTaskConfig(
                 cache=cache, preset=preset, holdout=holdout, use_text=use_text, image_drop=image_drop,
                 text_drop=text_drop, diffusion=replace(DECODER_DIFFUSION, prediction=prediction),
-                snr_gamma=snr_gamma, norm_groups=norm_groups,
+                snr_gamma=snr_gamma, norm_groups=norm_groups, channel_mean_weight=channel_mean_weight,
             )
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:

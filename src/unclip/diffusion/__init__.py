@@ -33,6 +33,7 @@ tensor [B]); ``schedule.timesteps[t]`` is what the network receives. Full notes:
 """
 
 from unclip.diffusion.losses import (
+    channel_mean_error,
     discretized_gaussian_log_likelihood,
     gaussian_log_likelihood,
     mean_flat,
@@ -96,4 +97,5 @@ __all__ = [
     "sample_timesteps",
     "training_losses",
     "min_snr_weight",
+    "channel_mean_error",
 ]

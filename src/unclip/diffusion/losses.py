@@ -32,6 +32,7 @@ __all__ = [
     "vlb_terms",
     "sample_timesteps",
     "min_snr_weight",
+    "channel_mean_error",
     "training_losses",
 ]
 
@@ -126,6 +127,16 @@ def sample_timesteps(
     return t.to(device) if device is not None else t
 
 
+def channel_mean_error(error: Tensor) -> Tensor:
+    """Squared error of each channel's spatial mean, averaged over channels: [B, C, H, W] -> [B].
+
+    The per-pixel MSE is the sum of this DC term and the energy of every other frequency (Parseval), so a
+    model can leave a whole image a few levels off in colour at almost no cost; weighting this term makes the
+    global colour as expensive as it looks.
+    """
+    return error.mean(dim=(2, 3)).pow(2).mean(dim=1)
+
+
 def min_snr_weight(schedule: NoiseSchedule, t: Tensor, prediction: str, gamma: float) -> Tensor:
     """Min-SNR-γ loss weights (Hang et al. 2023) for the MSE on ``prediction``'s target: float32 [B].
 
@@ -169,6 +180,7 @@ def training_losses(
     vlb_bins: int | None = 256,
     stable_variance: bool = True,
     snr_gamma: float | None = None,
+    channel_mean_weight: float = 0.0,
 ) -> dict[str, Tensor]:
     """Per-sample training losses of one batch.
 
@@ -195,6 +207,10 @@ def training_losses(
             cannot overflow ``exp`` (DALLE2-pytorch issues #138/#311). Identical to improved DDPM while the
             variance channels stay in range.
         snr_gamma: when set, the MSE term is weighted by :func:`min_snr_weight` (the VLB term is not).
+        channel_mean_weight: w >= 0 adds ``w * mean_c(mean_hw(pred - target))^2`` for image data [B, C, H, W]:
+            the error of each channel's spatial mean, an image's global colour, then counts (1 + w) times in
+            the loss instead of once among H·W frequencies (:func:`channel_mean_error`). Weighted like the
+            MSE term (min-SNR included).
 
     Returns:
         dict of float32 [B] tensors: ``"loss"`` (what to minimise after ``.mean()``), ``"mse"``, and
@@ -204,6 +220,10 @@ def training_losses(
         raise ValueError(f"x0 must be [B, ...] with at least 2 dims, got shape {tuple(x0.shape)}")
     if t.shape != (x0.shape[0],):
         raise ValueError(f"t must have shape ({x0.shape[0]},), got {tuple(t.shape)}")
+    if not channel_mean_weight >= 0:
+        raise ValueError(f"channel_mean_weight must be >= 0, got {channel_mean_weight}")
+    if channel_mean_weight and x0.ndim != 4:
+        raise ValueError(f"channel_mean_weight needs images [B, C, H, W], got x0 of shape {tuple(x0.shape)}")
     t = t.to(x0.device)
     if int(t.min()) < 0 or int(t.max()) >= len(schedule):
         raise ValueError(f"t must lie in [0, {len(schedule) - 1}], got {int(t.min())}..{int(t.max())}")
@@ -216,9 +236,13 @@ def training_losses(
     mean_out, var_out = param.split(output, x0)
 
     target = training_target(schedule, x0, t, noise, param.prediction)
-    mse = mean_flat((mean_out.float() - target.float()) ** 2)
-    weighted_mse = mse if snr_gamma is None else mse * min_snr_weight(schedule, t, param.prediction, snr_gamma)
+    error = mean_out.float() - target.float()
+    mse = mean_flat(error**2)
     losses = {"mse": mse}
+    if channel_mean_weight:
+        losses["channel_mean_mse"] = channel_mean_error(error)
+        mse = mse + channel_mean_weight * losses["channel_mean_mse"]
+    weighted_mse = mse if snr_gamma is None else mse * min_snr_weight(schedule, t, param.prediction, snr_gamma)
     if not param.learned_variance:
         losses["loss"] = weighted_mse
         return losses

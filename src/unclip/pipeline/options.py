@@ -48,7 +48,12 @@ def check_finite(stage: str, tensor: Tensor) -> Tensor:
 
 @dataclass
 class GenerationDefaults:
-    """Default sampling settings of a pipeline (stored in ``model_index.json``; tuned per built-in model)."""
+    """Default sampling settings of a pipeline (stored in ``model_index.json``; tuned per built-in model).
+
+    ``decoder_guidance_keep_mean``: the decoder's guidance leaves each channel's spatial mean (the image's
+    global colour) to the conditional branch (:func:`unclip.samplers.guidance.guide`); off for imported
+    Karlo and diffusers weights, as those projects sample.
+    """
 
     sampler: str = "ddpm"
     prior_steps: int = 25
@@ -56,6 +61,7 @@ class GenerationDefaults:
     upsampler_steps: int = 7
     prior_guidance_scale: float = 4.0
     decoder_guidance_scale: float = 8.0
+    decoder_guidance_keep_mean: bool = False
     best_of: int = 2
     eta: float = 0.0
     prior_clamp: float = 10.0

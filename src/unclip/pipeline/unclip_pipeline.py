@@ -170,6 +170,9 @@ class UnCLIPPipeline:
                 _check_scale(f.name, value, bounds.MAX_GUIDANCE)
             elif f.name == "eta":
                 _check_scale(f.name, value, bounds.MAX_ETA)
+            elif f.name == "decoder_guidance_keep_mean":
+                if not isinstance(value, bool):
+                    raise ValueError(f"decoder_guidance_keep_mean must be true or false, got {value!r}")
             elif f.name == "precision":
                 if value not in PRECISIONS:
                     raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
@@ -277,6 +280,7 @@ class UnCLIPPipeline:
             x_T=x_T,
             progress=progress,
             null_text=negative if negative is not None else self._decoder_null_text(null_text),
+            guidance_keep_mean=settings.decoder_guidance_keep_mean,
         )
         check_finite("decoder", image)
         for i, stage in enumerate(self.upsamplers, start=1):

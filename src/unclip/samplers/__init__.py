@@ -48,7 +48,7 @@ from unclip.samplers.ddim import ddim_sample, ddim_sigma, ddim_step
 from unclip.samplers.ddim_inversion import ddim_inversion_step, ddim_invert
 from unclip.samplers.ddpm import ddpm_sample, ddpm_step
 from unclip.samplers.dpm_solver import dpm_solver_pp_update, dpm_solver_sample, dpm_solver_timesteps
-from unclip.samplers.guidance import classifier_free_guidance, concat_conditioning, guided_denoiser
+from unclip.samplers.guidance import classifier_free_guidance, concat_conditioning, guide, guided_denoiser
 from unclip.samplers.registry import SAMPLER_NAMES, SAMPLERS, SamplerSpec, sampler_spec
 from unclip.samplers.repaint import RePaintOptions, repaint_renoise, repaint_sample, repaint_timesteps
 from unclip.samplers.run import run_sampler
@@ -85,6 +85,7 @@ __all__ = [
     "classifier_free_guidance",
     "concat_conditioning",
     "sampling_dtype",
+    "guide",
     "guided_denoiser",
     "SAMPLER_NAMES",
     "SAMPLERS",

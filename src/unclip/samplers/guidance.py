@@ -5,6 +5,13 @@ channels are guided: ``out = u + s (c - u)``. Guiding the raw mean channels is g
 (each is affine in the raw output at fixed x_t, t). Learned-variance channels are taken from the
 conditional half, as GLIDE, Karlo and diffusers do. The result is a plain :data:`Denoiser`, so every sampler
 and the Predictor's clamping work unchanged.
+
+``keep_mean`` (images only) leaves each channel's spatial mean to the conditional branch:
+``out = c + (s - 1) (d - mean_hw d)`` with ``d = c - u``. Guidance then sharpens what the condition says
+about layout and shape without also pushing the image's global colour away from the unconditional mean,
+which it otherwise does by (s - 1) times the two branches' colour difference (measured on the built-in
+model: docs/shapes_model.md). Each of eps, x0 and v is ``a x_t + b raw`` at fixed (x_t, t), so the
+spatial mean of the guided x0 is the conditional x0's whatever the parameterisation.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from torch import Tensor
 from unclip.diffusion import Parameterization
 from unclip.samplers.base import Denoiser
 
-__all__ = ["concat_conditioning", "guided_denoiser", "classifier_free_guidance"]
+__all__ = ["concat_conditioning", "guide", "guided_denoiser", "classifier_free_guidance"]
 
 
 def concat_conditioning(uncond: Any, cond: Any) -> Any:
@@ -51,7 +58,20 @@ def concat_conditioning(uncond: Any, cond: Any) -> Any:
     return cond
 
 
-def guided_denoiser(doubled_model: Denoiser, guidance_scale: float, param: Parameterization) -> Denoiser:
+def guide(uncond: Tensor, cond: Tensor, guidance_scale: float, keep_mean: bool = False) -> Tensor:
+    """Guided mean channels from the two branches [B, C, ...]: ``u + s (c - u)``; with ``keep_mean`` (images
+    [B, C, H, W]) the guidance term's per-channel spatial mean is removed, so the result's mean is ``c``'s."""
+    if not keep_mean:
+        return uncond + guidance_scale * (cond - uncond)
+    if cond.dim() != 4:
+        raise ValueError(f"keep_mean guidance needs images [B, C, H, W], got shape {tuple(cond.shape)}")
+    delta = cond - uncond
+    return cond + (guidance_scale - 1.0) * (delta - delta.mean(dim=(2, 3), keepdim=True))
+
+
+def guided_denoiser(
+    doubled_model: Denoiser, guidance_scale: float, param: Parameterization, keep_mean: bool = False
+) -> Denoiser:
     """CFG around a model that already holds the doubled conditioning ``[uncond; cond]``.
 
     Args:
@@ -59,6 +79,8 @@ def guided_denoiser(doubled_model: Denoiser, guidance_scale: float, param: Param
             conditional.
         guidance_scale: s (1 = conditional only, 0 = unconditional); must be >= 0.
         param: where the variance channels are (taken from the conditional half).
+        keep_mean: images only; the guided output keeps the conditional branch's per-channel spatial mean
+            (see the module docstring).
 
     Returns:
         a Denoiser ``(x [B, ...], t [B]) -> guided raw output [B, ...]`` (one model call per evaluation).
@@ -66,6 +88,8 @@ def guided_denoiser(doubled_model: Denoiser, guidance_scale: float, param: Param
     if guidance_scale < 0:
         raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
     scale = float(guidance_scale)
+    if keep_mean and param.channel_dim != 1:
+        raise ValueError(f"keep_mean guidance needs images with channels on dim 1, got channel_dim {param.channel_dim}")
 
     def denoise(x: Tensor, t: Tensor) -> Tensor:
         out = doubled_model(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0))
@@ -75,8 +99,8 @@ def guided_denoiser(doubled_model: Denoiser, guidance_scale: float, param: Param
         if param.learned_variance:
             u_mean, _ = uncond.chunk(2, dim=param.channel_dim)
             c_mean, c_var = cond.chunk(2, dim=param.channel_dim)
-            return torch.cat([u_mean + scale * (c_mean - u_mean), c_var], dim=param.channel_dim)
-        return uncond + scale * (cond - uncond)
+            return torch.cat([guide(u_mean, c_mean, scale, keep_mean), c_var], dim=param.channel_dim)
+        return guide(uncond, cond, scale, keep_mean)
 
     return denoise
 
@@ -89,6 +113,7 @@ def classifier_free_guidance(
     uncond: Mapping[str, Any],
     param: Parameterization,
     concat: Callable[[Any, Any], Any] = concat_conditioning,
+    keep_mean: bool = False,
 ) -> Denoiser:
     """CFG for a network called as ``model(x, t, **conditioning)``.
 
@@ -103,6 +128,7 @@ def classifier_free_guidance(
         cond, uncond: keyword conditioning of the two branches (same keys; batch B each).
         param: the model's parameterisation (variance channels from the conditional branch).
         concat: how to build the doubled conditioning from (uncond, cond).
+        keep_mean: as :func:`guided_denoiser`.
     """
     if guidance_scale < 0:
         raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
@@ -113,4 +139,4 @@ def classifier_free_guidance(
     if not isinstance(doubled, Mapping):
         raise TypeError(f"concat must return a mapping of keyword conditioning, got {type(doubled).__name__}")
     doubled = dict(doubled)
-    return guided_denoiser(lambda x, t: model(x, t, **doubled), guidance_scale, param)
+    return guided_denoiser(lambda x, t: model(x, t, **doubled), guidance_scale, param, keep_mean=keep_mean)

@@ -108,14 +108,18 @@ def decoder_predictor(
     guidance_scale: float = 1.0,
     clip_x0: float | None = 1.0,
     null_text: TextEmbedding | None = None,
+    guidance_keep_mean: bool = False,
 ) -> Predictor:
-    """The guided decoder as a :class:`Predictor` (x0 clamped to [-1, 1] by default, as Karlo)."""
+    """The guided decoder as a :class:`Predictor` (x0 clamped to [-1, 1] by default, as Karlo);
+    ``guidance_keep_mean``: guidance leaves each channel's spatial mean to the conditional branch
+    (:func:`unclip.samplers.guidance.guide`)."""
     cond, uncond = decoder_conditioning(decoder, image_embedding, text, null_text)
     param = diffusion.parameterization()
     if guidance_scale == 1.0:
         denoiser = decoder.conditioned(**cond)
     else:  # the doubled batch [uncond; cond], its step-independent projections computed once
-        denoiser = guided_denoiser(decoder.conditioned(**concat_conditioning(uncond, cond)), guidance_scale, param)
+        doubled = decoder.conditioned(**concat_conditioning(uncond, cond))
+        denoiser = guided_denoiser(doubled, guidance_scale, param, keep_mean=guidance_keep_mean)
     return Predictor(denoiser, param, clip_x0=clip_x0)
 
 
@@ -134,16 +138,20 @@ def sample_decoder(
     x_T: Tensor | None = None,
     progress: ProgressFn | None = None,
     null_text: TextEmbedding | None = None,
+    guidance_keep_mean: bool = False,
 ) -> Tensor:
     """Decode B image embeddings into [B, 3, S, S] images in [-1, 1] (S = the decoder's image size).
 
     A bf16/fp16 decoder runs in its dtype; the sampler's arithmetic and the result are float32.
 
-    ``null_text``: see :func:`decoder_conditioning`.
+    ``null_text``: see :func:`decoder_conditioning`; ``guidance_keep_mean``: see :func:`decoder_predictor`.
     """
     device, dtype = _device_dtype(decoder)
     b, size = image_embedding.shape[0], decoder.config.image_size
-    predictor = decoder_predictor(decoder, diffusion, image_embedding, text, guidance_scale, null_text=null_text)
+    predictor = decoder_predictor(
+        decoder, diffusion, image_embedding, text, guidance_scale, null_text=null_text,
+        guidance_keep_mean=guidance_keep_mean,
+    )  # fmt: skip
     return run_sampler(
         sampler,
         predictor,

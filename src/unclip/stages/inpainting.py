@@ -67,13 +67,14 @@ def inpaint_decoder(
     x_T: Tensor | None = None,
     progress: ProgressFn | None = None,
     null_text: TextEmbedding | None = None,
+    guidance_keep_mean: bool = False,
 ) -> Tensor:
     """Inpaint B base images [B, 3, S, S] (S = the decoder's image size) from their z_i [B, D] (+ captions).
 
     Args:
         known: the known images [B, 3, S, S] in [-1, 1].
         keep: [B or 1, 1, S, S] in [0, 1], 1 where ``known`` is kept.
-        steps, guidance_scale, null_text: as :func:`unclip.stages.decoding.sample_decoder`.
+        steps, guidance_scale, null_text, guidance_keep_mean: as :func:`unclip.stages.decoding.sample_decoder`.
         options: RePaint's jump-back schedule (default: none).
 
     Returns:
@@ -82,7 +83,10 @@ def inpaint_decoder(
     known, keep = _stage_inputs(known, keep, decoder.config.image_size, decoder)
     if known.shape[0] != image_embedding.shape[0]:
         raise ValueError(f"{image_embedding.shape[0]} image embeddings for {known.shape[0]} known images")
-    predictor = decoder_predictor(decoder, diffusion, image_embedding, text, guidance_scale, null_text=null_text)
+    predictor = decoder_predictor(
+        decoder, diffusion, image_embedding, text, guidance_scale, null_text=null_text,
+        guidance_keep_mean=guidance_keep_mean,
+    )  # fmt: skip
     return repaint_sample(
         predictor, repaint_schedule(diffusion, steps), known, keep, x_T,
         options=options, generator=generator, progress=progress, stage="decoder",

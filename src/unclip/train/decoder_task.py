@@ -52,6 +52,8 @@ class DecoderTaskConfig:
         eval_steps: sampler steps at evaluation.
         snr_gamma: Min-SNR-γ weighting of the MSE term (None: unweighted, as Karlo and improved DDPM).
         norm_groups: GroupNorm groups of the network (None: the preset's).
+        channel_mean_weight: extra weight of the error of each channel's spatial mean (the image's global
+            colour) in the MSE term (:func:`unclip.diffusion.losses.channel_mean_error`; 0: plain MSE).
     """
 
     cache: str = "runs/shapes_cache"
@@ -65,6 +67,11 @@ class DecoderTaskConfig:
     eval_steps: int = 25
     snr_gamma: float | None = None
     norm_groups: int | None = None
+    channel_mean_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.channel_mean_weight >= 0:
+            raise ValueError(f"channel_mean_weight must be >= 0, got {self.channel_mean_weight}")
 
 
 @dataclass
@@ -178,11 +185,12 @@ class DecoderTask(_CacheTask):
         t = sample_timesteps(x0.shape[0], len(self.schedule), generator, x0.device)
         losses = training_losses(
             model, x0, t, schedule=self.schedule, param=self.param, model_kwargs=kwargs, generator=generator,
-            snr_gamma=self.config.snr_gamma,
+            snr_gamma=self.config.snr_gamma, channel_mean_weight=self.config.channel_mean_weight,
         )  # fmt: skip
         metrics = {"mse": float(losses["mse"].detach().mean())}
-        if "vlb" in losses:
-            metrics["vlb"] = float(losses["vlb"].detach().mean())
+        for name in ("vlb", "channel_mean_mse"):
+            if name in losses:
+                metrics[name] = float(losses[name].detach().mean())
         return losses["loss"].mean(), metrics
 
     @torch.no_grad()
