@@ -257,7 +257,7 @@ def test_the_pipeline_samples_through_the_prior_interface(pipe):
         UnCLIPPipeline(pipe.clip, torch.nn.Linear(2, 2), pipe.decoder)
 
 
-def test_decoder_guidance_keep_mean_reaches_the_decoder_and_round_trips(pipe, tmp_path, monkeypatch):
+def test_keep_mean_settings_reach_the_stages_and_round_trip(pipe, tmp_path, monkeypatch):
     """The default decides the decoder's guidance (text to image and inpainting alike), survives save/load,
     is not used at guidance 1, and a non-boolean value is refused by name."""
     import unclip.stages.decoding as decoding
@@ -269,19 +269,33 @@ def test_decoder_guidance_keep_mean_reaches_the_decoder_and_round_trips(pipe, tm
         seen.append(keep_mean)
         return original(*args, keep_mean=keep_mean)
 
+    upsampled = []
+    original_upsampler = decoding.sample_upsampler
+
+    def upsampler_spy(*args, keep_mean=False, **kwargs):
+        upsampled.append(keep_mean)
+        return original_upsampler(*args, keep_mean=keep_mean, **kwargs)
+
     monkeypatch.setattr(decoding, "guided_denoiser", spy)
+    monkeypatch.setattr("unclip.pipeline.unclip_pipeline.sample_upsampler", upsampler_spy)
     monkeypatch.setattr(pipe.defaults, "decoder_guidance_keep_mean", True)
+    monkeypatch.setattr(pipe.defaults, "upsampler_keep_mean", True)
     pipe("a red circle", seed=0, decoder_guidance_scale=4.0)
     plain_at_one = pipe("a red circle", seed=0, decoder_guidance_scale=1.0, output_type="pt").images
     mask = Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), 4))
     pipe.inpaint(_source(0), mask, "a red circle", seed=0, decoder_guidance_scale=4.0)
     assert seen == [True, True]  # guidance 1 builds no guided denoiser
+    assert upsampled == [True, True]  # text to image (inpainting keeps its known pixels instead)
     loaded = UnCLIPPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "p"))
-    assert loaded.defaults.decoder_guidance_keep_mean is True
+    assert loaded.defaults.decoder_guidance_keep_mean is True and loaded.defaults.upsampler_keep_mean is True
     monkeypatch.setattr(pipe.defaults, "decoder_guidance_keep_mean", False)
     pipe("a red circle", seed=0, decoder_guidance_scale=4.0)
     assert seen == [True, True, False]  # (the numbers: tests/samplers/test_cfg_guidance.py)
     assert torch.equal(plain_at_one, pipe("a red circle", seed=0, decoder_guidance_scale=1.0, output_type="pt").images)
     monkeypatch.setattr(pipe.defaults, "decoder_guidance_keep_mean", "yes")
     with pytest.raises(ValueError, match="decoder_guidance_keep_mean must be true or false, got 'yes'"):
+        pipe("a red circle", seed=0)
+    monkeypatch.setattr(pipe.defaults, "decoder_guidance_keep_mean", False)
+    monkeypatch.setattr(pipe.defaults, "upsampler_keep_mean", 1)
+    with pytest.raises(ValueError, match="upsampler_keep_mean must be true or false, got 1"):
         pipe("a red circle", seed=0)

@@ -16,7 +16,7 @@ from unclip.models import build_model, model_config
 from unclip.models.serialization import load_model
 from unclip.nn.resample import bicubic_resize
 from unclip.pipeline.builder import tiny_clip
-from unclip.stages.decoding import image_space_denoiser, sample_upsampler
+from unclip.stages.decoding import image_space_denoiser, keep_input_mean, sample_upsampler
 from unclip.train.decoder_task import UpsamplerTask, UpsamplerTaskConfig
 
 
@@ -72,6 +72,30 @@ def test_a_residual_upsampler_predicting_a_zero_residual_returns_the_bicubic_res
     plain.load_state_dict(net.state_dict())
     away = sample_upsampler(plain, diffusion, low, steps=5, sampler=sampler, generator=torch.Generator().manual_seed(0))
     assert (away - expected).abs().mean() > 0.1  # the same weights read as an image-space upsampler: zeros
+
+
+def test_keep_mean_gives_the_input_mean_and_keeps_the_sampled_detail():
+    """Float64 closed form: the output's per-channel mean is the (clamped) input's, the zero-mean part is the
+    sample's; through sample_upsampler it shifts an image-space upsampler's output the same way."""
+    gen = torch.Generator().manual_seed(5)
+    low = torch.rand(2, 3, 8, 8, generator=gen, dtype=torch.float64) * 1.2 - 0.6
+    images = torch.rand(2, 3, 16, 16, generator=gen, dtype=torch.float64) * 0.8 - 0.4
+    kept = keep_input_mean(images, low)
+    torch.testing.assert_close(kept.mean(dim=(2, 3)), low.mean(dim=(2, 3)))
+    centred = lambda a: a - a.mean(dim=(2, 3), keepdim=True)  # noqa: E731
+    torch.testing.assert_close(centred(kept), centred(images))
+    with pytest.raises(ValueError, match=r"differ in batch or channels"):
+        keep_input_mean(images, low[:1])
+    net, diffusion = _zero_residual_upsampler("x0")
+    plain = build_model("upsampler", model_config("upsampler", "tiny")).eval()
+    plain.load_state_dict(net.state_dict())
+    low = low.float()
+    away = sample_upsampler(plain, diffusion, low, steps=3, generator=torch.Generator().manual_seed(0))
+    shifted = sample_upsampler(
+        plain, diffusion, low, steps=3, generator=torch.Generator().manual_seed(0), keep_mean=True
+    )
+    torch.testing.assert_close(shifted, keep_input_mean(away, low))
+    assert (away.mean(dim=(2, 3)) - low.mean(dim=(2, 3))).abs().max() > 0.05
 
 
 @pytest.fixture(scope="module")

@@ -51,14 +51,17 @@ class GenerationDefaults:
     """Default sampling settings of a pipeline (stored in ``model_index.json``; tuned per built-in model).
 
     ``decoder_guidance_keep_mean``: the decoder's guidance leaves each channel's spatial mean (the image's
-    global colour) to the conditional branch (:func:`unclip.samplers.guidance.guide`); off for imported
-    Karlo and diffusers weights, as those projects sample.
+    global colour) to the conditional branch (:func:`unclip.samplers.guidance.guide`);
+    ``upsampler_keep_mean``: each upsampler's output keeps its input's per-channel mean
+    (:func:`unclip.stages.decoding.keep_input_mean`). Both are off for imported Karlo and diffusers weights,
+    as those projects sample.
     """
 
     sampler: str = "ddpm"
     prior_steps: int = 25
     decoder_steps: int = 25
     upsampler_steps: int = 7
+    upsampler_keep_mean: bool = False
     prior_guidance_scale: float = 4.0
     decoder_guidance_scale: float = 8.0
     decoder_guidance_keep_mean: bool = False

@@ -170,9 +170,9 @@ class UnCLIPPipeline:
                 _check_scale(f.name, value, bounds.MAX_GUIDANCE)
             elif f.name == "eta":
                 _check_scale(f.name, value, bounds.MAX_ETA)
-            elif f.name == "decoder_guidance_keep_mean":
+            elif f.name in ("decoder_guidance_keep_mean", "upsampler_keep_mean"):
                 if not isinstance(value, bool):
-                    raise ValueError(f"decoder_guidance_keep_mean must be true or false, got {value!r}")
+                    raise ValueError(f"{f.name} must be true or false, got {value!r}")
             elif f.name == "precision":
                 if value not in PRECISIONS:
                     raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
@@ -295,6 +295,7 @@ class UnCLIPPipeline:
                 progress=progress,
                 stage=f"upsampler_{i}",
                 last_step_model=stage.last_step_model,
+                keep_mean=settings.upsampler_keep_mean,
             )
             check_finite(f"upsampler_{i}", image)
         return image

@@ -38,6 +38,7 @@ from unclip.samplers.registry import sampler_spec
 __all__ = [
     "decoder_conditioning",
     "decoder_predictor",
+    "keep_input_mean",
     "final_timestep",
     "sample_decoder",
     "invert_decoder",
@@ -206,12 +207,14 @@ def sample_upsampler(
     progress: ProgressFn | None = None,
     stage: str = "upsampler",
     last_step_model: UpsamplerUNet | None = None,
+    keep_mean: bool = False,
 ) -> Tensor:
     """Upsample [B, 3, h, w] images in [-1, 1] to [B, 3, S, S] (S = the upsampler's image size); no guidance.
 
     The low-resolution input is clamped to [-1, 1] before the network's bicubic resize (Karlo, diffusers).
     ``last_step_model`` (Karlo's ``model_last_step``, diffusers' ``super_res_last``) replaces ``upsampler``
-    for the final step (the one at the smallest timestep).
+    for the final step (the one at the smallest timestep). ``keep_mean`` shifts each output channel so that
+    its spatial mean is the input's (:func:`keep_input_mean`).
     """
     device, dtype = _device_dtype(upsampler)
     c = upsampler.config
@@ -220,7 +223,7 @@ def sample_upsampler(
     final_t = final_timestep(sampler, diffusion.make_schedule(), steps) if last_step_model is not None else None
     denoise = upsampler_denoiser(upsampler, diffusion, low_res, size, final_t, last_step_model)
     predictor = Predictor(denoise, param, clip_x0=1.0)
-    return run_sampler(
+    images = run_sampler(
         sampler,
         predictor,
         diffusion.make_schedule(),
@@ -234,6 +237,21 @@ def sample_upsampler(
         progress=progress,
         stage=stage,
     )
+    return keep_input_mean(images, low_res) if keep_mean else images
+
+
+def keep_input_mean(images: Tensor, low_res: Tensor) -> Tensor:
+    """Shift upsampled ``images`` [B, C, H, W] so each channel's spatial mean is that of ``low_res`` [B, C, h, w]
+    (clamped to [-1, 1], as the network sees it); the result is clamped to [-1, 1].
+
+    A downscale by area averaging keeps an image's mean, so the true high-resolution image has its low-resolution
+    version's mean colour: an upsampler should add detail, not colour. A sampled one drifts by a few levels per
+    image (docs/shapes_model.md); this removes the drift and leaves everything else as sampled.
+    """
+    if images.shape[:2] != low_res.shape[:2]:
+        raise ValueError(f"images {tuple(images.shape)} and low_res {tuple(low_res.shape)} differ in batch or channels")
+    target = low_res.to(images.device, images.dtype).clamp(-1, 1).mean(dim=(2, 3), keepdim=True)
+    return (images - images.mean(dim=(2, 3), keepdim=True) + target).clamp(-1, 1)
 
 
 def image_space_denoiser(conditioned: Any, diffusion: DiffusionConfig, resized_low_res: Tensor) -> Any:
