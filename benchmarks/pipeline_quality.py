@@ -63,7 +63,12 @@ def main() -> None:
         if not hasattr(pipe.defaults, field) or not value:
             parser.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(vars(pipe.defaults))}")
         kind = type(getattr(pipe.defaults, field))
-        setattr(pipe.defaults, field, kind(value))
+        if kind is bool:
+            if value.lower() not in ("true", "false"):
+                parser.error(f"--set {item!r}: {field} takes true or false")
+            setattr(pipe.defaults, field, value.lower() == "true")
+        else:
+            setattr(pipe.defaults, field, kind(value))
     oracle = load_oracle()
     log = lambda m: print(f"  {m}", flush=True)  # noqa: E731
     results: dict = {"model": args.model, "seed": args.seed, "defaults": pipe.defaults.__dict__,

@@ -276,11 +276,21 @@ def test_keep_mean_settings_reach_the_stages_and_round_trip(pipe, tmp_path, monk
         upsampled.append(keep_mean)
         return original_upsampler(*args, keep_mean=keep_mean, **kwargs)
 
+    sources = []
+    original_run = decoding.run_sampler
+
+    def run_spy(*args, generator=None, **kwargs):
+        sources.append(type(generator).__name__)
+        return original_run(*args, generator=generator, **kwargs)
+
+    monkeypatch.setattr(decoding, "run_sampler", run_spy)
     monkeypatch.setattr(decoding, "guided_denoiser", spy)
     monkeypatch.setattr("unclip.pipeline.unclip_pipeline.sample_upsampler", upsampler_spy)
     monkeypatch.setattr(pipe.defaults, "decoder_guidance_keep_mean", True)
     monkeypatch.setattr(pipe.defaults, "upsampler_keep_mean", True)
+    monkeypatch.setattr(pipe.defaults, "decoder_zero_mean_noise", True)
     pipe("a red circle", seed=0, decoder_guidance_scale=4.0)
+    assert sources == ["ZeroMeanNoise", "Generator"]  # the decoder's, then the upsampler's
     plain_at_one = pipe("a red circle", seed=0, decoder_guidance_scale=1.0, output_type="pt").images
     mask = Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), 4))
     pipe.inpaint(_source(0), mask, "a red circle", seed=0, decoder_guidance_scale=4.0)
@@ -288,6 +298,7 @@ def test_keep_mean_settings_reach_the_stages_and_round_trip(pipe, tmp_path, monk
     assert upsampled == [True, True]  # text to image (inpainting keeps its known pixels instead)
     loaded = UnCLIPPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "p"))
     assert loaded.defaults.decoder_guidance_keep_mean is True and loaded.defaults.upsampler_keep_mean is True
+    assert loaded.defaults.decoder_zero_mean_noise is True
     monkeypatch.setattr(pipe.defaults, "decoder_guidance_keep_mean", False)
     pipe("a red circle", seed=0, decoder_guidance_scale=4.0)
     assert seen == [True, True, False]  # (the numbers: tests/samplers/test_cfg_guidance.py)

@@ -217,3 +217,31 @@ def test_keep_mean_through_the_wrapper_and_its_errors() -> None:
     torch.testing.assert_close(out, torch.cat([guide(u_mean, c_mean, 3.0, keep_mean=True), c_var], dim=1))
     with pytest.raises(ValueError, match=r"keep_mean guidance needs images \[B, C, H, W\], got shape \(2, 8\)"):
         guide(torch.zeros(2, 8), torch.zeros(2, 8), 2.0, keep_mean=True)
+
+
+def test_zero_mean_noise_is_the_generators_draws_without_their_spatial_mean() -> None:
+    from unclip.samplers import ZeroMeanNoise, randn
+
+    like = torch.empty(0, dtype=torch.float64)
+    plain = [randn((2, 3, 6, 6), torch.Generator().manual_seed(7), like) for _ in range(1)][0]
+    source = ZeroMeanNoise(torch.Generator().manual_seed(7))
+    drawn = randn((2, 3, 6, 6), source, like)
+    torch.testing.assert_close(drawn, plain - plain.mean(dim=(2, 3), keepdim=True))
+    assert float(drawn.mean(dim=(2, 3)).abs().max()) < 1e-12
+    assert ZeroMeanNoise(source).generator is source.generator
+    with pytest.raises(ValueError, match=r"draws images \[B, C, H, W\], got shape \(2, 8\)"):
+        randn((2, 8), source, like)
+
+
+def test_a_pixelwise_linear_sampler_keeps_zero_mean_noise_out_of_the_image_mean() -> None:
+    """With a denoiser that acts on each pixel alike (x0 = x_t / 2), every DDPM sample is a linear combination
+    of the draws, so its spatial mean is 0 exactly when every draw has none."""
+    from unclip.samplers import ZeroMeanNoise
+
+    predictor = Predictor(lambda x, t: 0.5 * x, Parameterization("x0", "fixed_small"))
+    schedule = BASE.respace("10")
+    kept = ddpm_sample(
+        predictor, schedule, shape=(2, 3, 8, 8), generator=ZeroMeanNoise(torch.Generator().manual_seed(0))
+    )
+    plain = ddpm_sample(predictor, schedule, shape=(2, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    assert float(kept.mean(dim=(2, 3)).abs().max()) < 1e-6 < float(plain.mean(dim=(2, 3)).abs().max())

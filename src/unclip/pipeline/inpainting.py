@@ -269,7 +269,7 @@ def inpaint(
         decoder.model, decoder.diffusion, z_i, text, inputs.known(size).expand(batch, -1, -1, -1), inputs.keep(size),
         steps=settings.decoder_steps, guidance_scale=settings.decoder_guidance_scale, options=options,
         generator=generator, progress=progress, null_text=pipe._decoder_null_text(),
-        guidance_keep_mean=settings.decoder_guidance_keep_mean,
+        guidance_keep_mean=settings.decoder_guidance_keep_mean, zero_mean_noise=settings.decoder_zero_mean_noise,
     )  # fmt: skip
     check_finite("decoder", images)
     for i, stage in enumerate(pipe.upsamplers, start=1):

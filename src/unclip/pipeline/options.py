@@ -52,8 +52,10 @@ class GenerationDefaults:
 
     ``decoder_guidance_keep_mean``: the decoder's guidance leaves each channel's spatial mean (the image's
     global colour) to the conditional branch (:func:`unclip.samplers.guidance.guide`);
+    ``decoder_zero_mean_noise``: the decoder's sampler draws its noise without the per-channel spatial mean
+    (:class:`unclip.samplers.ZeroMeanNoise`);
     ``upsampler_keep_mean``: each upsampler's output keeps its input's per-channel mean
-    (:func:`unclip.stages.decoding.keep_input_mean`). Both are off for imported Karlo and diffusers weights,
+    (:func:`unclip.stages.decoding.keep_input_mean`). All three are off for imported Karlo and diffusers weights,
     as those projects sample.
     """
 
@@ -65,6 +67,7 @@ class GenerationDefaults:
     prior_guidance_scale: float = 4.0
     decoder_guidance_scale: float = 8.0
     decoder_guidance_keep_mean: bool = False
+    decoder_zero_mean_noise: bool = False
     best_of: int = 2
     eta: float = 0.0
     prior_clamp: float = 10.0

@@ -170,7 +170,7 @@ class UnCLIPPipeline:
                 _check_scale(f.name, value, bounds.MAX_GUIDANCE)
             elif f.name == "eta":
                 _check_scale(f.name, value, bounds.MAX_ETA)
-            elif f.name in ("decoder_guidance_keep_mean", "upsampler_keep_mean"):
+            elif f.name in ("decoder_guidance_keep_mean", "decoder_zero_mean_noise", "upsampler_keep_mean"):
                 if not isinstance(value, bool):
                     raise ValueError(f"{f.name} must be true or false, got {value!r}")
             elif f.name == "precision":
@@ -281,6 +281,7 @@ class UnCLIPPipeline:
             progress=progress,
             null_text=negative if negative is not None else self._decoder_null_text(null_text),
             guidance_keep_mean=settings.decoder_guidance_keep_mean,
+            zero_mean_noise=settings.decoder_zero_mean_noise,
         )
         check_finite("decoder", image)
         for i, stage in enumerate(self.upsamplers, start=1):

@@ -10,7 +10,8 @@ processing (clamping, dynamic thresholding) and turns the raw output into a :cla
 
 Randomness: samplers draw from the ``torch.Generator`` they are given, on the generator's device, in the
 dtype of the sample (like diffusers' ``randn_tensor``), in this order: x_T first (when not given), then one
-noise tensor per step that adds noise (never for the final step to x0).
+noise tensor per step that adds noise (never for the final step to x0). A :class:`ZeroMeanNoise` may be given
+wherever a sampler takes ``generator``: the same draws, with each channel's spatial mean removed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "Predictor",
     "dynamic_threshold",
     "randn",
+    "ZeroMeanNoise",
     "initial_noise",
     "report",
     "sampling_dtype",
@@ -164,9 +166,38 @@ class Predictor:
         return self.from_raw(x, schedule, index, self.raw(x, schedule, index))
 
 
-def randn(shape: Sequence[int], generator: torch.Generator | None, like: Tensor) -> Tensor:
+class ZeroMeanNoise:
+    """A noise source for image samplers: the draws of ``generator`` (same order, same values) with each
+    channel's spatial mean removed, for x_T and for every step's noise alike.
+
+    The spatial mean of a [B, C, H, W] draw is an image's global colour. In a forward-process x_t it is
+    ``a_t mean(x0) + s_t mean(eps)``, with mean(eps) of standard deviation 1/sqrt(H W): a denoiser that reads the
+    colour off x_t cannot tell the two apart, so each step's fresh noise nudges the sample's colour and later
+    steps keep it as signal (on the built-in model the x0 prediction's background drifts from about 2 to 5 levels
+    along a sampled trajectory, while on forward-noised renders it stays near 2; docs/shapes_model.md). Without
+    that component the colour is left to the model's predictions; everything orthogonal to it, where the
+    sample's detail lives, is the same isotropic Gaussian as before.
+    """
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
+        if isinstance(generator, ZeroMeanNoise):
+            generator = generator.generator
+        self.generator = generator
+
+    def draw(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        """[B, C, H, W] standard-normal noise (as :func:`randn`) minus its per-channel spatial mean."""
+        if len(shape) != 4:
+            raise ValueError(f"ZeroMeanNoise draws images [B, C, H, W], got shape {tuple(shape)}")
+        noise = randn(shape, self.generator, like)
+        return noise - noise.mean(dim=(2, 3), keepdim=True)
+
+
+def randn(shape: Sequence[int], generator: torch.Generator | ZeroMeanNoise | None, like: Tensor) -> Tensor:
     """Standard normal noise of ``shape`` drawn on the generator's device in ``like.dtype``, moved to
-    ``like.device`` (diffusers' ``randn_tensor`` convention, so the same seed gives the same noise)."""
+    ``like.device`` (diffusers' ``randn_tensor`` convention, so the same seed gives the same noise); a
+    :class:`ZeroMeanNoise` source draws its own."""
+    if isinstance(generator, ZeroMeanNoise):
+        return generator.draw(shape, like)
     device = generator.device if generator is not None else like.device
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=like.dtype).to(like.device)
 
@@ -174,7 +205,7 @@ def randn(shape: Sequence[int], generator: torch.Generator | None, like: Tensor)
 def initial_noise(
     x_T: Tensor | None,
     shape: Sequence[int] | None,
-    generator: torch.Generator | None,
+    generator: torch.Generator | ZeroMeanNoise | None,
     device: torch.device | str | None,
     dtype: torch.dtype | None,
 ) -> Tensor:

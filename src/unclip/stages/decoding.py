@@ -27,6 +27,7 @@ from unclip.models.upsampler_unet import UpsamplerUNet
 from unclip.samplers import (
     Predictor,
     ProgressFn,
+    ZeroMeanNoise,
     concat_conditioning,
     ddim_invert,
     guided_denoiser,
@@ -140,12 +141,15 @@ def sample_decoder(
     progress: ProgressFn | None = None,
     null_text: TextEmbedding | None = None,
     guidance_keep_mean: bool = False,
+    zero_mean_noise: bool = False,
 ) -> Tensor:
     """Decode B image embeddings into [B, 3, S, S] images in [-1, 1] (S = the decoder's image size).
 
     A bf16/fp16 decoder runs in its dtype; the sampler's arithmetic and the result are float32.
 
-    ``null_text``: see :func:`decoder_conditioning`; ``guidance_keep_mean``: see :func:`decoder_predictor`.
+    ``null_text``: see :func:`decoder_conditioning`; ``guidance_keep_mean``: see :func:`decoder_predictor`;
+    ``zero_mean_noise``: the sampler's noise (x_T when drawn, and each step's) comes from
+    :class:`unclip.samplers.ZeroMeanNoise`.
     """
     device, dtype = _device_dtype(decoder)
     b, size = image_embedding.shape[0], decoder.config.image_size
@@ -160,7 +164,7 @@ def sample_decoder(
         steps,
         x_T,
         shape=None if x_T is not None else (b, decoder.config.in_channels, size, size),
-        generator=generator,
+        generator=ZeroMeanNoise(generator) if zero_mean_noise else generator,
         device=device,
         dtype=sampling_dtype(dtype),
         eta=eta,

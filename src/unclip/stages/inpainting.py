@@ -20,7 +20,7 @@ from unclip.diffusion.stage_config import DiffusionConfig
 from unclip.encoders.base import TextEmbedding
 from unclip.models.decoder_unet import DecoderUNet
 from unclip.models.upsampler_unet import UpsamplerUNet
-from unclip.samplers import Predictor, ProgressFn, sampling_dtype
+from unclip.samplers import Predictor, ProgressFn, ZeroMeanNoise, sampling_dtype
 from unclip.samplers.registry import sampler_spec
 from unclip.samplers.repaint import RePaintOptions, repaint_sample
 from unclip.stages.decoding import decoder_predictor, upsampler_denoiser
@@ -68,13 +68,15 @@ def inpaint_decoder(
     progress: ProgressFn | None = None,
     null_text: TextEmbedding | None = None,
     guidance_keep_mean: bool = False,
+    zero_mean_noise: bool = False,
 ) -> Tensor:
     """Inpaint B base images [B, 3, S, S] (S = the decoder's image size) from their z_i [B, D] (+ captions).
 
     Args:
         known: the known images [B, 3, S, S] in [-1, 1].
         keep: [B or 1, 1, S, S] in [0, 1], 1 where ``known`` is kept.
-        steps, guidance_scale, null_text, guidance_keep_mean: as :func:`unclip.stages.decoding.sample_decoder`.
+        steps, guidance_scale, null_text, guidance_keep_mean, zero_mean_noise: as
+            :func:`unclip.stages.decoding.sample_decoder`.
         options: RePaint's jump-back schedule (default: none).
 
     Returns:
@@ -89,7 +91,8 @@ def inpaint_decoder(
     )  # fmt: skip
     return repaint_sample(
         predictor, repaint_schedule(diffusion, steps), known, keep, x_T,
-        options=options, generator=generator, progress=progress, stage="decoder",
+        options=options, generator=ZeroMeanNoise(generator) if zero_mean_noise else generator, progress=progress,
+        stage="decoder",
     )  # fmt: skip
 
 
