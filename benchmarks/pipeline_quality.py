@@ -93,6 +93,9 @@ def main() -> None:
         results["variations"] = variation_quality(pipe, oracle, args.seed, args.sources, 4, log=log)
     if "diff" not in args.skip:
         results["text_diff"] = text_diff_quality(pipe, oracle, args.seed, args.sources, log=log)
+        results["shape_diff"] = text_diff_quality(
+            pipe, oracle, args.seed, args.sources, change=("shape", "square"), log=log
+        )
     results["wall_s"] = time.time() - t0
 
     print("\n| measurement | value | target |\n|---|---|---|")
@@ -122,11 +125,12 @@ def main() -> None:
         print(f"| variations keep colour, shape and background | {r['colour_shape_background']:.3f} | >= 0.85 |")
         for k in ("colour", "shape", "background", "size", "fill", "position"):
             print(f"| &nbsp; keeps {k} | {r.get(k, float('nan')):.3f} | |")
-    if "text_diff" in results:
-        for theta, r in results["text_diff"].items():
-            values = f"{r['target_colour']:.3f} / {r['kept_shape']:.3f} / {r['both']:.3f}"
-            target = "theta 0.5: blue >= 0.7, circle kept"
-            print(f"| red circle -> blue circle, theta {theta}: blue / circle / both | {values} | {target} |")
+    edits = (("text_diff", "blue circle", "blue / circle and background kept"),
+             ("shape_diff", "red square", "square / red and background kept"))  # fmt: skip
+    for key, target_caption, columns in edits:
+        for theta, r in results.get(key, {}).items():
+            values = f"{r['changed']:.3f} / {r['kept']:.3f} / {r['both']:.3f}"
+            print(f"| red circle -> {target_caption}, theta {theta}: {columns} / both | {values} | theta 0.5: >= 0.8 |")
     print(f"\nwall time {results['wall_s']:.0f} s")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

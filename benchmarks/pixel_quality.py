@@ -29,6 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 from unclip import UnCLIPPipeline  # noqa: E402
 from unclip.data.shapes import Scene, ShapesWorld, images_to_tensor  # noqa: E402
 from unclip.measure.pixels import read_background, summarize_backgrounds  # noqa: E402
+from unclip.precision import resolve_precision  # noqa: E402
 from unclip.stages.decoding import sample_upsampler  # noqa: E402
 
 
@@ -76,12 +77,17 @@ def main() -> None:
         help="Decode from CLIP's z_i of each scene's truth render instead of the prior's (separates the prior).",
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--precision", default="auto", help="the pipeline's dtype: fp32, bf16 or auto (the model's default, as the CLI)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     pipe = UnCLIPPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
+    dtype = resolve_precision(pipe.defaults.precision if args.precision == "auto" else args.precision, "cpu")
+    pipe.to("cpu", dtype)  # networks in this dtype, sampler arithmetic in float32
     if len(pipe.upsamplers) != 1:
         raise SystemExit(f"this benchmark reads one upsampler stage; {args.model} has {len(pipe.upsamplers)}")
     stage = pipe.upsamplers[0]
@@ -92,7 +98,10 @@ def main() -> None:
     high = stage.model.config.image_size
     low = pipe.decoder.model.config.image_size
     steps = args.upsampler_steps or [pipe.defaults.upsampler_steps]
-    print(f"{args.model}: {len(scenes)} images of held-out seed {args.seed}, decoder {low} px -> upsampler {high} px")
+    print(
+        f"{args.model}: {len(scenes)} images of held-out seed {args.seed}, decoder {low} px -> upsampler {high} px, "
+        f"networks in {dtype}"
+    )
 
     upsamplers, pipe.upsamplers = pipe.upsamplers, []
     embeddings = None
@@ -119,6 +128,7 @@ def main() -> None:
             return sample_upsampler(
                 stage.model, stage.diffusion, images, steps=n, sampler=pipe.defaults.sampler,
                 generator=torch.Generator().manual_seed(1), last_step_model=stage.last_step_model,
+                keep_mean=pipe.defaults.upsampler_keep_mean,
             )  # fmt: skip
 
     for n in steps:

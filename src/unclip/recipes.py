@@ -89,11 +89,14 @@ def _shapes() -> Recipe:
         upsampler=StagePlan("shapes", _tc(2250, 32, 5e-4, 100, ema=0.999)),
         upsampler_residual=True,
         upsampler_blur_prob=0.5,
-        defaults=dict(  # tuned on world seed 998 (docs/performance.md, "Built-in defaults")
+        defaults=dict(  # tuned on world seed 998 (docs/performance.md "Built-in defaults"; docs/shapes_model.md)
             decoder_steps=15,
             prior_steps=10,
-            upsampler_steps=7,
+            upsampler_steps=8,
             decoder_guidance_scale=3.0,
+            decoder_guidance_keep_mean=True,
+            decoder_zero_mean_noise=True,
+            upsampler_keep_mean=True,
             prior_guidance_scale=1.0,
             best_of=1,
             precision="auto",

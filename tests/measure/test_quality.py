@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from unclip.data.shapes import ShapesWorld, full_spec, scene_record
+from unclip.data.shapes import PALETTE, ShapesWorld, full_spec, scene_record
 from unclip.measure import quality
 from unclip.measure.oracle import score_specified
 from unclip.measure.quality import held_out_captions, text_diff_quality, text_to_image_quality, variation_quality
@@ -79,17 +79,26 @@ def test_variation_and_text_diff_counts(monkeypatch):
 
         def edit(self, image, to_text, from_text, thetas, seed, output_type):
             recs = []
+            pixels, counts = np.unique(np.asarray(image).reshape(-1, 3), axis=0, return_counts=True)
+            commonest = tuple(int(v) for v in pixels[counts.argmax()])
+            background = next(b for b, c in PALETTE.items() if commonest == tuple(c))
             for t in thetas:
-                obj = {"shape": "circle", "colour": "blue" if t >= 0.5 else "red", "size": "small", "fill": "solid",
+                late = t >= 0.5
+                obj = {"shape": "square" if late and "square" in to_text else "circle",
+                       "colour": "blue" if late and "blue" in to_text else "red", "size": "small", "fill": "solid",
                        "position": "center"}  # fmt: skip
-                recs.append({"background": "white", "num_objects": 1, "objects": [obj], "relation": None})
+                recs.append({"background": background, "num_objects": 1, "objects": [obj], "relation": None})
             return self._images(recs)
 
     pipe = Pipe(oracle)
     var = variation_quality(pipe, oracle, seed=7, num_sources=3, variations=2)
     assert var["colour_shape_background"] == 1.0 and var["all"] == 1.0
     diff = text_diff_quality(pipe, oracle, seed=7, num_sources=4, thetas=(0.0, 0.5))
-    assert diff["0.0"]["target_colour"] == 0.0 and diff["0.5"]["both"] == 1.0 and diff["0.0"]["kept_shape"] == 1.0
+    assert diff["0.0"]["changed"] == 0.0 and diff["0.5"]["both"] == 1.0 and diff["0.0"]["kept"] == 1.0
+    shape = text_diff_quality(pipe, oracle, seed=7, num_sources=4, thetas=(0.0, 0.5), change=("shape", "square"))
+    assert shape["0.0"]["changed"] == 0.0 and shape["0.5"] == {"changed": 1.0, "kept": 1.0, "both": 1.0}
+    with pytest.raises(ValueError, match="change must edit 'colour' or 'shape', got 'size'"):
+        text_diff_quality(pipe, oracle, seed=7, num_sources=1, change=("size", "large"))
 
 
 def test_held_out_captions_have_the_requested_object_count():

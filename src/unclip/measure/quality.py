@@ -216,33 +216,43 @@ def text_diff_quality(
     num_sources: int = 40,
     thetas: tuple[float, ...] = (0.0, 0.25, 0.5),
     source: tuple[str, str] = ("red", "circle"),
-    target_colour: str = "blue",
+    change: tuple[str, str] = ("colour", "blue"),
     log: Log | None = None,
     **edit_kwargs: Any,
 ) -> dict[str, dict[str, float]]:
-    """Edits of rendered "a red circle" images toward "a blue circle": per θ, the fraction predicted
-    blue, the fraction still a circle, and both."""
+    """Text diffs of rendered "a C S" images (``source`` = (C, S)) toward the caption with one attribute changed:
+    ``change`` = ("colour", "blue") edits toward "a blue S", ("shape", "square") toward "a C square". Per θ: the
+    fraction showing the new value ("changed"), the fraction keeping the other of colour and shape and the
+    background ("kept"), and both."""
+    attribute, value = change
+    if attribute not in ("colour", "shape"):
+        raise ValueError(f"change must edit 'colour' or 'shape', got {attribute!r}")
     rng = np.random.default_rng(seed)
     world = ShapesWorld(seed=seed)
     colour, shape = source
+    target_colour = value if attribute == "colour" else colour
+    target_shape = value if attribute == "shape" else shape
     backgrounds = [
         c for c in ("white", "black", "yellow", "green", "purple", "orange") if c not in (colour, target_colour)
     ]
-    counts = {t: {"target_colour": 0, "kept_shape": 0, "both": 0} for t in thetas}
-    from_text, to_text = f"a {colour} {shape}", f"a {target_colour} {shape}"
+    counts = {t: {"changed": 0, "kept": 0, "both": 0} for t in thetas}
+    from_text, to_text = f"a {colour} {shape}", f"a {target_colour} {target_shape}"
+    other = "shape" if attribute == "colour" else "colour"
     for i in range(num_sources):
-        scene = _random_scene(rng, shape, colour, backgrounds[i % len(backgrounds)])
+        background = backgrounds[i % len(backgrounds)]
+        scene = _random_scene(rng, shape, colour, background)
         image = Image.fromarray(world.render(scene, pipe.image_size))
         edits = pipe.edit(image, to_text=to_text, from_text=from_text, thetas=list(thetas), seed=i, output_type="pt",
                           **edit_kwargs).images  # fmt: skip
         for theta, pred in zip(thetas, predict(oracle, _to_tensor(edits))):
             obj = pred["objects"][0] if pred["objects"] else {}
-            blue, same = obj.get("colour") == target_colour, obj.get("shape") == shape
-            counts[theta]["target_colour"] += blue
-            counts[theta]["kept_shape"] += same
-            counts[theta]["both"] += blue and same
+            changed = obj.get(attribute) == value
+            kept = obj.get(other) == dict(colour=colour, shape=shape)[other] and pred["background"] == background
+            counts[theta]["changed"] += changed
+            counts[theta]["kept"] += kept
+            counts[theta]["both"] += changed and kept
         if log is not None and (i + 1) % 10 == 0:
-            log(f"text diffs: {i + 1}/{num_sources}")
+            log(f"text diffs ({attribute}): {i + 1}/{num_sources}")
     return {str(t): {k: v / num_sources for k, v in c.items()} for t, c in counts.items()}
 
 
