@@ -64,11 +64,12 @@ def main() -> None:
     prediction = diffusion.parameterization().prediction
 
     print(f"{args.model}: {args.scenes} scenes of seed {args.seed}, decoder from the truth renders' z_i")
-    print("x0 prediction on forward-noised renders (one call per t, guidance 1):")
+    print("x0 prediction on forward-noised renders (one call per t, guidance 1, at the sampler's t):")
     model = decoder.conditioned(**decoder_conditioning(decoder, z_i, text)[0])
     generator = torch.Generator().manual_seed(0)
+    sampler_steps = schedule.respace(str(pipe.defaults.decoder_steps)).timesteps.tolist()
     with torch.no_grad():
-        for t in (999, 900, 750, 600, 450, 300, 150):
+        for t in sorted(sampler_steps, reverse=True):
             steps = torch.full((len(scenes),), t)
             x_t = q_sample(schedule, x0, steps, torch.randn(x0.shape, generator=generator))
             x0_hat = prediction_to_x0_eps(schedule, x_t, steps, model(x_t, steps)[:, :3], prediction)[0]

@@ -1,6 +1,7 @@
 """`unclip train shapes --recipe test`: every stage in order, resumable, ending in a loadable pipeline."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,3 +57,17 @@ def test_recipes_are_valid_and_unknown_names_fail():
     assert get_recipe("shapes", device="cuda").name == "shapes-gpu"
     with pytest.raises(ValueError, match="nope"):
         get_recipe("nope")
+
+
+def test_the_shapes_recipes_install_the_built_in_models_defaults():
+    """What `unclip train shapes --install` writes into model_index.json is what the shipped model samples with,
+    and the shipped recipe.json records the same."""
+    from dataclasses import asdict
+
+    from unclip.pipeline import GenerationDefaults
+
+    assets = Path(__file__).resolve().parents[2] / "src" / "unclip" / "assets" / "shapes"
+    shipped = json.loads((assets / "model_index.json").read_text())["defaults"]
+    for name in ("shapes", "shapes-gpu"):
+        assert asdict(GenerationDefaults(**get_recipe(name, device="cpu").defaults)) == shipped, name
+    assert json.loads((assets / "recipe.json").read_text())["defaults"] == get_recipe("shapes").defaults
