@@ -187,3 +187,28 @@ def test_console_script_pauses_the_collector_until_the_pipeline_is_loaded(model_
     result = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "gc False True True" in result.stderr
+
+
+def test_keep_mean_switch_sets_the_three_colour_settings(model_dir, tmp_path, monkeypatch):
+    """--keep-mean / --no-keep-mean override the model's three mean-colour defaults and are recorded in the
+    images' metadata; without either the model's own defaults run."""
+    from unclip.cli.generate_cmds import KEEP_MEAN_SETTINGS
+    from unclip.pipeline import UnCLIPPipeline
+
+    seen = []
+    real = UnCLIPPipeline.decode
+
+    def decode(self, z_i, text, settings, *args, **kwargs):
+        seen.append(tuple(getattr(settings, name) for name in KEEP_MEAN_SETTINGS))
+        return real(self, z_i, text, settings, *args, **kwargs)
+
+    monkeypatch.setattr(UnCLIPPipeline, "decode", decode)
+    base = ["generate", "a red circle", "-n", "1", "--model", str(model_dir), "-q"]
+    assert run([*base, "-o", str(tmp_path / "a.png")]).exit_code == 0
+    assert run([*base, "--keep-mean", "-o", str(tmp_path / "b.png")]).exit_code == 0
+    assert run([*base, "--no-keep-mean", "-o", str(tmp_path / "c.png")]).exit_code == 0
+    assert seen == [(False, False, False), (True, True, True), (False, False, False)]
+    from unclip.images import PARAMS_KEY
+
+    assert '"keep_mean": true' in Image.open(tmp_path / "b.png").text[PARAMS_KEY]
+    assert "keep_mean" not in Image.open(tmp_path / "a.png").text[PARAMS_KEY]

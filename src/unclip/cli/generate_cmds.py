@@ -110,10 +110,14 @@ def _run(
     except ValueError as err:
         raise click.BadParameter(str(err).removeprefix("--device "), param_hint="--device") from None
     progress = _Progress(enabled=not quiet and sys.stderr.isatty())
+    keep_mean = click.get_current_context().meta.get(KEEP_MEAN_KEY)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             pipe, ran_in = _load(model, device, precision)
+            if keep_mean is not None:
+                for name in KEEP_MEAN_SETTINGS:
+                    setattr(pipe.defaults, name, keep_mean)
             images = action(pipe, progress)
     except (ValueError, TypeError, OSError, RuntimeError) as err:
         progress.close()
@@ -122,6 +126,8 @@ def _run(
     progress.close()
     _echo_warnings(caught, quiet)
     shared = {"model": model, "precision": ran_in, **{k: v for k, v in params.items() if v is not None}}
+    if keep_mean is not None:
+        shared["keep_mean"] = keep_mean
     metadata = [{**shared, "index": i, **(per_image[i] if per_image else {})} for i in range(len(images))]
     try:
         paths = write_images(images, target, metadata)
@@ -139,8 +145,17 @@ def _echo_warnings(caught: list, quiet: bool) -> None:
         click.echo(f"warning: {w}", err=True)
 
 
+KEEP_MEAN_KEY = "unclip.keep_mean"
+KEEP_MEAN_SETTINGS = ("decoder_zero_mean_noise", "decoder_guidance_keep_mean", "upsampler_keep_mean")
+"""The pipeline defaults ``--keep-mean/--no-keep-mean`` sets (docs/pipeline.md)."""
+
+
+def _remember_keep_mean(ctx: click.Context, _param: click.Parameter, value: bool | None) -> None:
+    ctx.meta[KEEP_MEAN_KEY] = value
+
+
 def common_options(func):
-    """--model, --seed, --device, --precision, -o, --quiet: every generating command takes them."""
+    """--model, --seed, --device, --precision, --keep-mean, -o, --quiet: every generating command takes them."""
     options = [
         click.option("--model", "-m", default="shapes", show_default=True, help="Built-in model, directory or hub id."),
         click.option(
@@ -156,6 +171,14 @@ def common_options(func):
         ),  # fmt: skip
         click.option("--decoder-steps", type=Steps, default=None, help="Decoder sampling steps."),
         click.option("--decoder-guidance", type=Guidance, default=None, help="Decoder guidance scale."),
+        click.option(
+            "--keep-mean/--no-keep-mean",
+            default=None,
+            expose_value=False,
+            callback=_remember_keep_mean,
+            help="Keep each image's mean colour through sampling (zero-mean decoder noise, keep-mean guidance, "
+            "upsamplers keep their input's mean)  [default: the model's; on for the built-in model]",
+        ),
         click.option(
             "-o",
             "--out",
