@@ -19,6 +19,7 @@ import click
 from unclip.cli.outputs import OutputTarget, plan_output, write_images
 from unclip.cli.startup import resume_gc
 from unclip.pipeline import bounds
+from unclip.pipeline.options import MEAN_COLOUR_SETTINGS
 from unclip.precision import PRECISIONS
 
 SAMPLERS = ("ddpm", "ddim", "dpm++", "unclip")
@@ -146,7 +147,7 @@ def _echo_warnings(caught: list, quiet: bool) -> None:
 
 
 KEEP_MEAN_KEY = "unclip.keep_mean"
-KEEP_MEAN_SETTINGS = ("decoder_zero_mean_noise", "decoder_guidance_keep_mean", "upsampler_keep_mean")
+KEEP_MEAN_SETTINGS = MEAN_COLOUR_SETTINGS
 """The pipeline defaults ``--keep-mean/--no-keep-mean`` sets (docs/pipeline.md)."""
 
 

@@ -237,7 +237,7 @@ def text_diff_quality(
     ]
     counts = {t: {"changed": 0, "kept": 0, "both": 0} for t in thetas}
     from_text, to_text = f"a {colour} {shape}", f"a {target_colour} {target_shape}"
-    other = "shape" if attribute == "colour" else "colour"
+    other, other_value = ("shape", shape) if attribute == "colour" else ("colour", colour)
     for i in range(num_sources):
         background = backgrounds[i % len(backgrounds)]
         scene = _random_scene(rng, shape, colour, background)
@@ -247,7 +247,7 @@ def text_diff_quality(
         for theta, pred in zip(thetas, predict(oracle, _to_tensor(edits))):
             obj = pred["objects"][0] if pred["objects"] else {}
             changed = obj.get(attribute) == value
-            kept = obj.get(other) == dict(colour=colour, shape=shape)[other] and pred["background"] == background
+            kept = obj.get(other) == other_value and pred["background"] == background
             counts[theta]["changed"] += changed
             counts[theta]["kept"] += kept
             counts[theta]["both"] += changed and kept

@@ -46,6 +46,10 @@ def check_finite(stage: str, tensor: Tensor) -> Tensor:
     return tensor
 
 
+MEAN_COLOUR_SETTINGS = ("decoder_zero_mean_noise", "decoder_guidance_keep_mean", "upsampler_keep_mean")
+"""The boolean :class:`GenerationDefaults` that keep each image's mean colour (the CLI's ``--keep-mean`` sets all)."""
+
+
 @dataclass
 class GenerationDefaults:
     """Default sampling settings of a pipeline (stored in ``model_index.json``; tuned per built-in model).

@@ -27,6 +27,7 @@ from unclip.pipeline.options import (  # noqa: F401 - re-exported
     DIFFUSION_FILE,
     FORMAT,
     INDEX_FILE,
+    MEAN_COLOUR_SETTINGS,
     GenerationDefaults,
     PromptWarning,
     Stage,
@@ -170,7 +171,7 @@ class UnCLIPPipeline:
                 _check_scale(f.name, value, bounds.MAX_GUIDANCE)
             elif f.name == "eta":
                 _check_scale(f.name, value, bounds.MAX_ETA)
-            elif f.name in ("decoder_guidance_keep_mean", "decoder_zero_mean_noise", "upsampler_keep_mean"):
+            elif f.name in MEAN_COLOUR_SETTINGS:
                 if not isinstance(value, bool):
                     raise ValueError(f"{f.name} must be true or false, got {value!r}")
             elif f.name == "precision":

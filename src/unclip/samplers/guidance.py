@@ -88,8 +88,6 @@ def guided_denoiser(
     if guidance_scale < 0:
         raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
     scale = float(guidance_scale)
-    if keep_mean and param.channel_dim != 1:
-        raise ValueError(f"keep_mean guidance needs images with channels on dim 1, got channel_dim {param.channel_dim}")
 
     def denoise(x: Tensor, t: Tensor) -> Tensor:
         out = doubled_model(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0))
