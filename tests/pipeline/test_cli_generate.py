@@ -192,8 +192,8 @@ def test_console_script_pauses_the_collector_until_the_pipeline_is_loaded(model_
 def test_keep_mean_switch_sets_the_three_colour_settings(model_dir, tmp_path, monkeypatch):
     """--keep-mean / --no-keep-mean override the model's three mean-colour defaults and are recorded in the
     images' metadata; without either the model's own defaults run."""
-    from unclip.cli.generate_cmds import KEEP_MEAN_SETTINGS
     from unclip.pipeline import UnCLIPPipeline
+    from unclip.pipeline.options import MEAN_COLOUR_SETTINGS as KEEP_MEAN_SETTINGS
 
     seen = []
     real = UnCLIPPipeline.decode

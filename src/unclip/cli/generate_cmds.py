@@ -19,7 +19,6 @@ import click
 from unclip.cli.outputs import OutputTarget, plan_output, write_images
 from unclip.cli.startup import resume_gc
 from unclip.pipeline import bounds
-from unclip.pipeline.options import MEAN_COLOUR_SETTINGS
 from unclip.precision import PRECISIONS
 
 SAMPLERS = ("ddpm", "ddim", "dpm++", "unclip")
@@ -117,7 +116,9 @@ def _run(
             warnings.simplefilter("always")
             pipe, ran_in = _load(model, device, precision)
             if keep_mean is not None:
-                for name in KEEP_MEAN_SETTINGS:
+                from unclip.pipeline.options import MEAN_COLOUR_SETTINGS  # torch is loaded by now
+
+                for name in MEAN_COLOUR_SETTINGS:
                     setattr(pipe.defaults, name, keep_mean)
             images = action(pipe, progress)
     except (ValueError, TypeError, OSError, RuntimeError) as err:
@@ -147,8 +148,7 @@ def _echo_warnings(caught: list, quiet: bool) -> None:
 
 
 KEEP_MEAN_KEY = "unclip.keep_mean"
-KEEP_MEAN_SETTINGS = MEAN_COLOUR_SETTINGS
-"""The pipeline defaults ``--keep-mean/--no-keep-mean`` sets (docs/pipeline.md)."""
+"""Where ``--keep-mean/--no-keep-mean`` leaves its value (click's context meta) for :func:`_run`."""
 
 
 def _remember_keep_mean(ctx: click.Context, _param: click.Parameter, value: bool | None) -> None:
