@@ -135,6 +135,7 @@ def test_resume_refuses_every_result_changing_setting(cache_dir, tmp_path):
         (["--snr-gamma", "5"], "snr_gamma"),
         (["--norm-groups", "2"], "norm_groups"),
         (["--lr", "0.5"], "lr"),
+        (["--lr-scale", "clip_emb=10"], "lr_scales"),
     ):
         result = runner.invoke(cli, _decoder_args(cache_dir, out, *extra))
         assert result.exit_code == 1, (extra, result.output)
@@ -153,6 +154,19 @@ def test_resume_refuses_every_result_changing_setting(cache_dir, tmp_path):
         if not field.name.startswith("eval_") and field.name != "cache":
             assert any(k.startswith(f"config.{field.name}") for k in settings), field.name
     assert not any("eval_" in k for k in settings) and "cache.clip_sha256" in settings
+
+
+def test_lr_scale_option_errors_name_the_bad_value(cache_dir, tmp_path):
+    runner = CliRunner()
+    for value, message in (("clip_emb", "'clip_emb' is not PREFIX=FACTOR"), ("clip_emb=-1", "'clip_emb=-1' is not")):
+        result = runner.invoke(cli, _decoder_args(cache_dir, tmp_path / "bad", "--lr-scale", value))
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = runner.invoke(cli, _decoder_args(cache_dir, tmp_path / "typo", "--lr-scale", "clip_embedding=10"))
+    assert result.exit_code == 1 and "'clip_embedding' matches no trainable parameter" in result.output, result.output
+    ok = runner.invoke(cli, _decoder_args(cache_dir, tmp_path / "ok", "--lr-scale", "clip_emb=10"))
+    assert ok.exit_code == 0, ok.output
+    saved = json.loads((tmp_path / "ok" / "config.json").read_text())
+    assert saved["lr_scales"] == [["clip_emb", 10.0]], saved
 
 
 def test_orphaned_tmp_files_removed_when_training_starts(tmp_path):

@@ -470,3 +470,36 @@ def test_auto_precision_follows_native_bf16_training(monkeypatch):
     monkeypatch.setenv("UNCLIP_NATIVE_BF16", "0")
     assert resolve_precision("auto", torch.device("cpu")) == (None, False)
     assert resolve_precision("fp32", torch.device("cpu")) == (None, False)
+
+
+def test_lr_scales_train_matching_parameters_at_their_factor(tmp_path):
+    # AdamW's first step moves every parameter with a nonzero gradient by exactly lr (update m/sqrt(v) = sign g
+    # up to eps), so one step at lr 1e-3 measures each parameter's learning rate in closed form.
+    def one_step(name: str, **kw) -> dict[str, torch.Tensor]:
+        c = cfg(steps=1, warmup_steps=0, lr=kw.pop("lr", 1e-3), grad_clip=None, **kw)
+        return run_training(ToyTask(), c, tmp_path / name, progress=False).model.state_dict()
+
+    start = one_step("start", lr=1e-30)
+    plain = one_step("plain")
+    scaled = one_step("scaled", lr_scales=(("0.b", 3.0), ("0.", 10.0)))  # the first matching prefix wins
+    expected = {"0.weight": 10.0, "0.bias": 3.0, "3.weight": 1.0, "3.bias": 1.0}
+    for name, factor in expected.items():
+        moved = (scaled[name] - start[name]).abs()
+        torch.testing.assert_close(moved, torch.full_like(moved, 1e-3 * factor), rtol=1e-3, atol=1e-9)
+        torch.testing.assert_close(
+            (plain[name] - start[name]).abs(), torch.full_like(moved, 1e-3), rtol=1e-3, atol=1e-9
+        )
+    logged = [r["lr"] for r in metrics(tmp_path / "scaled") if "lr" in r]
+    assert logged == [pytest.approx(1e-3)]  # the schedule's lr is logged; the factors apply per group
+    with pytest.raises(ValueError, match="lr_scales prefix 'decoder.' matches no trainable parameter"):
+        one_step("typo", lr_scales=(("decoder.", 2.0),))
+    # resuming with other factors would change the result: refused like any result field
+    assert [d[0] for d in result_field_differences({"lr_scales": [["0.", 10.0]]}, {"lr_scales": []})] == ["lr_scales"]
+
+
+@pytest.mark.parametrize(
+    "value", [(("", 2.0),), (("a.", 0.0),), (("a.", float("inf")),), (("a.", 1.0), ("a.", 2.0)), ("a.",)]
+)
+def test_lr_scales_validation_names_the_field(value):
+    with pytest.raises(ValueError, match=r"TrainConfig\.lr_scales="):
+        TrainConfig(lr_scales=value)

@@ -34,6 +34,16 @@ def train_options(*, steps: int, batch_size: int, lr: float, warmup: int = 100, 
         click.option("--batch-size", type=click.IntRange(min=1), default=batch_size, show_default=True),
         click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=lr, show_default=True),
+        click.option(
+            "--lr-scale",
+            "lr_scales",
+            multiple=True,
+            metavar="PREFIX=FACTOR",
+            help=(
+                "Train the parameters whose names start with PREFIX at FACTOR times the learning rate (repeatable; "
+                "the first matching prefix wins), e.g. --lr-scale clip_emb=10 for a fine-tune's conditioning."
+            ),
+        ),
         click.option("--warmup-steps", type=click.IntRange(min=0), default=warmup, show_default=True),
         click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True),
         click.option("--grad-clip", type=click.FloatRange(min=0), default=1.0, show_default=True),
@@ -115,6 +125,21 @@ def check_batch_option(task: Any, config: Any, option: str = "--batch-size") -> 
         raise click.UsageError(str(err)) from None
 
 
+def parse_lr_scales(items: Any) -> tuple[tuple[str, float], ...]:
+    """``("clip_emb=10", ...)`` -> ``(("clip_emb", 10.0), ...)``; a usage error names a malformed item."""
+    out = []
+    for item in items:
+        prefix, sep, factor = str(item).partition("=")
+        try:
+            value = float(factor)
+        except ValueError:
+            value = float("nan")
+        if not sep or not prefix or not value > 0 or value == float("inf"):
+            raise click.BadParameter(f"{item!r} is not PREFIX=FACTOR with a factor > 0", param_hint="--lr-scale")
+        out.append((prefix, value))
+    return tuple(out)
+
+
 def train_config(options: dict[str, Any]):
     """A validated TrainConfig from the options of :func:`train_options` (usage error naming a bad value)."""
     from unclip.train.config import TrainConfig
@@ -124,6 +149,7 @@ def train_config(options: dict[str, Any]):
     values["init_from"] = options.get("init_from")  # commands without --init-from leave it None
     values["memory_format"] = options.get("memory_format", "auto")
     values["num_threads"] = values.pop("threads")
+    values["lr_scales"] = parse_lr_scales(options.get("lr_scales", ()))
     values["warmup_steps"] = min(values["warmup_steps"], values["steps"])
     if values["batch_size"] % values["grad_accum"]:
         raise click.BadParameter(

@@ -79,6 +79,9 @@ class TrainConfig:
         init_from: start a new run (fine-tune) from the EMA weights of another run: its directory or its
             ``checkpoint.pt``. Optimizer, schedule, step count and data position start fresh; ignored when
             this run resumes from its own checkpoint. ``None`` = random initialisation.
+        lr_scales: ``(name prefix, factor)`` pairs: a parameter whose name starts with a prefix (the first
+            that matches) trains at ``factor`` times the scheduled learning rate, e.g. the conditioning layers
+            of a fine-tuned network faster than its backbone. Every prefix must match a parameter.
     """
 
     steps: int = 1000
@@ -106,6 +109,7 @@ class TrainConfig:
     fsdp: bool = False
     grad_checkpointing: bool = False
     init_from: str | None = None
+    lr_scales: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -171,6 +175,20 @@ class TrainConfig:
         for name in ("ddp_find_unused_parameters", "fsdp", "grad_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a bool")
+        if not isinstance(self.lr_scales, (tuple, list)) or not all(
+            isinstance(pair, (tuple, list))
+            and len(pair) == 2
+            and isinstance(pair[0], str)
+            and pair[0]
+            and is_real(pair[1])
+            and pair[1] > 0
+            for pair in self.lr_scales
+        ):
+            raise bad("lr_scales", "must be (parameter-name prefix, factor > 0) pairs")
+        prefixes = [pair[0] for pair in self.lr_scales]
+        if len(set(prefixes)) != len(prefixes):
+            raise bad("lr_scales", "names a prefix twice")
+        self.lr_scales = tuple((str(prefix), float(factor)) for prefix, factor in self.lr_scales)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with some fields changed."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,18 +77,30 @@ def uses_channels_last(memory_format: str, model: nn.Module) -> bool:
     return memory_format == "channels_last"
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on parameters with ``ndim >= 2`` (weights), none on biases/norms."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    if not groups:
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_scales: Sequence[tuple[str, float]] = ()
+) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on parameters with ``ndim >= 2`` (weights), none on biases/norms; each group
+    carries ``lr_scale``, the factor of the first ``lr_scales`` prefix its parameters' names start with (1.0
+    for none). Raises ``ValueError`` naming a prefix that matches no trainable parameter."""
+    buckets: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    used: set[str] = set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        match = next((pair for pair in lr_scales if name.startswith(pair[0])), None)
+        if match is not None:
+            used.add(match[0])
+        buckets.setdefault((param.ndim >= 2, 1.0 if match is None else float(match[1])), []).append(param)
+    unused = [prefix for prefix, _ in lr_scales if prefix not in used]
+    if unused:
+        raise ValueError(f"lr_scales prefix {unused[0]!r} matches no trainable parameter of the model")
+    if not buckets:
         raise ValueError("the task's model has no trainable parameters")
-    return groups
+    order = sorted(buckets, key=lambda key: (not key[0], key[1] != 1.0, key[1]))  # the old two groups first
+    return [
+        {"params": buckets[key], "weight_decay": weight_decay if key[0] else 0.0, "lr_scale": key[1]} for key in order
+    ]
 
 
 def make_optimizer(
@@ -97,11 +110,12 @@ def make_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     fused: bool = True,
+    lr_scales: Sequence[tuple[str, float]] = (),
 ) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`; with ``fused`` the fused kernel (one pass over all tensors) where this
     torch has it for the parameters' device and dtype, else the multi-tensor ("foreach") one. Both compute the
     same update. (FSDP's sharded parameters take the foreach one.)"""
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, lr_scales)
     params = [p for g in groups for p in g["params"]]
     fusable = (
         fused
@@ -303,7 +317,10 @@ def _build_run(
         parallel.shard_model(model, device, info.world_size)
         parallel.shard_model(ema, device, info.world_size)
     ckpt_lib.seed_everything(ckpt_lib.derive_seed(config.seed, info.rank, 1))
-    optimizer = make_optimizer(model, config.lr, config.weight_decay, config.betas, config.adam_eps, fused=not sharded)
+    optimizer = make_optimizer(
+        model, config.lr, config.weight_decay, config.betas, config.adam_eps, fused=not sharded,
+        lr_scales=config.lr_scales,
+    )  # fmt: skip
     amp_dtype, use_scaler = precision
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     return _Run(task=task, config=config, out_dir=out_dir, info=info, amp_dtype=amp_dtype, use_scaler=use_scaler,

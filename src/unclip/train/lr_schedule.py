@@ -28,9 +28,9 @@ def lr_at(step: int, *, lr: float, steps: int, warmup_steps: int, min_lr_ratio: 
 
 
 def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
-    """Set every parameter group's learning rate to ``value``."""
+    """Set every parameter group's learning rate to ``value`` times its ``lr_scale`` (1.0 when absent)."""
     for group in optimizer.param_groups:
-        group["lr"] = value
+        group["lr"] = value * group.get("lr_scale", 1.0)
 
 
 def schedule_state(step: int, *, lr: float, steps: int, warmup_steps: int, min_lr_ratio: float) -> dict:
