@@ -117,6 +117,21 @@ def binding_captions(seed: int, count: int) -> list[dict[str, Any]]:
     return [binding_spec(sample) for sample in binding_samples(seed, count)]
 
 
+def binding_row(pred: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """One image's binding scores against a :func:`binding_spec`: ``all``, ``objects``, ``relation``,
+    ``per_object`` and ``colours_swapped`` (see :func:`binding_quality`)."""
+    score = score_specified(pred, spec)
+    swapped = score_specified(pred, {**spec, "objects": [
+        {**spec["objects"][0], "colour": spec["objects"][1]["colour"]},
+        {**spec["objects"][1], "colour": spec["objects"][0]["colour"]},
+    ]})  # fmt: skip
+    objects = [score[f"colour@{k}"] and score[f"shape@{k}"] for k in (1, 2)]
+    return {
+        "all": all(score.values()), "objects": all(objects), "relation": score["relation"],
+        "per_object": sum(objects) / 2, "colours_swapped": swapped["colour@1"] and swapped["colour@2"],
+    }  # fmt: skip
+
+
 @torch.no_grad()
 def binding_quality(
     pipe,
@@ -142,17 +157,7 @@ def binding_quality(
     for i, spec in enumerate(specs):
         images = pipe(caption_from_spec(spec), num_images_per_prompt=images_per_caption, seed=seed * 100_003 + i,
                       output_type="pt", **call_kwargs).images  # fmt: skip
-        for pred in predict(oracle, _to_tensor(images)):
-            score = score_specified(pred, spec)
-            swapped = score_specified(pred, {**spec, "objects": [
-                {**spec["objects"][0], "colour": spec["objects"][1]["colour"]},
-                {**spec["objects"][1], "colour": spec["objects"][0]["colour"]},
-            ]})  # fmt: skip
-            objects = [score[f"colour@{k}"] and score[f"shape@{k}"] for k in (1, 2)]
-            rows.append({
-                "all": all(score.values()), "objects": all(objects), "relation": score["relation"],
-                "per_object": sum(objects) / 2, "colours_swapped": swapped["colour@1"] and swapped["colour@2"],
-            })  # fmt: skip
+        rows += [binding_row(pred, spec) for pred in predict(oracle, _to_tensor(images))]
         if log is not None and (i + 1) % 8 == 0:
             log(f"binding captions: {i + 1}/{len(specs)}")
     out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
