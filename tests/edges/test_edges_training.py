@@ -134,6 +134,7 @@ def test_resume_refuses_every_result_changing_setting(cache_dir, tmp_path):
         (["--text-drop", "0.2"], "text_drop"),
         (["--snr-gamma", "5"], "snr_gamma"),
         (["--norm-groups", "2"], "norm_groups"),
+        (["--image-embedding-grid", "2"], "image_embedding_grid"),
         (["--lr", "0.5"], "lr"),
         (["--lr-scale", "clip_emb=10"], "lr_scales"),
     ):

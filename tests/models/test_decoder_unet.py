@@ -224,3 +224,59 @@ def test_conditioned_decoder_projects_the_context_once_and_equals_forward_at_eve
             torch.testing.assert_close(out, fresh, rtol=0, atol=1e-12)
         with pytest.raises(ValueError, match=r"x must be \[3, 3, H, W\] for this conditioning"):
             cached(x[:2], torch.tensor([1, 2]))
+
+
+def test_image_embedding_grid_grows_on_a_trained_decoder_and_adds_a_located_map(tmp_path):
+    from safetensors.torch import save_file
+
+    from unclip.train.resume import load_init_weights
+
+    plain_config = PRESETS["tiny"]()
+    plain = _randomized(DecoderUNet(plain_config))
+    grown = DecoderUNet(dataclasses.replace(plain_config, image_embedding_grid=4)).eval()
+    export = tmp_path / "decoder"
+    export.mkdir()
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(export / "model.safetensors"))
+    load_init_weights(grown, export, "decoder")  # the located map is missing from the export: kept at zero
+    x, t, z_i, tokens, mask, pooled = _inputs(plain_config)
+    with torch.no_grad():
+        assert torch.equal(grown(x, t, z_i, tokens, mask, pooled), plain(x, t, z_i, tokens, mask, pooled))
+        # a map that is the same in every cell (weight 0, bias b per channel) is a bias on the first convolution
+        bias = torch.randn(plain_config.model_channels)
+        grown.clip_grid_proj.bias.copy_(bias.repeat_interleave(16))
+        shifted = copy.deepcopy(plain)
+        shifted.input_blocks[0][0].bias.add_(bias)
+        expected = shifted(x, t, z_i, tokens, mask, pooled)
+        assert torch.allclose(grown(x, t, z_i, tokens, mask, pooled), expected, atol=1e-5)
+        # a located map: z_i switches on channel 0 in the top-left cell only; the output changes there most
+        grown.clip_grid_proj.bias.zero_()
+        weight = torch.zeros_like(grown.clip_grid_proj.weight)
+        weight[0, :] = 3.0  # row 0 = channel 0, cell (0, 0)
+        grown.clip_grid_proj.weight.copy_(weight)
+        ones = torch.ones_like(z_i)
+        change = (grown(x, t, ones, tokens, mask, pooled) - plain(x, t, ones, tokens, mask, pooled)).abs()
+        quadrants = change[:, :3].unfold(2, 8, 8).unfold(3, 8, 8).mean((1, 4, 5))  # [B, 2, 2]
+        assert (quadrants[:, 0, 0] > quadrants[:, 1, 1]).all()
+        # the null embedding (guidance) goes through the same map
+        dropped = grown(x, t, z_i, drop_image=torch.ones(3, dtype=torch.bool))
+        null = grown.null_image_embedding[None].expand(3, -1)
+        assert torch.equal(dropped, grown(x, t, null))
+    # any other missing tensor is still refused
+    broken = {k: v for k, v in plain.state_dict().items() if not k.startswith("clip_emb")}
+    save_file({k: v.contiguous() for k, v in broken.items()}, str(export / "model.safetensors"))
+    with pytest.raises(ValueError, match="does not fit"):
+        load_init_weights(grown, export, "decoder")
+
+
+@pytest.mark.parametrize("bad", [-1, 17, True, 2.0])
+def test_image_embedding_grid_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="image_embedding_grid"):
+        DecoderUNet(dataclasses.replace(PRESETS["tiny"](), image_embedding_grid=bad))
+
+
+def test_image_embedding_grid_does_not_export_to_diffusers():
+    from unclip.interop.diffusers_config import decoder_config_to_diffusers
+
+    config = dataclasses.replace(PRESETS["tiny"](), text_width=12, image_embedding_grid=2)
+    with pytest.raises(ValueError, match="image_embedding_grid=2"):
+        decoder_config_to_diffusers(config)

@@ -157,6 +157,25 @@ def test_cli_train_decoder_resumes(cache_dir, tmp_path):
     assert bad.exit_code != 0 and "none" in bad.output
 
 
+def test_cli_grows_an_image_embedding_grid_on_a_trained_decoder(cache_dir, tmp_path):
+    """--image-embedding-grid with --init-from: the located map starts at zero, trains, and is saved and loaded."""
+    common = ["train", "decoder", "--cache", str(cache_dir), "--preset", "tiny", "--holdout", "8", "--no-progress"]
+    common += ["--batch-size", "4", "--eval-every", "0", "--lr", "1e-2", "--warmup-steps", "1", "--ema-decay", "0"]
+    first = CliRunner().invoke(cli, [*common, "--steps", "1", "-o", str(tmp_path / "plain")])
+    assert first.exit_code == 0, first.output
+    grown = CliRunner().invoke(
+        cli, [*common, "--steps", "3", "-o", str(tmp_path / "grid"), "--image-embedding-grid", "2",
+              "--init-from", str(tmp_path / "plain")],
+    )  # fmt: skip
+    assert grown.exit_code == 0, grown.output
+    assert "clip_grid_proj" in grown.output
+    model = load_model("decoder", tmp_path / "grid" / "model")
+    assert model.config.image_embedding_grid == 2
+    assert model.clip_grid_proj.weight.abs().sum() > 0  # it trained
+    bad = CliRunner().invoke(cli, [*common, "--steps", "1", "-o", str(tmp_path / "x"), "--image-embedding-grid", "-1"])
+    assert bad.exit_code != 0 and "-1" in bad.output and "image-embedding-grid" in bad.output
+
+
 def test_evaluation_reads_the_held_out_rows_not_training_rows(cache_dir, tmp_path, monkeypatch):
     """Held-out rows are cache rows, not sample indices: indices wrap onto training rows, rows do not."""
     import unclip.stages.decoding as stages

@@ -29,6 +29,9 @@ from unclip.cli.train_common import run_stage, train_options
               help="Extra weight of each channel's spatial-mean error (global colour) in the MSE term.")  # fmt: skip
 @click.option("--norm-groups", type=click.IntRange(min=1), default=None,
               help="GroupNorm groups [default: the preset's].")  # fmt: skip
+@click.option("--image-embedding-grid", type=click.IntRange(min=0), default=None,
+              help="Side G of a located z_i map added to the first convolution (0: off) [default: the preset's]; "
+                   "grown zero-initialised on an --init-from decoder.")  # fmt: skip
 @train_options(steps=6000, batch_size=32, lr=1e-3, warmup=200, ema=0.999, eval_every=1000)
 def command(
     cache,
@@ -38,6 +41,7 @@ def command(
     snr_gamma,
     channel_mean_weight,
     norm_groups,
+    image_embedding_grid,
     use_text,
     image_drop,
     text_drop,
@@ -55,6 +59,7 @@ def command(
                 cache=cache, preset=preset, holdout=holdout, use_text=use_text, image_drop=image_drop,
                 text_drop=text_drop, diffusion=replace(DECODER_DIFFUSION, prediction=prediction),
                 snr_gamma=snr_gamma, norm_groups=norm_groups, channel_mean_weight=channel_mean_weight,
+                image_embedding_grid=image_embedding_grid,
             )
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:

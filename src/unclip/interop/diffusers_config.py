@@ -223,6 +223,8 @@ def decoder_config_to_diffusers(c: DecoderConfig) -> tuple[dict[str, Any], dict[
         problems.append("use_pooled_text=False")
     if c.text_width != c.clip_dim:
         problems.append(f"text_width={c.text_width} != clip_dim={c.clip_dim}")
+    if c.image_embedding_grid:
+        problems.append(f"image_embedding_grid={c.image_embedding_grid} (diffusers has no located z_i map)")
     if problems:
         raise ValueError(f"this decoder does not fit diffusers' UNet2DConditionModel + UnCLIPTextProjModel: {problems}")
     levels = range(len(c.channel_mult))

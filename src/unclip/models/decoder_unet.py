@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unclip.models.unet_common import UNetTrunk, check_unet_args
@@ -51,6 +52,12 @@ class DecoderConfig:
         use_pooled_text: add a projection of the pooled text embedding to the time embedding.
         image_drop: training probability of replacing z_i by the null embedding.
         text_drop: training probability of dropping the caption.
+        image_embedding_grid: side G of a *located* map of z_i (0 = off, as in the paper and Karlo): a
+            zero-initialised linear map z_i -> [model_channels, G, G], bilinearly resized to the image and
+            added to the first convolution's output. z_i enters the paper's decoder only globally (time
+            embedding, context tokens), so nothing tells a position what to draw there; this path does, which
+            is what two-object binding needs. Zero-initialised, it can be grown on a trained decoder
+            (:attr:`DecoderUNet.grown_prefixes`) without changing its function.
     """
 
     image_size: int = 64
@@ -73,6 +80,7 @@ class DecoderConfig:
     use_pooled_text: bool = True
     image_drop: float = 0.1
     text_drop: float = 0.5
+    image_embedding_grid: int = 0
 
     @property
     def out_channels(self) -> int:
@@ -81,6 +89,9 @@ class DecoderConfig:
 
 class DecoderUNet(UNetTrunk):
     """unCLIP decoder U-Net. Build with ``DecoderUNet(config)`` or ``build_model("decoder", preset)``."""
+
+    # Modules that a fine-tune may add to a decoder trained without them (zero-initialised: the function is kept).
+    grown_prefixes = ("clip_grid_proj.",)
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
@@ -94,6 +105,9 @@ class DecoderUNet(UNetTrunk):
         for name in ("image_drop", "text_drop", "dropout"):
             if not 0.0 <= getattr(c, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(c, name)}")
+        grid = c.image_embedding_grid
+        if isinstance(grid, bool) or not isinstance(grid, int) or not 0 <= grid <= c.image_size:
+            raise ValueError(f"image_embedding_grid must be an integer in [0, {c.image_size}], got {grid!r}")
         self.config = c
         self.build_trunk(
             in_channels=c.in_channels,
@@ -120,6 +134,11 @@ class DecoderUNet(UNetTrunk):
         )
         self.clip_tok_proj = nn.Linear(c.clip_dim, c.clip_tokens * c.context_width)
         self.null_image_embedding = nn.Parameter(torch.zeros(c.clip_dim))
+        self.clip_grid_proj = None
+        if grid:
+            self.clip_grid_proj = nn.Linear(c.clip_dim, c.model_channels * grid * grid)
+            nn.init.zeros_(self.clip_grid_proj.weight)
+            nn.init.zeros_(self.clip_grid_proj.bias)
 
     def forward(
         self,
@@ -197,6 +216,10 @@ class DecoderUNet(UNetTrunk):
             image_embedding = torch.where(drop_image[:, None], null, image_embedding)
 
         image_term = self.clip_emb(image_embedding)
+        grid_term = None
+        if self.clip_grid_proj is not None:  # [B, model_channels, G, G]
+            g = c.image_embedding_grid
+            grid_term = self.clip_grid_proj(image_embedding).view(b, c.model_channels, g, g)
         text_term = None
         if self.text_feat_proj is not None:
             if text_pooled is None:
@@ -226,7 +249,7 @@ class DecoderUNet(UNetTrunk):
                 context_mask = torch.cat([text_mask.new_ones(b, c.clip_tokens), text_mask], dim=1)
         elif text_mask is not None:
             raise ValueError("text_mask given without text_tokens")
-        return ConditionedDecoder(self, image_term, text_term, AttentionContext(context, context_mask))
+        return ConditionedDecoder(self, image_term, text_term, AttentionContext(context, context_mask), grid_term)
 
 
 class ConditionedDecoder:
@@ -238,9 +261,21 @@ class ConditionedDecoder:
         image_term: torch.Tensor,
         text_term: torch.Tensor | None,
         context: AttentionContext,
+        grid_term: torch.Tensor | None = None,
     ) -> None:
         self.decoder, self.image_term, self.text_term, self.context = decoder, image_term, text_term, context
+        self.grid_term = grid_term  # [B, model_channels, G, G] or None
+        self._grid_maps: dict[tuple[int, int], torch.Tensor] = {}
         self.batch, self.dtype = image_term.shape[0], image_term.dtype
+
+    def _grid_map(self, size: tuple[int, int]) -> torch.Tensor | None:
+        """The located z_i map resized to ``size`` [B, model_channels, H, W] (computed once per size)."""
+        if self.grid_term is None:
+            return None
+        if size not in self._grid_maps:
+            resized = F.interpolate(self.grid_term, size=size, mode="bilinear", align_corners=False)
+            self._grid_maps[size] = resized.contiguous(memory_format=torch.channels_last)
+        return self._grid_maps[size]
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x [B, 3, H, W] noisy images (any float dtype: cast to the conditioning's), t [B] timesteps
@@ -254,7 +289,7 @@ class ConditionedDecoder:
         emb = self.decoder.time_embedding(t, x.dtype) + self.image_term  # summed in forward's historical order
         if self.text_term is not None:
             emb = emb + self.text_term
-        return self.decoder.run_trunk(x, emb, self.context)
+        return self.decoder.run_trunk(x, emb, self.context, input_features=self._grid_map(tuple(x.shape[-2:])))
 
 
 def condition_dropout(

@@ -154,17 +154,23 @@ class UNetTrunk(nn.Module):
         emb: torch.Tensor,
         context: torch.Tensor | AttentionContext | None = None,
         context_mask: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """h [B, C_in, H, W], emb [B, 4*model_channels], context [B, S, E] (or an AttentionContext holding
         tokens, mask and cached projections), mask [B, S] -> [B, C_out, H, W].
+
+        ``input_features`` [B, model_channels, H, W], if given, is added to the first convolution's output
+        (a located conditioning map, e.g. the decoder's ``image_embedding_grid``).
 
         The trunk runs channels_last (faster convolutions on CPU and GPU, no copies in the attention layers);
         the output is channels_last too, which elementwise sampler arithmetic does not notice.
         """
         h = h.contiguous(memory_format=torch.channels_last)
         skips = []
-        for block in self.input_blocks:
+        for index, block in enumerate(self.input_blocks):
             h = block(h, emb, context, context_mask)
+            if index == 0 and input_features is not None:
+                h = h + input_features
             skips.append(h)
         h = self.middle_block(h, emb, context, context_mask)
         for block in self.output_blocks:

@@ -54,6 +54,8 @@ class DecoderTaskConfig:
         norm_groups: GroupNorm groups of the network (None: the preset's).
         channel_mean_weight: extra weight of the error of each channel's spatial mean (the image's global
             colour) in the MSE term (:func:`unclip.diffusion.losses.channel_mean_error`; 0: plain MSE).
+        image_embedding_grid: side of the decoder's located z_i map (``DecoderConfig.image_embedding_grid``;
+            None: the preset's, 0: off).
     """
 
     cache: str = "runs/shapes_cache"
@@ -68,10 +70,14 @@ class DecoderTaskConfig:
     snr_gamma: float | None = None
     norm_groups: int | None = None
     channel_mean_weight: float = 0.0
+    image_embedding_grid: int | None = None
 
     def __post_init__(self) -> None:
         if not self.channel_mean_weight >= 0:
             raise ValueError(f"channel_mean_weight must be >= 0, got {self.channel_mean_weight}")
+        grid = self.image_embedding_grid
+        if grid is not None and (isinstance(grid, bool) or not isinstance(grid, int) or grid < 0):
+            raise ValueError(f"image_embedding_grid must be an integer >= 0 or None, got {grid!r}")
 
 
 @dataclass
@@ -150,6 +156,9 @@ class DecoderTask(_CacheTask):
             text_drop=config.text_drop,
             learn_sigma=self.param.learned_variance,
             norm_groups=config.norm_groups or base.norm_groups,
+            image_embedding_grid=(
+                base.image_embedding_grid if config.image_embedding_grid is None else config.image_embedding_grid
+            ),
         )
 
     def build_model(self) -> nn.Module:
