@@ -155,10 +155,25 @@ def test_progress_queue_position_and_cancel(page, server):
     page.locator("summary").click()
     for label in ("Prior steps", "Decoder steps", "Upsampler steps"):
         page.get_by_label(label, exact=True).fill("200")
+    # The two requests' answers arrive in reverse order (the server queues them in order): the list must
+    # still follow the server's order, newest first.
+    held = []
+
+    def answer_second_first(route):
+        response = route.fetch()
+        if not held:
+            held.append((route, response))
+            return
+        route.fulfill(response=response)
+        first, first_response = held.pop()
+        first.fulfill(response=first_response)
+
+    page.route("**/api/v1/images/generate", answer_second_first)
     page.get_by_role("button", name="Generate", exact=True).click()
     page.get_by_role("button", name="Generate", exact=True).click()
     jobs = page.locator("#jobs .job")
     expect(jobs).to_have_count(2)
+    page.unroute("**/api/v1/images/generate")
     waiting, running = (page.locator(f'[data-job="{jobs.nth(i).get_attribute("data-job")}"]') for i in (0, 1))
     expect(waiting).to_contain_text("position 1")  # the newest job is listed first, and waits
     expect(running).to_contain_text("step")  # the first one runs and reports its steps

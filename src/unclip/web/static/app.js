@@ -224,8 +224,10 @@ async function runJob(path, body, label, onDone, errorId = "form-error") {
   const bar = el("progress", { max: 1, value: 0, "aria-label": `Progress of ${label}` });
   const cancel = el("button", { type: "button", class: "secondary", text: "Cancel", "aria-label": `Cancel ${label}`,
     onclick: () => call(`/jobs/${job.id}/cancel`, { method: "POST" }).catch((e) => announce(e.message)) });
-  const item = el("li", { class: "job", "data-job": job.id }, el("strong", { text: label }), " ", text, bar, cancel);
-  $("jobs").prepend(item);
+  const item = el("li", { class: "job", "data-job": job.id, "data-created": job.created }, el("strong", { text: label }), " ", text, bar, cancel);
+  // Newest first, in the server's order: two requests in flight may answer in either order.
+  const older = [...$("jobs").children].find((li) => Number(li.dataset.created) < job.created);
+  $("jobs").insertBefore(item, older || null);
   announce(`${label}: queued.`);
   const finish = (message, keep) => {
     text.textContent = message; cancel.remove(); announce(`${label}: ${message}`);
