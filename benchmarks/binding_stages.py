@@ -12,7 +12,8 @@ the oracle reads, and ``binding_row`` scores against the caption (all right, per
 4. ``decoder(z_i, text)``: the same with the caption's token states, as in text-to-image;
 5. ``chain``: the prior's sample for the caption, then the decoder with the caption (text-to-image).
 
-Stages 3-5 draw ``--images`` images per caption at the model's defaults.
+Stages 3-5 draw ``--images`` images per caption at the model's defaults (``--set FIELD=VALUE`` overrides one,
+e.g. ``--set prior_guidance_scale=2``); ``--stages`` runs a subset (``--stages chain``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 COLUMNS = ("all", "per_object", "relation", "colours_swapped")
+STAGES = ("truth", "resolution", "decoder(z_i)", "decoder(z_i, text)", "chain")
 
 
 def main() -> None:
@@ -42,6 +44,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="the pipeline's dtype")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="Override a generation default (e.g. prior_guidance_scale=2); repeatable.")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -50,13 +55,17 @@ def main() -> None:
     from unclip.data.shapes_captions import caption_from_spec
     from unclip.measure.oracle import load_oracle, predict
     from unclip.measure.quality import binding_row, binding_samples, binding_spec
+    from unclip.pipeline.options import override_defaults
     from unclip.stages.decoding import sample_upsampler
 
     pipe = UnCLIPPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     if args.precision == "bf16":
         pipe.to("cpu", torch.bfloat16)  # networks in bf16, sampler arithmetic in float32
-    settings = pipe.defaults
+    try:
+        settings = override_defaults(pipe.defaults, args.set)
+    except ValueError as err:
+        parser.error(f"--set {err}")
     oracle = load_oracle()
     world = ShapesWorld(seed=args.seed, two_object_prob=1.0)
     samples = binding_samples(args.seed, args.captions)
@@ -84,23 +93,28 @@ def main() -> None:
 
     results: dict[str, dict[str, float]] = {}
     t0 = time.time()
-    results["truth"] = score(truth)
-    base_size = pipe.decoder.model.config.image_size
-    low = F.interpolate(truth, size=(base_size, base_size), mode="bicubic", antialias=True, align_corners=False)
-    image = low.clamp(-1, 1).to(pipe.device, pipe.dtype)
+    if "truth" in args.stages:
+        results["truth"] = score(truth)
     with torch.no_grad():
-        for stage in pipe.upsamplers:
-            image = sample_upsampler(
-                stage.model, stage.diffusion, image, steps=settings.upsampler_steps, sampler=settings.sampler,
-                eta=settings.eta, generator=torch.Generator().manual_seed(0), last_step_model=stage.last_step_model,
-                keep_mean=settings.upsampler_keep_mean,
-            )  # fmt: skip
-        results["resolution"] = score(image)
-        results["decoder(z_i)"] = score(decode_chunks(repeat(z_true), with_text=False), args.images)
-        results["decoder(z_i, text)"] = score(decode_chunks(repeat(z_true), with_text=True), args.images)
-        z_prior = pipe.run_prior(text[repeat(torch.arange(len(specs)))], settings,
-                                 torch.Generator().manual_seed(args.seed), None)  # fmt: skip
-        results["chain"] = score(decode_chunks(z_prior, with_text=True), args.images)
+        if "resolution" in args.stages:
+            base_size = pipe.decoder.model.config.image_size
+            low = F.interpolate(truth, size=(base_size, base_size), mode="bicubic", antialias=True, align_corners=False)
+            image = low.clamp(-1, 1).to(pipe.device, pipe.dtype)
+            for stage in pipe.upsamplers:
+                image = sample_upsampler(
+                    stage.model, stage.diffusion, image, steps=settings.upsampler_steps, sampler=settings.sampler,
+                    eta=settings.eta, generator=torch.Generator().manual_seed(0), last_step_model=stage.last_step_model,
+                    keep_mean=settings.upsampler_keep_mean,
+                )  # fmt: skip
+            results["resolution"] = score(image)
+        if "decoder(z_i)" in args.stages:
+            results["decoder(z_i)"] = score(decode_chunks(repeat(z_true), with_text=False), args.images)
+        if "decoder(z_i, text)" in args.stages:
+            results["decoder(z_i, text)"] = score(decode_chunks(repeat(z_true), with_text=True), args.images)
+        if "chain" in args.stages:
+            z_prior = pipe.run_prior(text[repeat(torch.arange(len(specs)))], settings,
+                                     torch.Generator().manual_seed(args.seed), None)  # fmt: skip
+            results["chain"] = score(decode_chunks(z_prior, with_text=True), args.images)
     print(f"{args.model}: {len(specs)} binding captions of seed {args.seed}, {args.images} images per sampled stage, "
           f"{time.time() - t0:.0f} s")  # fmt: skip
     print("| stage | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS))
@@ -108,7 +122,8 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in COLUMNS) + " |")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"model": args.model, "seed": args.seed, "stages": results}, indent=1) + "\n")
+        record = {"model": args.model, "seed": args.seed, "set": args.set, "stages": results}
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

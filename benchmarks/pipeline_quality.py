@@ -52,23 +52,17 @@ def main() -> None:
         text_to_image_quality,
         variation_quality,
     )
+    from unclip.pipeline.options import override_defaults
 
     pipe = UnCLIPPipeline.from_pretrained(args.model)
 
     pipe.set_progress_bar_config(disable=True)
     if args.precision == "bf16":
         pipe.to("cpu", torch.bfloat16)  # networks in bf16, sampler arithmetic in float32
-    for item in args.set:
-        field, _, value = item.partition("=")
-        if not hasattr(pipe.defaults, field) or not value:
-            parser.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(vars(pipe.defaults))}")
-        kind = type(getattr(pipe.defaults, field))
-        if kind is bool:
-            if value.lower() not in ("true", "false"):
-                parser.error(f"--set {item!r}: {field} takes true or false")
-            setattr(pipe.defaults, field, value.lower() == "true")
-        else:
-            setattr(pipe.defaults, field, kind(value))
+    try:
+        pipe.defaults = override_defaults(pipe.defaults, args.set)
+    except ValueError as err:
+        parser.error(f"--set {err}")
     oracle = load_oracle()
     log = lambda m: print(f"  {m}", flush=True)  # noqa: E731
     results: dict = {"model": args.model, "seed": args.seed, "defaults": pipe.defaults.__dict__,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,29 @@ class GenerationDefaults:
     prior_clamp: float = 10.0
     inversion_steps: int = 50
     precision: str = "auto"  # what ``--precision auto`` runs: "auto" (bf16 where native), "fp32", "bf16"
+
+
+def override_defaults(defaults: GenerationDefaults, items: Sequence[str]) -> GenerationDefaults:
+    """A copy of ``defaults`` with ``"FIELD=VALUE"`` items applied (a benchmark's ``--set``), typed as the field.
+
+    Raises ValueError naming the item for an unknown field, a missing ``=``, or a value of the wrong type."""
+    names = [f.name for f in fields(GenerationDefaults)]
+    changes: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = str(item).partition("=")
+        if not sep or name not in names or not value:
+            raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD one of {names}")
+        kind = type(getattr(defaults, name))
+        if kind is bool:
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"{item!r}: {name} takes true or false")
+            changes[name] = value.lower() == "true"
+            continue
+        try:
+            changes[name] = kind(value)
+        except ValueError:
+            raise ValueError(f"{item!r}: {name} takes a value of type {kind.__name__}, got {value!r}") from None
+    return replace(defaults, **changes)
 
 
 @dataclass
